@@ -1,0 +1,77 @@
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+const char *qk_progname = "qwick";
+
+static void oom(void)
+{
+    fputs("qwick: out of memory\n", stderr);
+    abort();
+}
+
+void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (p == NULL)
+        oom();
+    return p;
+}
+
+void *xcalloc(size_t n, size_t m)
+{
+    void *p = calloc(n ? n : 1, m ? m : 1);
+    if (p == NULL)
+        oom();
+    return p;
+}
+
+char *xstrdup(const char *s)
+{
+    char *p = strdup(s);
+    if (p == NULL)
+        oom();
+    return p;
+}
+
+void cli_err(const char *prefix, qk_err err)
+{
+    const char *d = qk_error_detail();
+    if (d != NULL && d[0] != '\0')
+        fprintf(stderr, "%s: %s: %s: %s\n", qk_progname, prefix, qk_strerror(err), d);
+    else
+        fprintf(stderr, "%s: %s: %s\n", qk_progname, prefix, qk_strerror(err));
+}
+
+void cli_msg(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", qk_progname);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s %s: ", qk_progname, cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry '%s %s --help'.\n", qk_progname, cmd);
+    return QK_EXIT_USAGE;
+}
+
+void cli_hex(const unsigned char *p, size_t n, char *out)
+{
+    static const char hx[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hx[p[i] >> 4];
+        out[2 * i + 1] = hx[p[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
