@@ -1,0 +1,30 @@
+/* Key backends: something that signs a digest with a key that never leaves the
+ * server. "local" (an encrypted PEM key) now; "pkcs11" and "azure" later. */
+#ifndef QWICKD_SIGNER_H
+#define QWICKD_SIGNER_H
+
+#include "qwick/authenticode.h"
+#include "qwick/buf.h"
+#include "qwick/error.h"
+#include "qwick/hash.h"
+
+typedef struct qk_signer qk_signer;
+
+typedef struct signer_ops {
+    /* Signs `digest` (already hashed with alg): RSA PKCS#1 v1.5 or DER ECDSA. */
+    qk_err (*sign)(qk_signer *s, qk_hash_alg alg, const uint8_t *digest, size_t len, qk_buf *sig);
+    void (*free)(qk_signer *s);
+} signer_ops;
+
+struct qk_signer {
+    const signer_ops *ops;
+    qk_buf chain_der;  /* concatenated DER certificates, leaf first */
+};
+
+/* A qk_sign_fn adapter: ctx is a qk_signer*. */
+qk_err signer_sign_fn(void *ctx, qk_hash_alg alg, const uint8_t *digest, size_t len, qk_buf *sig);
+
+/* Local backend: `pem_key` is the decrypted PEM private key (wiped by the caller). */
+qk_err signer_local_new(qk_slice pem_key, qk_slice chain_der, qk_signer **out);
+
+#endif

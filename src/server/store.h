@@ -1,0 +1,171 @@
+/* qwickd's persistence interface. Every operation names the org it acts for:
+ * the SQLite backend puts org_id in every query, the PostgreSQL backend (a
+ * later issue) will additionally SET LOCAL the org for row-level security.
+ *
+ * Implementations are thread-safe: handlers on many threads call them at once.
+ * Strings returned inside structs are owned by the struct; free with the
+ * matching *_clear/free function. */
+#ifndef QWICKD_STORE_H
+#define QWICKD_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "qwick/buf.h"
+#include "qwick/error.h"
+
+typedef struct qk_store qk_store;
+
+typedef enum store_role {
+    ROLE_VIEWER = 0, /* read-only: requests, audit */
+    ROLE_SIGNER = 1, /* may submit signing requests */
+    ROLE_ADMIN = 2,  /* may manage keys, members, profiles */
+} store_role;
+
+const char *store_role_name(store_role r);
+int store_role_parse(const char *s, store_role *out); /* 0 ok, -1 unknown */
+
+typedef struct store_org {
+    int64_t id;
+    char *name;
+} store_org;
+
+typedef struct store_apikey {
+    int64_t id;
+    int64_t org_id;
+    int64_t user_id;      /* 0 when not tied to a user */
+    char *name;
+    char *prefix;         /* the first characters of the key, safe to display */
+    store_role role;
+    int64_t created_at;   /* unix seconds */
+    int64_t expires_at;   /* 0: never */
+    int64_t revoked_at;   /* 0: active */
+    int64_t last_used_at; /* 0: never */
+} store_apikey;
+
+/* A certificate profile: which key signs, with which chain. */
+typedef struct store_profile {
+    int64_t id;
+    int64_t org_id;
+    char *name;
+    char *backend;        /* "local" now; "pkcs11", "azure" later */
+    int64_t key_id;       /* row in signing_keys */
+    qk_buf chain_der;     /* concatenated DER certificates, leaf first */
+} store_profile;
+
+/* An encrypted signing key: the envelope (see secrets.h) and its kind. */
+typedef struct store_signing_key {
+    int64_t id;
+    int64_t org_id;
+    char *kind;           /* "local-pem" */
+    qk_buf sealed;        /* secrets_seal() output */
+} store_signing_key;
+
+typedef enum req_status {
+    REQ_QUEUED = 0,
+    REQ_PENDING_APPROVAL,
+    REQ_PROCESSING,
+    REQ_SIGNED,
+    REQ_FAILED,
+    REQ_REJECTED,
+} req_status;
+
+const char *req_status_name(req_status s);
+
+typedef struct store_sign_request {
+    char id[40];          /* "req_" + 32 hex chars */
+    int64_t org_id;
+    int64_t apikey_id;    /* 0 if none */
+    int64_t user_id;      /* 0 if none */
+    req_status status;
+    char *algorithm;      /* "sha256" ... */
+    char *format;         /* "authenticode-pe" | "cms" | "raw" */
+    char *profile;
+    char *filename;       /* may be NULL */
+    char *description;    /* may be NULL */
+    char *url;            /* may be NULL */
+    char *client_ip;
+    qk_buf digest;
+    qk_buf signature;     /* empty unless SIGNED */
+    char *error;          /* NULL unless FAILED/REJECTED */
+    int64_t created_at;
+    int64_t completed_at;
+} store_sign_request;
+
+typedef enum audit_outcome { AUDIT_ALLOWED = 0, AUDIT_DENIED = 1, AUDIT_FAILED = 2 } audit_outcome;
+
+const char *audit_outcome_name(audit_outcome o);
+
+typedef struct store_audit {
+    int64_t id;           /* assigned by the store */
+    int64_t org_id;
+    int64_t ts;           /* unix milliseconds */
+    const char *actor;    /* "apikey:12", "user:3" */
+    const char *client_ip;
+    const char *action;   /* "sign.digest", "apikey.create", ... */
+    const char *request_id; /* may be NULL */
+    const char *digest_hex; /* may be NULL */
+    const char *algorithm;
+    const char *profile;
+    const char *filename;
+    audit_outcome outcome;
+    const char *detail;   /* reason for denial/failure, may be NULL */
+} store_audit;
+
+/* The backend vtable. Every function returns QK_OK or an error with detail
+ * set through qk_error_detail(); "not found" is QK_ERR_INVALID_ARG with
+ * *found = 0 where a found flag exists. */
+typedef struct store_ops {
+    void (*close)(qk_store *s);
+
+    /* bootstrap (qwickd init) */
+    qk_err (*org_create)(qk_store *s, const char *name, int64_t *id);
+    qk_err (*user_create)(qk_store *s, int64_t org, const char *email, const char *pw_hash,
+                          store_role role, int64_t *id);
+    qk_err (*signing_key_create)(qk_store *s, int64_t org, const char *kind, qk_slice sealed,
+                                 int64_t *id);
+    qk_err (*signing_key_get)(qk_store *s, int64_t org, int64_t id, store_signing_key *out,
+                              int *found);
+    qk_err (*profile_create)(qk_store *s, int64_t org, const char *name, const char *backend,
+                             int64_t key_id, qk_slice chain_der, int64_t *id);
+    qk_err (*profile_get)(qk_store *s, int64_t org, const char *name, store_profile *out,
+                          int *found);
+
+    /* API keys: only the SHA-256 of a key is ever stored. */
+    qk_err (*apikey_create)(qk_store *s, int64_t org, int64_t user, const char *name,
+                            const char *prefix, const uint8_t hash[32], store_role role,
+                            int64_t expires_at, int64_t *id);
+    /* Looks a key up by hash (the caller compares in constant time too). */
+    qk_err (*apikey_lookup)(qk_store *s, const uint8_t hash[32], store_apikey *out,
+                            uint8_t stored_hash[32], int *found);
+    qk_err (*apikey_list)(qk_store *s, int64_t org, store_apikey **out, size_t *n);
+    qk_err (*apikey_revoke)(qk_store *s, int64_t org, int64_t id, int *found);
+    qk_err (*apikey_touch)(qk_store *s, int64_t id, int64_t now);
+
+    /* Signing requests + audit. Durable when it returns: the request row and
+     * its audit row commit in one transaction; concurrent callers share
+     * commits (group commit) so throughput does not serialize on fsync. */
+    qk_err (*request_record)(qk_store *s, const store_sign_request *req, const store_audit *audit);
+    qk_err (*request_get)(qk_store *s, int64_t org, const char *id, store_sign_request *out,
+                          int *found);
+    /* An audit row on its own (denials before any request exists). Durable. */
+    qk_err (*audit_append)(qk_store *s, const store_audit *audit);
+    /* Recomputes the org's hash chain; *ok = 0 and *bad_id set at the first break. */
+    qk_err (*audit_verify)(qk_store *s, int64_t org, int *ok, int64_t *bad_id, int64_t *count);
+    qk_err (*audit_count)(qk_store *s, int64_t org, const char *request_id, int64_t *count);
+} store_ops;
+
+struct qk_store {
+    const store_ops *ops;
+};
+
+/* SQLite backend: opens (creating if needed) DIR/qwick.db, WAL mode,
+ * migrations applied. */
+qk_err store_sqlite_open(const char *path, qk_store **out);
+
+void store_apikey_clear(store_apikey *k);
+void store_profile_clear(store_profile *p);
+void store_signing_key_clear(store_signing_key *k);
+void store_sign_request_clear(store_sign_request *r);
+
+#endif
