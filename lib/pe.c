@@ -246,7 +246,9 @@ qk_err qk_pe_open(const char *path, qk_pe **out)
             rc = qk_fail(QK_ERR_IO, "mmap: %s", strerror(errno));
             goto out;
         }
-        (void)madvise(m, pe->size, MADV_SEQUENTIAL | MADV_WILLNEED);
+        /* Advice values are not flags: one call each. */
+        (void)madvise(m, pe->size, MADV_SEQUENTIAL);
+        (void)madvise(m, pe->size, MADV_WILLNEED);
         pe->data = m;
         pe->mapped = 1;
     }

@@ -51,7 +51,8 @@ QK_EXPORT qk_slice qk_tbs_attrs_der(const qk_tbs *tbs);
 QK_EXPORT QK_WUR qk_err qk_tbs_digest(const qk_tbs *tbs, uint8_t *out, size_t *outlen);
 /* Assembles the DER ContentInfo(SignedData). `signature` is the raw value from
  * the key: RSA PKCS#1 v1.5 over DigestInfo(tbs digest), or a DER ECDSA-Sig-Value.
- * chain[0] is the signer's DER certificate, then intermediates (any order).
+ * chain[0] is the signer's DER certificate, then intermediates (any order);
+ * self-signed roots among them are left out of the SignedData, as signtool does.
  * The signature algorithm follows the signer's key type. The signature is
  * checked against the certificate before anything is returned. */
 QK_EXPORT QK_WUR qk_err qk_tbs_finish(const qk_tbs *tbs, qk_slice signature, const qk_slice *chain,

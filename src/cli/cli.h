@@ -28,5 +28,6 @@ void cli_hex(const unsigned char *p, size_t n, char *out);
 
 int cmd_digest(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
+int cmd_sign(int argc, char **argv);
 
 #endif

@@ -17,6 +17,7 @@ typedef struct command {
 static const command commands[] = {
     {"digest", cmd_digest, "print the Authenticode digest of PE files"},
     {"verify", cmd_verify, "verify the Authenticode signatures of PE files"},
+    {"sign", cmd_sign, "sign PE files (or any file, --detached) through a qwickd server"},
 };
 
 static void usage(FILE *f)

@@ -24,7 +24,21 @@ struct qk_signer {
 /* A qk_sign_fn adapter: ctx is a qk_signer*. */
 qk_err signer_sign_fn(void *ctx, qk_hash_alg alg, const uint8_t *digest, size_t len, qk_buf *sig);
 
-/* Local backend: `pem_key` is the decrypted PEM private key (wiped by the caller). */
+/* Local backend: `pem_key` is the decrypted PEM private key (wiped by the caller).
+ * The key must match chain_der's first certificate. The signer is safe to use
+ * from many threads at once (each call has its own EVP_PKEY_CTX). */
 qk_err signer_local_new(qk_slice pem_key, qk_slice chain_der, qk_signer **out);
+
+/* Frees a signer of any backend (NULL-safe). */
+void signer_free(qk_signer *s);
+
+struct qk_store;
+struct qk_keyring;
+struct store_profile;
+/* The signer a profile names: reads its signing key (same org) from the store,
+ * unseals it under the keyring (AAD secrets_aad_signing_key(org)), and builds
+ * the backend ("local" now). The plaintext key is wiped before returning. */
+qk_err signer_open_profile(struct qk_store *st, const struct qk_keyring *kr,
+                           const struct store_profile *p, qk_signer **out);
 
 #endif

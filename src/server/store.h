@@ -114,7 +114,12 @@ typedef struct store_audit {
 
 /* The backend vtable. Every function returns QK_OK or an error with detail
  * set through qk_error_detail(); "not found" is QK_ERR_INVALID_ARG with
- * *found = 0 where a found flag exists. */
+ * *found = 0 where a found flag exists (found is 1 on success, and 1 with an
+ * error return when the row exists but the operation failed). So both
+ * `if (rc != QK_OK) { if (!found) 404; else 500; }` and `found && rc == QK_OK`
+ * read correctly; a not-found never returns QK_OK with an empty struct.
+ * Constraint violations (duplicate name, unknown org) are QK_ERR_INVALID_ARG
+ * too; database failures are QK_ERR_IO. */
 typedef struct store_ops {
     void (*close)(qk_store *s);
 
@@ -152,20 +157,56 @@ typedef struct store_ops {
     qk_err (*audit_append)(qk_store *s, const store_audit *audit);
     /* Recomputes the org's hash chain; *ok = 0 and *bad_id set at the first break. */
     qk_err (*audit_verify)(qk_store *s, int64_t org, int *ok, int64_t *bad_id, int64_t *count);
+    /* request_id NULL: every audit row of the org. */
     qk_err (*audit_count)(qk_store *s, int64_t org, const char *request_id, int64_t *count);
+
+    /* Added by the SQLite backend's author (additive; later backends implement them too). */
+    /* An org's id by name (CLI commands take --org NAME). */
+    qk_err (*org_find)(qk_store *s, const char *name, int64_t *id, int *found);
+    /* One key of an org by id (revoke/list output); key material is never stored. */
+    qk_err (*apikey_get)(qk_store *s, int64_t org, int64_t id, store_apikey *out, int *found);
 } store_ops;
 
 struct qk_store {
     const store_ops *ops;
 };
 
-/* SQLite backend: opens (creating if needed) DIR/qwick.db, WAL mode,
- * migrations applied. */
-qk_err store_sqlite_open(const char *path, qk_store **out);
+/* SQLite backend: opens (creating if needed, mode 0600) DATA_DIR/qwick.db,
+ * WAL mode, synchronous=FULL, foreign keys on, migrations applied.
+ * `data_dir` is the directory, not the file.
+ *
+ * Concurrency: reads use a small pool of reader connections and never wait
+ * for the writer (WAL). All writes go to one writer thread, which runs every
+ * pending write in one transaction (group commit: one fsync for the batch) and
+ * then wakes each caller with its own result; a caller returns only after its
+ * commit, and if the commit fails every caller in the batch gets an error.
+ * Each write runs under its own SAVEPOINT, so one bad write (a constraint
+ * violation) fails alone without failing its batch.
+ *
+ * apikey_touch is the exception: it is queued without waiting (best effort,
+ * it rides along with the next batch) so authentication never waits on fsync. */
+qk_err store_sqlite_open(const char *data_dir, qk_store **out);
+#define STORE_SQLITE_FILE "qwick.db"
+/* Test hook: make the next `n` batch commits fail (rolled back), to exercise
+ * the "audit write failed, so the request fails" path. */
+void store_sqlite_fail_commits(qk_store *s, int n);
+/* Group-commit counters since open: transactions committed and writes they
+ * carried (writes / commits is the average batch size; for /metrics). */
+void store_sqlite_stats(qk_store *s, uint64_t *commits, uint64_t *writes);
+
+/* The store vtable called through its pointer, for readability at call sites:
+ * STORE_CALL(s, profile_get, org, "default", &p, &found). */
+#define STORE_CALL(s, op, ...) ((s)->ops->op((s), __VA_ARGS__))
+
+/* A fresh request id: "req_" + 32 lowercase hex chars of randomness. */
+void store_new_request_id(char out[40]);
 
 void store_apikey_clear(store_apikey *k);
 void store_profile_clear(store_profile *p);
 void store_signing_key_clear(store_signing_key *k);
 void store_sign_request_clear(store_sign_request *r);
+void store_org_clear(store_org *o);
+/* Frees an array returned by apikey_list. */
+void store_apikey_list_free(store_apikey *keys, size_t n);
 
 #endif

@@ -1,0 +1,239 @@
+/* Timestamps of Authenticode signatures: RFC 3161 tokens (unsigned attribute
+ * 1.3.6.1.4.1.311.3.3.1) and legacy Authenticode countersignatures (PKCS#9
+ * countersignature 1.2.840.113549.1.9.6). Both bind a time to the outer
+ * SignerInfo's signature value, and both must chain to the TSA roots with the
+ * timeStamping EKU. The TSA chain is evaluated at the time the timestamp
+ * asserts: a TSA certificate that expired since still vouches for the times it
+ * issued while valid, which is what timestamps are for. */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/cms.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/ts.h>
+
+#include "spc.h"
+#include "verify_internal.h"
+
+void qk_ts_result_free(qk_ts_result *ts)
+{
+    if (ts == NULL)
+        return;
+    free(ts->error);
+    free(ts);
+}
+
+/* The DER of an attribute's single SEQUENCE value (a ContentInfo or SignerInfo). */
+static int attr_der(const X509_ATTRIBUTE *a, const uint8_t **der, size_t *len)
+{
+    if (X509_ATTRIBUTE_count(a) != 1)
+        return 0;
+    ASN1_TYPE *t = X509_ATTRIBUTE_get0_type((X509_ATTRIBUTE *)a, 0);
+    if (t == NULL || t->type != V_ASN1_SEQUENCE || t->value.sequence == NULL ||
+        t->value.sequence->length <= 0)
+        return 0;
+    *der = t->value.sequence->data;
+    *len = (size_t)t->value.sequence->length;
+    return 1;
+}
+
+/* The imprint must be the hash of the outer signature value, with the
+ * algorithm the token names. */
+static int imprint_check(qk_vctx *v, TS_TST_INFO *tst, const ASN1_OCTET_STRING *sigval, char **err)
+{
+    TS_MSG_IMPRINT *mi = TS_TST_INFO_get_msg_imprint(tst);
+    X509_ALGOR *alg = mi ? TS_MSG_IMPRINT_get_algo(mi) : NULL;
+    ASN1_OCTET_STRING *msg = mi ? TS_MSG_IMPRINT_get_msg(mi) : NULL;
+    uint8_t h[EVP_MAX_MD_SIZE];
+    unsigned int hlen = 0;
+    const EVP_MD *md;
+
+    qk_hash_alg a = alg ? qk_hash_from_nid(OBJ_obj2nid(alg->algorithm)) : QK_HASH_NONE;
+    if (a == QK_HASH_NONE || (md = EVP_get_digestbynid(qk_hash_nid(a))) == NULL) {
+        qk_vnote(v, err, "timestamp imprint uses an unsupported digest algorithm");
+        return 0;
+    }
+    if (msg == NULL || sigval == NULL ||
+        EVP_Digest(sigval->data, (size_t)sigval->length, h, &hlen, md, NULL) != 1) {
+        qk_vnote(v, err, "cannot compute the timestamp imprint");
+        return 0;
+    }
+    if ((unsigned int)msg->length != hlen || CRYPTO_memcmp(msg->data, h, hlen) != 0) {
+        qk_vnote(v, err, "timestamp imprint does not match the signature");
+        return 0;
+    }
+    return 1;
+}
+
+/* Candidate intermediates for the TSA chain: the token's certificates, then
+ * the outer signature's (some signers put the TSA chain there). */
+static STACK_OF(X509) * ts_untrusted(qk_vctx *v, CMS_ContentInfo *cms, STACK_OF(X509) * outer)
+{
+    STACK_OF(X509) *s = CMS_get1_certs(cms);
+    if (s == NULL && (s = sk_X509_new_null()) == NULL) {
+        v->nomem = 1;
+        return NULL;
+    }
+    for (int i = 0; i < sk_X509_num(outer); i++) {
+        X509 *x = sk_X509_value(outer, i);
+        if (X509_up_ref(x) != 1)
+            continue;
+        if (sk_X509_push(s, x) <= 0) {
+            X509_free(x);
+            v->nomem = 1;
+            break;
+        }
+    }
+    return s;
+}
+
+static void check_rfc3161(qk_vctx *v, PKCS7_SIGNER_INFO *outer_si, STACK_OF(X509) * outer,
+                          const uint8_t *der, size_t len, qk_ts_result *ts)
+{
+    CMS_ContentInfo *cms = NULL;
+    TS_TST_INFO *tst = NULL;
+    STACK_OF(X509) *untrusted = NULL;
+    const unsigned char *p = der, *q;
+    ASN1_OCTET_STRING **content;
+    X509 *tsa = NULL;
+    int64_t t = 0;
+    int time_ok = 0, sig_ok = 0, imprint_ok = 0, chain_ok = 0;
+
+    if (len > LONG_MAX || (cms = d2i_CMS_ContentInfo(NULL, &p, (long)len)) == NULL ||
+        p != der + len) {
+        qk_vnote(v, &ts->error, "malformed timestamp token");
+        goto out;
+    }
+    if (OBJ_obj2nid(CMS_get0_type(cms)) != NID_pkcs7_signed ||
+        OBJ_obj2nid(CMS_get0_eContentType(cms)) != NID_id_smime_ct_TSTInfo) {
+        qk_vnote(v, &ts->error, "timestamp token is not a SignedData over TSTInfo");
+        goto out;
+    }
+    content = CMS_get0_content(cms);
+    if (content == NULL || *content == NULL || (*content)->length <= 0) {
+        qk_vnote(v, &ts->error, "timestamp token has no TSTInfo");
+        goto out;
+    }
+    q = (*content)->data;
+    tst = d2i_TS_TST_INFO(NULL, &q, (*content)->length);
+    if (tst == NULL || q != (*content)->data + (*content)->length) {
+        qk_vnote(v, &ts->error, "malformed TSTInfo");
+        goto out;
+    }
+    if (!qk_asn1_time_to_epoch(TS_TST_INFO_get_time(tst), &t)) {
+        qk_vnote(v, &ts->error, "timestamp has an invalid genTime");
+        goto out;
+    }
+    qk_ts_set_time(ts, t);
+    time_ok = 1;
+
+    if (sk_CMS_SignerInfo_num(CMS_get0_SignerInfos(cms)) != 1) {
+        qk_vnote(v, &ts->error, "timestamp token must have exactly one signer");
+        goto out;
+    }
+    /* Signature and messageDigest of the token; trust is checked below with
+     * our own policy, so OpenSSL's signer-certificate verification is off. */
+    if (CMS_verify(cms, outer, NULL, NULL, NULL, CMS_NO_SIGNER_CERT_VERIFY | CMS_BINARY) != 1)
+        qk_vnote(v, &ts->error, "timestamp token signature verification failed");
+    else
+        sig_ok = 1;
+    imprint_ok = imprint_check(v, tst, outer_si->enc_digest, &ts->error);
+
+    CMS_SignerInfo *tsi = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
+    CMS_SignerInfo_get0_algs(tsi, NULL, &tsa, NULL, NULL);
+    if (tsa == NULL) {
+        qk_vnote(v, &ts->error, "timestamp signer certificate not found");
+        goto out;
+    }
+    if ((untrusted = ts_untrusted(v, cms, outer)) == NULL)
+        goto out;
+    chain_ok = qk_vchain(v, v->ts_store, tsa, untrusted, QK_EKU_TIMESTAMPING, t,
+                         "timestamp certificate chain", &ts->error);
+out:
+    ts->ok = time_ok && sig_ok && imprint_ok && chain_ok;
+    sk_X509_pop_free(untrusted, X509_free);
+    TS_TST_INFO_free(tst);
+    CMS_ContentInfo_free(cms);
+    ERR_clear_error();
+}
+
+static void check_countersig(qk_vctx *v, PKCS7_SIGNER_INFO *outer_si, STACK_OF(X509) * outer,
+                             const uint8_t *der, size_t len, qk_ts_result *ts)
+{
+    PKCS7_SIGNER_INFO *cs = NULL;
+    const unsigned char *p = der;
+    const ASN1_TYPE *st;
+    const char *why = NULL;
+    X509 *signer = NULL;
+    int64_t t = 0;
+    int md_ok = 0, sig_ok = 0, chain_ok = 0;
+
+    if (len > LONG_MAX || (cs = d2i_PKCS7_SIGNER_INFO(NULL, &p, (long)len)) == NULL ||
+        p != der + len) {
+        qk_vnote(v, &ts->error, "malformed countersignature");
+        goto out;
+    }
+    st = qk_attr_one(cs->auth_attr, NID_pkcs9_signingTime, -1, &why);
+    if (st == NULL) {
+        qk_vnote(v, &ts->error, "countersignature signingTime attribute %s", why);
+        goto out;
+    }
+    if ((st->type != V_ASN1_UTCTIME && st->type != V_ASN1_GENERALIZEDTIME) ||
+        !qk_asn1_time_to_epoch(st->value.asn1_string, &t)) {
+        qk_vnote(v, &ts->error, "countersignature has an invalid signingTime");
+        goto out;
+    }
+    qk_ts_set_time(ts, t);
+    if (outer_si->enc_digest == NULL) {
+        qk_vnote(v, &ts->error, "outer signature has no signature value");
+        goto out;
+    }
+    /* The countersigned "content" is the outer signature value. */
+    qk_vsigner_check(v, cs, outer, outer_si->enc_digest->data, (size_t)outer_si->enc_digest->length,
+                     NULL, "countersignature: ", &md_ok, &sig_ok, &signer, &ts->error);
+    if (signer != NULL)
+        chain_ok = qk_vchain(v, v->ts_store, signer, outer, QK_EKU_TIMESTAMPING, t,
+                             "countersignature certificate chain", &ts->error);
+out:
+    ts->ok = md_ok && sig_ok && chain_ok;
+    PKCS7_SIGNER_INFO_free(cs);
+    ERR_clear_error();
+}
+
+void qk_vts_check(qk_vctx *v, PKCS7_SIGNER_INFO *si, STACK_OF(X509) * certs, qk_ts_result **out)
+{
+    X509_ATTRIBUTE *rfc = NULL, *legacy = NULL;
+    const uint8_t *der = NULL;
+    size_t len = 0;
+    qk_ts_result *ts = NULL;
+
+    *out = NULL;
+    for (int i = 0; i < sk_X509_ATTRIBUTE_num(si->unauth_attr); i++) {
+        X509_ATTRIBUTE *a = sk_X509_ATTRIBUTE_value(si->unauth_attr, i);
+        ASN1_OBJECT *o = X509_ATTRIBUTE_get0_object(a);
+        if (rfc == NULL && qk_obj_is(o, QK_OID_SPC_RFC3161_TIMESTAMP))
+            rfc = a;
+        else if (legacy == NULL && OBJ_obj2nid(o) == NID_pkcs9_countersignature)
+            legacy = a;
+    }
+    if (rfc == NULL && legacy == NULL)
+        return;
+    if ((ts = calloc(1, sizeof(*ts))) == NULL) {
+        v->nomem = 1;
+        return;
+    }
+    /* An RFC 3161 token takes precedence: it is what current signers add. */
+    X509_ATTRIBUTE *a = rfc != NULL ? rfc : legacy;
+    if (!attr_der(a, &der, &len))
+        qk_vnote(v, &ts->error, "timestamp attribute must hold exactly one SEQUENCE");
+    else if (rfc != NULL)
+        check_rfc3161(v, si, certs, der, len, ts);
+    else
+        check_countersig(v, si, certs, der, len, ts);
+    if (!ts->ok)
+        qk_vnote(v, &ts->error, "timestamp verification failed");
+    *out = ts;
+}

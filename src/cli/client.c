@@ -1,0 +1,525 @@
+/* qwickd API client (see client.h). */
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include "cli.h"
+#include "client.h"
+
+#ifndef QWICK_VERSION
+#define QWICK_VERSION "0.1.0"
+#endif
+
+struct client {
+    CURL *curl;
+    struct curl_slist *headers; /* holds the Authorization header: wiped on free */
+    char *base;                 /* server URL without trailing slash */
+    char errbuf[CURL_ERROR_SIZE];
+    uint64_t rng; /* jitter for backoff, per client so threads never share it */
+    const client_cancel_flag *cancel;
+};
+
+/* A response body being received; capped at CLIENT_MAX_RESPONSE. */
+typedef struct resp_body {
+    char *data;
+    size_t len, cap;
+    int too_large;
+} resp_body;
+
+char *cli_strdupf(const char *fmt, ...)
+{
+    va_list ap;
+    char *s = NULL;
+    va_start(ap, fmt);
+    int n = vasprintf(&s, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        fputs("qwick: out of memory\n", stderr);
+        abort();
+    }
+    return s;
+}
+
+static size_t on_write(char *p, size_t size, size_t nmemb, void *ctx)
+{
+    resp_body *b = ctx;
+    size_t n = size * nmemb;
+    if (n > CLIENT_MAX_RESPONSE - b->len) {
+        b->too_large = 1;
+        return 0; /* makes curl fail with CURLE_WRITE_ERROR */
+    }
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + n + 1)
+            cap *= 2;
+        char *d = realloc(b->data, cap);
+        if (d == NULL) {
+            fputs("qwick: out of memory\n", stderr);
+            abort();
+        }
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return n;
+}
+
+/* Plain HTTP would send the bearer key in clear: allow it only to this host. */
+static int is_loopback(const char *host)
+{
+    return strcasecmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
+           strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0;
+}
+
+static int check_url(const char *url, char **err)
+{
+    int rc = -1;
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL;
+
+    if (u == NULL) {
+        *err = xstrdup("out of memory");
+        goto out;
+    }
+    if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
+        curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
+        *err = cli_strdupf("invalid server URL '%s'", url);
+        goto out;
+    }
+    if (strcasecmp(scheme, "https") != 0 &&
+        !(strcasecmp(scheme, "http") == 0 && is_loopback(host))) {
+        *err = cli_strdupf("server URL '%s': use https (plain http only to a loopback address)",
+                           url);
+        goto out;
+    }
+    rc = 0;
+out:
+    curl_free(scheme);
+    curl_free(host);
+    curl_url_cleanup(u);
+    return rc;
+}
+
+client *client_new(const cli_config *cfg, char **err)
+{
+    client *c = NULL, *ret = NULL;
+    char *auth = NULL;
+    struct curl_slist *h;
+
+    *err = NULL;
+    if (check_url(cfg->server, err) != 0)
+        goto out;
+    c = xcalloc(1, sizeof(*c));
+    c->base = xstrdup(cfg->server);
+    c->rng = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)c ^ 0x9e3779b97f4a7c15u;
+    if ((c->curl = curl_easy_init()) == NULL) {
+        *err = xstrdup("cannot initialise libcurl");
+        goto out;
+    }
+    auth = cli_strdupf("Authorization: Bearer %s", cfg->api_key);
+    /* "Expect:" drops the 100-continue round trip: bodies are tiny. */
+    const char *hdrs[] = {auth, "Content-Type: application/json", "Accept: application/json",
+                          "Expect:"};
+    for (size_t i = 0; i < sizeof(hdrs) / sizeof(hdrs[0]); i++) {
+        if ((h = curl_slist_append(c->headers, hdrs[i])) == NULL) {
+            *err = xstrdup("out of memory");
+            goto out;
+        }
+        c->headers = h;
+    }
+
+    CURL *k = c->curl;
+    curl_easy_setopt(k, CURLOPT_HTTPHEADER, c->headers);
+    curl_easy_setopt(k, CURLOPT_USERAGENT, "qwick/" QWICK_VERSION);
+    curl_easy_setopt(k, CURLOPT_ERRORBUFFER, c->errbuf);
+    curl_easy_setopt(k, CURLOPT_WRITEFUNCTION, on_write);
+    /* Worker threads: no SIGALRM-based DNS timeouts. */
+    curl_easy_setopt(k, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(k, CURLOPT_CONNECTTIMEOUT, CLIENT_CONNECT_TIMEOUT_S);
+    curl_easy_setopt(k, CURLOPT_TIMEOUT, CLIENT_REQUEST_TIMEOUT_S);
+    curl_easy_setopt(k, CURLOPT_TCP_KEEPALIVE, 1L);
+    /* Never follow redirects: a redirect could carry the bearer key elsewhere. */
+    curl_easy_setopt(k, CURLOPT_FOLLOWLOCATION, 0L);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    curl_easy_setopt(k, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+    curl_easy_setopt(k, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    curl_easy_setopt(k, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(k, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (cfg->cacert != NULL)
+        curl_easy_setopt(k, CURLOPT_CAINFO, cfg->cacert);
+    ret = c;
+    c = NULL;
+out:
+    if (auth != NULL) {
+        OPENSSL_cleanse(auth, strlen(auth));
+        free(auth);
+    }
+    client_free(c);
+    return ret;
+}
+
+static int on_progress(void *ctx, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    const client *c = ctx;
+    (void)dt, (void)dn, (void)ut, (void)un;
+    return c->cancel != NULL && *c->cancel; /* non-zero aborts the transfer */
+}
+
+void client_set_cancel(client *c, const client_cancel_flag *flag)
+{
+    c->cancel = flag;
+    curl_easy_setopt(c->curl, CURLOPT_XFERINFOFUNCTION, on_progress);
+    curl_easy_setopt(c->curl, CURLOPT_XFERINFODATA, c);
+    curl_easy_setopt(c->curl, CURLOPT_NOPROGRESS, 0L);
+}
+
+void client_free(client *c)
+{
+    if (c == NULL)
+        return;
+    if (c->curl != NULL)
+        curl_easy_cleanup(c->curl);
+    for (struct curl_slist *h = c->headers; h != NULL; h = h->next)
+        OPENSSL_cleanse(h->data, strlen(h->data));
+    curl_slist_free_all(c->headers);
+    free(c->base);
+    free(c);
+}
+
+/* --- base64 ------------------------------------------------------------ */
+
+static char *b64_encode(qk_slice in)
+{
+    char *out = xmalloc(4 * ((in.len + 2) / 3) + 1);
+    EVP_EncodeBlock((unsigned char *)out, in.data, (int)in.len);
+    return out;
+}
+
+/* Strict standard base64 with padding; no whitespace. */
+static int b64_decode(const char *in, size_t len, qk_buf *out)
+{
+    size_t pad = 0;
+    out->data = NULL;
+    out->len = 0;
+    if (len == 0 || len % 4 != 0 || len > CLIENT_MAX_RESPONSE)
+        return -1;
+    if (in[len - 1] == '=')
+        pad = in[len - 2] == '=' ? 2 : 1;
+    uint8_t *d = xmalloc(len / 4 * 3);
+    int n = EVP_DecodeBlock(d, (const unsigned char *)in, (int)len);
+    if (n < 0 || (size_t)n != len / 4 * 3) {
+        free(d);
+        return -1;
+    }
+    out->data = d;
+    out->len = (size_t)n - pad;
+    return 0;
+}
+
+/* --- one HTTP exchange with retries ------------------------------------ */
+
+static int cancelled(const client *c) { return c->cancel != NULL && *c->cancel; }
+
+/* Sleeps in short steps so an interrupt is noticed promptly. */
+static void nap(const client *c, long ms)
+{
+    while (ms > 0 && !cancelled(c)) {
+        long step = ms < 100 ? ms : 100;
+        struct timespec ts = {0, step * 1000000L};
+        nanosleep(&ts, NULL);
+        ms -= step;
+    }
+}
+
+/* 250 ms doubling per attempt, with up to 50% jitter so parallel workers
+ * (and parallel CI jobs) do not retry in lockstep. */
+static long backoff_ms(client *c, int attempt)
+{
+    long ms = 250L << (attempt < 8 ? attempt : 8);
+    c->rng ^= c->rng << 13;
+    c->rng ^= c->rng >> 7;
+    c->rng ^= c->rng << 17;
+    ms += (long)(c->rng % (uint64_t)(ms / 2 + 1));
+    return ms < CLIENT_MAX_BACKOFF_S * 1000L ? ms : CLIENT_MAX_BACKOFF_S * 1000L;
+}
+
+/* Failures where the request never reached the server, so resending it
+ * cannot sign twice. */
+static int retryable_curl(client *c, CURLcode cc)
+{
+    curl_off_t connect_us = 0;
+    switch (cc) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        return 1;
+    case CURLE_OPERATION_TIMEDOUT:
+        /* Only when the timeout hit while still connecting. */
+        return curl_easy_getinfo(c->curl, CURLINFO_CONNECT_TIME_T, &connect_us) == CURLE_OK &&
+               connect_us == 0;
+    default:
+        return 0;
+    }
+}
+
+/* "server: <code>: <message>" from {"error":{"code","message"}}, else the HTTP status. */
+static char *server_error(long status, json_t *j)
+{
+    json_t *e = json_object_get(j, "error");
+    const char *code = json_string_value(json_object_get(e, "code"));
+    const char *msg = json_string_value(json_object_get(e, "message"));
+    if (code != NULL && msg != NULL)
+        return cli_strdupf("server: %s: %s", code, msg);
+    if (code != NULL)
+        return cli_strdupf("server: %s (HTTP %ld)", code, status);
+    if (json_is_string(e))
+        return cli_strdupf("server: %s (HTTP %ld)", json_string_value(e), status);
+    return cli_strdupf("server: HTTP %ld", status);
+}
+
+/* Sends one request (body NULL: GET) and parses the JSON answer. Returns 0
+ * with the HTTP status and the parsed JSON for any 2xx; -1 with *err for
+ * transport failures, non-JSON answers and 4xx/5xx. */
+static int exchange(client *c, const char *path, const char *req, long *status, json_t **resp,
+                    char **err)
+{
+    int rc = -1;
+    resp_body b = {0};
+    json_t *j = NULL;
+    char *url = cli_strdupf("%s%s", c->base, path);
+    CURL *k = c->curl;
+
+    *resp = NULL;
+    *status = 0;
+    curl_easy_setopt(k, CURLOPT_URL, url);
+    if (req != NULL) {
+        curl_easy_setopt(k, CURLOPT_POSTFIELDS, req);
+        curl_easy_setopt(k, CURLOPT_POSTFIELDSIZE, (long)strlen(req));
+    } else {
+        curl_easy_setopt(k, CURLOPT_HTTPGET, 1L);
+    }
+    curl_easy_setopt(k, CURLOPT_WRITEDATA, &b);
+
+    for (int attempt = 0;; attempt++) {
+        long wait_ms;
+        b.len = 0;
+        b.too_large = 0;
+        c->errbuf[0] = '\0';
+        CURLcode cc = curl_easy_perform(k);
+        if (cancelled(c)) {
+            *err = xstrdup("interrupted");
+            goto out;
+        }
+        if (cc != CURLE_OK) {
+            if (b.too_large) {
+                *err = cli_strdupf("server response larger than %u bytes", CLIENT_MAX_RESPONSE);
+                goto out;
+            }
+            if (attempt + 1 < CLIENT_MAX_ATTEMPTS && retryable_curl(c, cc)) {
+                nap(c, backoff_ms(c, attempt));
+                continue;
+            }
+            *err = cli_strdupf("cannot reach %s: %s", c->base,
+                               c->errbuf[0] ? c->errbuf : curl_easy_strerror(cc));
+            goto out;
+        }
+        curl_easy_getinfo(k, CURLINFO_RESPONSE_CODE, status);
+        if ((*status == 429 || *status == 503) && attempt + 1 < CLIENT_MAX_ATTEMPTS) {
+            curl_off_t ra = 0;
+            wait_ms = backoff_ms(c, attempt);
+            if (curl_easy_getinfo(k, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0)
+                wait_ms = ra >= CLIENT_MAX_BACKOFF_S ? CLIENT_MAX_BACKOFF_S * 1000L
+                                                     : (long)ra * 1000L;
+            nap(c, wait_ms);
+            continue;
+        }
+        break;
+    }
+
+    json_error_t jerr;
+    if (b.len > 0)
+        j = json_loadb(b.data, b.len, JSON_REJECT_DUPLICATES, &jerr);
+    if (*status < 200 || *status >= 300) {
+        *err = server_error(*status, j);
+        goto out;
+    }
+    if (!json_is_object(j)) {
+        *err = cli_strdupf("server: HTTP %ld with a body that is not a JSON object", *status);
+        goto out;
+    }
+    *resp = j;
+    j = NULL;
+    rc = 0;
+out:
+    /* Don't leave a pointer to this call's stack buffer in the handle. */
+    curl_easy_setopt(k, CURLOPT_WRITEDATA, NULL);
+    json_decref(j);
+    free(b.data);
+    free(url);
+    return rc;
+}
+
+/* --- sign/digest ------------------------------------------------------- */
+
+static const char *opt_string(json_t *o, const char *key)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    return s != NULL && s[0] != '\0' ? s : NULL;
+}
+
+/* Takes a 200 answer (or a finished polled request) apart. */
+static int take_signed(json_t *j, client_sign_res *res, char **err)
+{
+    const char *status = opt_string(j, "status");
+    const char *sig = opt_string(j, "signature");
+    const char *id = opt_string(j, "requestId");
+    const char *ts = opt_string(j, "timestampUrl");
+
+    if (status != NULL && strcmp(status, "SIGNED") != 0) {
+        *err = cli_strdupf("server: request %s ended %s", id ? id : "?", status);
+        return -1;
+    }
+    if (sig == NULL) {
+        *err = xstrdup("server: answer has no signature");
+        return -1;
+    }
+    if (b64_decode(sig, strlen(sig), &res->signature) != 0) {
+        *err = xstrdup("server: signature is not valid base64");
+        return -1;
+    }
+    res->request_id = id ? xstrdup(id) : NULL;
+    res->timestamp_url = ts ? xstrdup(ts) : NULL;
+    return 0;
+}
+
+/* Request ids come from the server: accept only URL-safe ones in a path. */
+static int safe_id(const char *id)
+{
+    if (id == NULL || id[0] == '\0' || strlen(id) > 128)
+        return 0;
+    for (const char *p = id; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '_' || *p == '.'))
+            return 0;
+    return 1;
+}
+
+/* A 202 means queued or awaiting approval: poll until the request settles. */
+static int poll_request(client *c, const char *id, json_t **done, char **err)
+{
+    char *path = NULL;
+    time_t deadline = time(NULL) + CLIENT_MAX_PENDING_S;
+    long delay = 500;
+    int rc = -1;
+
+    *done = NULL;
+    if (!safe_id(id)) {
+        *err = xstrdup("server: 202 without a usable requestId");
+        return -1;
+    }
+    path = cli_strdupf("/api/v1/sign/requests/%s", id);
+    for (;;) {
+        json_t *j = NULL;
+        long status;
+        nap(c, delay);
+        if (exchange(c, path, NULL, &status, &j, err) != 0)
+            goto out;
+        const char *st = opt_string(j, "status");
+        if (st != NULL && strcmp(st, "QUEUED") != 0 && strcmp(st, "PENDING_APPROVAL") != 0 &&
+            strcmp(st, "PROCESSING") != 0) {
+            *done = j;
+            rc = 0;
+            goto out;
+        }
+        json_decref(j);
+        if (time(NULL) >= deadline) {
+            *err = cli_strdupf("server: request %s still %s after %d s", id, st ? st : "pending",
+                               CLIENT_MAX_PENDING_S);
+            goto out;
+        }
+        if (delay < 5000)
+            delay *= 2;
+    }
+out:
+    free(path);
+    return rc;
+}
+
+int client_sign_digest(client *c, const client_sign_req *req, client_sign_res *res, char **err)
+{
+    int rc = -1;
+    long status = 0;
+    char *digest = b64_encode(req->digest);
+    char *text = NULL;
+    json_t *resp = NULL, *done = NULL;
+    json_t *meta = json_object();
+    json_t *body = json_object();
+
+    memset(res, 0, sizeof(*res));
+    *err = NULL;
+    if (meta == NULL || body == NULL) {
+        *err = xstrdup("out of memory");
+        goto out;
+    }
+    if (req->filename != NULL)
+        json_object_set_new(meta, "filename", json_string(req->filename));
+    if (req->description != NULL)
+        json_object_set_new(meta, "description", json_string(req->description));
+    if (req->url != NULL)
+        json_object_set_new(meta, "url", json_string(req->url));
+    json_object_set_new(body, "digest", json_string(digest));
+    json_object_set_new(body, "algorithm", json_string(qk_hash_name(req->alg)));
+    json_object_set_new(body, "format", json_string(req->format));
+    json_object_set_new(body, "profile", json_string(req->profile));
+    json_object_set(body, "metadata", meta);
+    /* A metadata string that is not UTF-8 makes json_string() return NULL. */
+    if (json_object_size(meta) !=
+            (size_t)(!!req->filename + !!req->description + !!req->url) ||
+        (text = json_dumps(body, JSON_COMPACT)) == NULL) {
+        *err = xstrdup("cannot encode the request (metadata must be UTF-8)");
+        goto out;
+    }
+    if (exchange(c, "/api/v1/sign/digest", text, &status, &resp, err) != 0)
+        goto out;
+    if (status == 202) {
+        if (poll_request(c, opt_string(resp, "requestId"), &done, err) != 0)
+            goto out;
+        rc = take_signed(done, res, err);
+    } else {
+        rc = take_signed(resp, res, err);
+    }
+out:
+    if (rc != 0)
+        client_sign_res_free(res);
+    json_decref(done);
+    json_decref(resp);
+    json_decref(meta);
+    json_decref(body);
+    free(text);
+    free(digest);
+    return rc;
+}
+
+void client_sign_res_free(client_sign_res *res)
+{
+    if (res == NULL)
+        return;
+    free(res->request_id);
+    free(res->timestamp_url);
+    qk_buf_free(&res->signature);
+    memset(res, 0, sizeof(*res));
+}

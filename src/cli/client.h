@@ -1,0 +1,66 @@
+/* The qwickd API client: JSON over HTTPS with libcurl.
+ *
+ * One client per worker thread: it owns a CURL handle, so consecutive
+ * requests reuse the same keep-alive connection (and TLS session). Calls
+ * retry with exponential backoff when the server cannot be reached or
+ * answers 429/503 (honouring Retry-After); any other failure is final. */
+#ifndef QWICK_CLI_CLIENT_H
+#define QWICK_CLI_CLIENT_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "qwick/buf.h"
+#include "qwick/hash.h"
+
+/* Largest response body accepted from the server. A signature with its chain
+ * is a few KiB; this leaves room for long chains without trusting the peer. */
+#define CLIENT_MAX_RESPONSE (1024u * 1024u)
+#define CLIENT_CONNECT_TIMEOUT_S 10L
+/* Per attempt: a signing request is one RSA operation plus an audit commit. */
+#define CLIENT_REQUEST_TIMEOUT_S 120L
+#define CLIENT_MAX_ATTEMPTS 5
+/* Upper bound for any single wait between attempts, Retry-After included. */
+#define CLIENT_MAX_BACKOFF_S 60
+/* How long a 202 (queued / awaiting approval) request is polled. */
+#define CLIENT_MAX_PENDING_S 600
+
+typedef struct client client;
+
+/* Set by the caller (e.g. from a signal handler) to make a transfer in
+ * progress stop at once with "interrupted"; no retry follows. */
+typedef volatile int client_cancel_flag;
+
+/* Checks the server URL (https, or http to a loopback address only, so the
+ * API key never crosses a network in clear) and sets up a CURL handle.
+ * Returns NULL and a heap message in *err on failure. */
+client *client_new(const cli_config *cfg, char **err);
+void client_free(client *c);
+void client_set_cancel(client *c, const client_cancel_flag *flag);
+
+typedef struct client_sign_req {
+    const char *format; /* "authenticode-pe" or "cms" */
+    qk_hash_alg alg;
+    qk_slice digest;
+    const char *profile;
+    const char *filename; /* metadata, optional */
+    const char *description;
+    const char *url;
+} client_sign_req;
+
+typedef struct client_sign_res {
+    char *request_id;
+    qk_buf signature;    /* DER: Authenticode ContentInfo or detached CMS */
+    char *timestamp_url; /* the server's TSA, NULL when it names none */
+} client_sign_res;
+
+/* POST /api/v1/sign/digest (polling the request when the server answers 202).
+ * On failure returns -1 and a heap message in *err, e.g.
+ * "server: unauthorized: unknown API key" or "cannot reach https://...: ...". */
+int client_sign_digest(client *c, const client_sign_req *req, client_sign_res *res, char **err);
+void client_sign_res_free(client_sign_res *res);
+
+/* printf into a new heap string (aborts on OOM). */
+char *cli_strdupf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

@@ -1,0 +1,542 @@
+/* POST /api/v1/sign/digest and GET /api/v1/sign/requests/{id}.
+ *
+ * Flow of a signing request: authenticate the key, parse the body strictly,
+ * check the role, find the profile's signer (cached per org and profile, so
+ * the sealed key is opened once, not per request), sign on this pool thread,
+ * then hand the request row + audit row to a commit thread and park the
+ * connection. The response with the signature is released only after the
+ * group commit that holds both rows is durable; if it fails the client gets
+ * 500 and no signature. */
+#include "api.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/x509.h>
+
+#include "b64.h"
+#include "internal.h"
+#include "log.h"
+#include "qwick/authenticode.h"
+#include "signer.h"
+#include "util.h"
+#include "workq.h"
+
+/* Cached signers beyond this count are built per request and dropped (an
+ * org with thousands of profiles is not a case to optimise memory for). */
+#define SIGNER_CACHE_MAX 1024
+
+typedef enum sign_format { FMT_AUTHENTICODE_PE, FMT_CMS, FMT_RAW } sign_format;
+
+static const char *const format_names[] = {"authenticode-pe", "cms", "raw"};
+
+/* One profile's signer with its chain ready for responses. Reference
+ * counted: the cache holds one reference, every request using it another, so
+ * an entry replaced after a profile change is freed by its last user. */
+typedef struct cached_signer {
+    int64_t org, profile_id, key_id;
+    qk_buf chain_der; /* as in the profile row: compared to detect a change */
+    qk_signer *signer;
+    qk_slice chain[QK_MAX_CHAIN_LEN];
+    size_t nchain;
+    char *chain_b64[QK_MAX_CHAIN_LEN];
+    atomic_int refs;
+    struct cached_signer *next;
+} cached_signer;
+
+struct signer_cache {
+    pthread_mutex_t lock;
+    cached_signer *head;
+    size_t n;
+};
+
+static void cached_release(cached_signer *e)
+{
+    if (e == NULL || atomic_fetch_sub(&e->refs, 1) != 1)
+        return;
+    signer_free(e->signer);
+    qk_buf_free(&e->chain_der);
+    for (size_t i = 0; i < e->nchain; i++)
+        free(e->chain_b64[i]);
+    free(e);
+}
+
+signer_cache *signer_cache_new(void)
+{
+    signer_cache *c = xcalloc(1, sizeof(*c));
+    pthread_mutex_init(&c->lock, NULL);
+    return c;
+}
+
+void signer_cache_free(signer_cache *c)
+{
+    if (c == NULL)
+        return;
+    for (cached_signer *e = c->head, *next; e != NULL; e = next) {
+        next = e->next;
+        cached_release(e);
+    }
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
+/* Splits concatenated DER certificates into slices, each parsed once to be
+ * sure it is a certificate and that nothing trails the last one. */
+static qk_err split_chain(cached_signer *e)
+{
+    const unsigned char *p = e->chain_der.data, *end = p + e->chain_der.len;
+    e->nchain = 0;
+    while (p < end) {
+        if (e->nchain == QK_MAX_CHAIN_LEN)
+            return qk_fail(QK_ERR_TOO_LARGE, "profile chain has more than %d certificates",
+                           QK_MAX_CHAIN_LEN);
+        const unsigned char *start = p;
+        X509 *x = d2i_X509(NULL, &p, (long)(end - p));
+        if (x == NULL)
+            return qk_fail_ossl(QK_ERR_BAD_DER, "profile chain certificate %zu", e->nchain);
+        X509_free(x);
+        size_t len = (size_t)(p - start);
+        e->chain[e->nchain] = (qk_slice){start, len};
+        e->chain_b64[e->nchain] = xmalloc(B64_ENCODED_SIZE(len));
+        b64_encode(start, len, e->chain_b64[e->nchain]);
+        e->nchain++;
+    }
+    if (e->nchain == 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "profile has no certificate");
+    return QK_OK;
+}
+
+static int entry_matches(const cached_signer *e, const store_profile *p)
+{
+    return e->org == p->org_id && e->profile_id == p->id && e->key_id == p->key_id &&
+           e->chain_der.len == p->chain_der.len &&
+           memcmp(e->chain_der.data, p->chain_der.data, p->chain_der.len) == 0;
+}
+
+/* The signer for profile `p`, with a reference the caller releases. */
+static qk_err signer_get(server *srv, const store_profile *p, cached_signer **out)
+{
+    signer_cache *c = srv->signers;
+    cached_signer *e = NULL, **pp;
+    qk_err rc;
+    *out = NULL;
+
+    pthread_mutex_lock(&c->lock);
+    for (e = c->head; e != NULL; e = e->next)
+        if (e->org == p->org_id && e->profile_id == p->id && entry_matches(e, p)) {
+            atomic_fetch_add(&e->refs, 1);
+            break;
+        }
+    pthread_mutex_unlock(&c->lock);
+    if (e != NULL) {
+        *out = e;
+        return QK_OK;
+    }
+
+    /* Built outside the lock: unsealing and parsing take a while, and two
+     * threads racing here only cost one redundant build. */
+    e = xcalloc(1, sizeof(*e));
+    e->org = p->org_id;
+    e->profile_id = p->id;
+    e->key_id = p->key_id;
+    e->chain_der.data = xmalloc(p->chain_der.len ? p->chain_der.len : 1);
+    memcpy(e->chain_der.data, p->chain_der.data, p->chain_der.len);
+    e->chain_der.len = p->chain_der.len;
+    atomic_init(&e->refs, 1);
+    if ((rc = split_chain(e)) != QK_OK ||
+        (rc = signer_open_profile(srv->store, srv->keyring, p, &e->signer)) != QK_OK) {
+        cached_release(e);
+        return rc;
+    }
+
+    pthread_mutex_lock(&c->lock);
+    /* Drop a stale entry for the same profile (key or chain changed). */
+    for (pp = &c->head; *pp != NULL; pp = &(*pp)->next)
+        if ((*pp)->org == p->org_id && (*pp)->profile_id == p->id) {
+            cached_signer *old = *pp;
+            *pp = old->next;
+            c->n--;
+            cached_release(old);
+            break;
+        }
+    if (c->n < SIGNER_CACHE_MAX) {
+        atomic_fetch_add(&e->refs, 1);
+        e->next = c->head;
+        c->head = e;
+        c->n++;
+    }
+    pthread_mutex_unlock(&c->lock);
+    *out = e;
+    return QK_OK;
+}
+
+/* A parsed and validated signing request; strings point into `root`. */
+typedef struct sign_input {
+    json_t *root;
+    qk_hash_alg alg;
+    const char *algorithm;
+    sign_format format;
+    const char *profile;
+    const char *filename, *description, *url;
+    uint8_t digest[QK_HASH_MAX_SIZE];
+    size_t digest_len;
+} sign_input;
+
+static int parse_sign(http_req *req, sign_input *in)
+{
+    static const char *const fields[] = {"digest", "algorithm", "format", "profile", "metadata",
+                                         NULL};
+    static const char *const meta_fields[] = {"filename", "description", "url", NULL};
+    const char *digest = NULL, *format = NULL;
+
+    if ((in->root = api_parse_object(req)) == NULL ||
+        api_only_fields(req, in->root, NULL, fields) != 0 ||
+        api_opt_string(req, in->root, "digest", 256, &digest) != 0 ||
+        api_opt_string(req, in->root, "algorithm", 16, &in->algorithm) != 0 ||
+        api_opt_string(req, in->root, "format", 32, &format) != 0 ||
+        api_opt_string(req, in->root, "profile", API_MAX_PROFILE, &in->profile) != 0)
+        return -1;
+
+    json_t *meta = json_object_get(in->root, "metadata");
+    if (meta != NULL && !json_is_null(meta)) {
+        if (!json_is_object(meta)) {
+            http_error(req, 400, "invalid_type", "'metadata' must be an object");
+            return -1;
+        }
+        if (api_only_fields(req, meta, "metadata", meta_fields) != 0 ||
+            api_opt_string(req, meta, "filename", API_MAX_FILENAME, &in->filename) != 0 ||
+            api_opt_string(req, meta, "description", API_MAX_DESCRIPTION, &in->description) !=
+                0 ||
+            api_opt_string(req, meta, "url", API_MAX_URL, &in->url) != 0)
+            return -1;
+    }
+
+    if (digest == NULL) {
+        http_error(req, 400, "missing_field", "'digest' is required");
+        return -1;
+    }
+    if (in->algorithm == NULL) {
+        http_error(req, 400, "missing_field", "'algorithm' is required");
+        return -1;
+    }
+    /* Exact names only: SHA-1 and spelling variants are not signing options. */
+    if (strcmp(in->algorithm, "sha256") == 0)
+        in->alg = QK_HASH_SHA256;
+    else if (strcmp(in->algorithm, "sha384") == 0)
+        in->alg = QK_HASH_SHA384;
+    else if (strcmp(in->algorithm, "sha512") == 0)
+        in->alg = QK_HASH_SHA512;
+    else {
+        http_error(req, 400, "unknown_algorithm", "'algorithm' must be sha256, sha384 or sha512");
+        return -1;
+    }
+    if (format == NULL)
+        format = "authenticode-pe";
+    size_t f = 0;
+    while (f < sizeof(format_names) / sizeof(format_names[0]) && strcmp(format_names[f], format))
+        f++;
+    if (f == sizeof(format_names) / sizeof(format_names[0])) {
+        http_error(req, 400, "unknown_format", "'format' must be authenticode-pe, cms or raw");
+        return -1;
+    }
+    in->format = (sign_format)f;
+    if (in->profile == NULL)
+        in->profile = "default";
+    if (in->profile[0] == '\0') {
+        http_error(req, 400, "invalid_value", "'profile' must not be empty");
+        return -1;
+    }
+    if (b64_decode(digest, strlen(digest), in->digest, sizeof(in->digest), &in->digest_len) != 0) {
+        http_error(req, 400, "invalid_digest", "'digest' is not canonical base64");
+        return -1;
+    }
+    if (in->digest_len != qk_hash_size(in->alg)) {
+        http_error(req, 400, "digest_length", "a %s digest is %zu bytes, not %zu", in->algorithm,
+                   qk_hash_size(in->alg), in->digest_len);
+        return -1;
+    }
+    return 0;
+}
+
+/* "https://host:port" for timestampUrl: the configured/derived base URL, or
+ * from a Host header that looks like a host name (listening on a wildcard). */
+static char *tsa_url(http_req *req)
+{
+    if (req->srv->base_url != NULL)
+        return xasprintf("%s/tsa", req->srv->base_url);
+    const char *host = http_header(req, MHD_HTTP_HEADER_HOST);
+    if (host == NULL || host[0] == '\0' || strlen(host) > 255 ||
+        strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]") !=
+            strlen(host))
+        return NULL;
+    return xasprintf("%s://%s/tsa", req->srv->tls ? "https" : "http", host);
+}
+
+/* Everything a commit thread needs; strings point into `root` or `req`. */
+typedef struct commit_job {
+    http_req *req;
+    json_t *root;
+    store_sign_request row;
+    store_audit audit;
+    char digest_hex[2 * QK_HASH_MAX_SIZE + 1];
+    uint8_t digest[QK_HASH_MAX_SIZE];
+    char *response; /* the 200 body, released only once the rows are durable */
+    size_t response_len;
+    const char *profile, *algorithm, *format;
+} commit_job;
+
+static void commit_run(void *arg)
+{
+    commit_job *j = arg;
+    http_req *req = j->req;
+    qk_err rc = STORE_CALL(req->srv->store, request_record, &j->row, &j->audit);
+    if (rc == QK_OK) {
+        http_bytes(req, 200, "application/json", j->response, j->response_len);
+        j->response = NULL;
+        metrics_signature(req->srv->metrics, j->profile, j->algorithm, j->format);
+    } else {
+        log_kv(LOG_ERROR, "request record failed", "request_id", req->id, "detail",
+               qk_error_detail(), NULL);
+        http_error(req, 500, "audit_failed",
+                   "the signature could not be recorded, so it is not returned");
+    }
+    free(j->response);
+    qk_buf_free(&j->row.signature);
+    json_decref(j->root);
+    free(j);
+    /* Last: after this the pool thread may answer and free the request. */
+    http_resume(req);
+}
+
+static void audit_from_input(http_req *req, const store_apikey *key, const sign_input *in,
+                             char *digest_hex, store_audit *a)
+{
+    api_audit_init(req, key, "sign.digest", a);
+    a->request_id = req->id;
+    hex_encode(in->digest, in->digest_len, digest_hex);
+    a->digest_hex = digest_hex;
+    a->algorithm = in->algorithm;
+    a->profile = in->profile;
+    a->filename = in->filename;
+}
+
+/* Writes a denial or failure audit row; answers 500 when that write fails
+ * (every decision is on record or the request fails) and returns -1. */
+static int audit_decision(http_req *req, store_audit *a, audit_outcome outcome, const char *detail)
+{
+    a->outcome = outcome;
+    a->detail = detail;
+    if (STORE_CALL(req->srv->store, audit_append, a) == QK_OK)
+        return 0;
+    log_kv(LOG_ERROR, "audit append failed", "request_id", req->id, "detail", qk_error_detail(),
+           NULL);
+    http_error(req, 500, "audit_failed", "the decision could not be recorded");
+    return -1;
+}
+
+static qk_err do_sign(const sign_input *in, cached_signer *cs, qk_buf *sig)
+{
+    if (in->format == FMT_RAW)
+        return cs->signer->ops->sign(cs->signer, in->alg, in->digest, in->digest_len, sig);
+    qk_sign_request r = {
+        .format = in->format == FMT_CMS ? QK_FORMAT_CMS_DETACHED : QK_FORMAT_AUTHENTICODE_PE,
+        .alg = in->alg,
+        .digest = {in->digest, in->digest_len},
+        /* SpcSpOpusInfo programName: what Windows shows as the program's name. */
+        .program_name = in->description ? in->description : in->filename,
+        .url = in->url,
+        .signing_time = 0,
+    };
+    return qk_sign(&r, signer_sign_fn, cs->signer, cs->chain, cs->nchain, sig);
+}
+
+static char *build_response(http_req *req, const cached_signer *cs, qk_buf sig, size_t *len)
+{
+    char *b64 = malloc(B64_ENCODED_SIZE(sig.len));
+    char *url = tsa_url(req);
+    char *text = NULL;
+    if (b64 == NULL)
+        goto out;
+    b64_encode(sig.data, sig.len, b64);
+    json_t *chain = json_array();
+    for (size_t i = 0; i < cs->nchain; i++)
+        json_array_append_new(chain, json_string_nocheck(cs->chain_b64[i]));
+    json_t *j = json_pack("{s:s,s:s,s:s,s:o}", "requestId", req->id, "status", "SIGNED",
+                          "signature", b64, "certificateChain", chain);
+    if (j != NULL && url != NULL)
+        json_object_set_new(j, "timestampUrl", json_string(url));
+    if (j != NULL)
+        text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (text != NULL)
+        *len = strlen(text);
+out:
+    free(b64);
+    free(url);
+    return text;
+}
+
+void api_sign_digest(http_req *req)
+{
+    server *srv = req->srv;
+    store_apikey key;
+    sign_input in = {0};
+    store_profile prof = {0};
+    store_audit audit;
+    char digest_hex[2 * QK_HASH_MAX_SIZE + 1];
+    cached_signer *cs = NULL;
+    qk_buf sig = {NULL, 0};
+    commit_job *job = NULL;
+    int found = 0;
+    qk_err rc;
+
+    if (api_authenticate(req, &key) != 0)
+        return;
+    if (parse_sign(req, &in) != 0)
+        goto out;
+    audit_from_input(req, &key, &in, digest_hex, &audit);
+
+    /* Authorisation after parsing, so a denial's audit row says what was
+     * attempted (digest, profile, file). */
+    if (key.role < ROLE_SIGNER) {
+        if (audit_decision(req, &audit, AUDIT_DENIED, "role may not sign") == 0)
+            http_error(req, 403, "forbidden", "the key's role (%s) may not sign",
+                       store_role_name(key.role));
+        goto out;
+    }
+    rc = STORE_CALL(srv->store, profile_get, key.org_id, in.profile, &prof, &found);
+    if (rc != QK_OK && !found) {
+        /* 404: the profile is a resource the body names; an unknown one is
+         * "not found" in this org, like a request id of another org. */
+        if (audit_decision(req, &audit, AUDIT_DENIED, "unknown profile") == 0)
+            http_error(req, 404, "unknown_profile", "no profile '%.64s' in this org", in.profile);
+        goto out;
+    }
+    if (rc != QK_OK) {
+        http_error(req, 503, "store_unavailable", "cannot read the profile now");
+        goto out;
+    }
+    if ((rc = signer_get(srv, &prof, &cs)) != QK_OK || (rc = do_sign(&in, cs, &sig)) != QK_OK) {
+        log_kv(LOG_ERROR, "signing failed", "request_id", req->id, "profile", in.profile,
+               "detail", qk_error_detail(), NULL);
+        if (audit_decision(req, &audit, AUDIT_FAILED, qk_strerror(rc)) == 0)
+            http_error(req, 500, "signing_failed", "the signer failed: %s", qk_strerror(rc));
+        goto out;
+    }
+
+    job = xcalloc(1, sizeof(*job));
+    job->req = req;
+    job->root = in.root;
+    in.root = NULL;
+    job->audit = audit;
+    memcpy(job->digest_hex, digest_hex, sizeof(digest_hex));
+    job->audit.digest_hex = job->digest_hex;
+    int64_t now = now_unix();
+    store_sign_request *row = &job->row;
+    memcpy(row->id, req->id, sizeof(req->id));
+    row->org_id = key.org_id;
+    row->apikey_id = key.id;
+    row->user_id = key.user_id;
+    row->status = REQ_SIGNED;
+    row->algorithm = (char *)in.algorithm;
+    row->format = (char *)format_names[in.format];
+    row->profile = (char *)in.profile;
+    row->filename = (char *)in.filename;
+    row->description = (char *)in.description;
+    row->url = (char *)in.url;
+    row->client_ip = req->client_ip;
+    memcpy(job->digest, in.digest, in.digest_len);
+    row->digest = (qk_buf){job->digest, in.digest_len};
+    row->created_at = now;
+    row->completed_at = now;
+    job->profile = in.profile;
+    job->algorithm = in.algorithm;
+    job->format = format_names[in.format];
+    if ((job->response = build_response(req, cs, sig, &job->response_len)) == NULL) {
+        http_error(req, 500, "internal", "out of memory");
+        goto out;
+    }
+    row->signature = sig;
+    sig = (qk_buf){NULL, 0};
+
+    /* Suspend before queueing, so the commit thread can only resume a
+     * connection that is already suspended. */
+    http_suspend(req);
+    if (workq_push(srv->commits, commit_run, job) != 0)
+        commit_run(job); /* no commit thread (shutting down): wait on this one */
+    job = NULL;
+out:
+    if (job != NULL) {
+        free(job->response);
+        json_decref(job->root);
+        free(job);
+    }
+    cached_release(cs);
+    qk_buf_free(&sig);
+    store_profile_clear(&prof);
+    json_decref(in.root);
+    store_apikey_clear(&key);
+}
+
+/* "req_" + 32 lowercase hex: anything else cannot name a request. */
+static int request_id_ok(const char *id)
+{
+    if (strncmp(id, "req_", 4) != 0 || strlen(id) != 36)
+        return 0;
+    return strspn(id + 4, "0123456789abcdef") == 32;
+}
+
+void api_sign_request_get(http_req *req)
+{
+    store_apikey key;
+    store_sign_request r;
+    int found = 0;
+    memset(&r, 0, sizeof(r));
+    if (api_authenticate(req, &key) != 0)
+        return;
+    if (!request_id_ok(req->params[0])) {
+        http_error(req, 404, "not_found", "no such request");
+        goto out;
+    }
+    /* The org comes from the key: another org's request id is simply not
+     * found, with no hint that it exists. */
+    qk_err rc = STORE_CALL(req->srv->store, request_get, key.org_id, req->params[0], &r, &found);
+    if (rc != QK_OK && !found) {
+        http_error(req, 404, "not_found", "no such request");
+        goto out;
+    }
+    if (rc != QK_OK) {
+        http_error(req, 503, "store_unavailable", "cannot read the request now");
+        goto out;
+    }
+    json_t *meta = json_object();
+    if (r.filename)
+        json_object_set_new(meta, "filename", json_string(r.filename));
+    if (r.description)
+        json_object_set_new(meta, "description", json_string(r.description));
+    if (r.url)
+        json_object_set_new(meta, "url", json_string(r.url));
+    json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:o,s:I,s:I}", "requestId", r.id, "status",
+                          req_status_name(r.status), "algorithm", r.algorithm ? r.algorithm : "",
+                          "format", r.format ? r.format : "", "profile", r.profile ? r.profile : "",
+                          "metadata", meta, "createdAt", (json_int_t)r.created_at, "completedAt",
+                          (json_int_t)r.completed_at);
+    if (j != NULL && r.signature.len > 0) {
+        char *b64 = malloc(B64_ENCODED_SIZE(r.signature.len));
+        if (b64 != NULL) {
+            b64_encode(r.signature.data, r.signature.len, b64);
+            json_object_set_new(j, "signature", json_string(b64));
+            free(b64);
+        }
+    }
+    if (j != NULL && r.error != NULL)
+        json_object_set_new(j, "failureReason", json_string(r.error));
+    http_json(req, 200, j);
+out:
+    store_sign_request_clear(&r);
+    store_apikey_clear(&key);
+}

@@ -1,0 +1,220 @@
+/* qwickd.json loading and writing (see config.h). */
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "config.h"
+#include "internal.h"
+#include "pki.h"
+#include "util.h"
+
+static char *resolve(const char *dir, const char *p)
+{
+    return p[0] == '/' ? xstrdup(p) : path_join(dir, p);
+}
+
+void config_defaults(const char *data_dir, qwickd_config *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->listen = xstrdup(CONFIG_DEFAULT_LISTEN);
+    c->default_org = xstrdup(CONFIG_DEFAULT_ORG);
+    c->tls_cert = path_join(data_dir, PKI_TLS_CERT);
+    c->tls_key = path_join(data_dir, PKI_TLS_KEY);
+    c->tsa_cert = path_join(data_dir, PKI_TSA_CERT);
+    c->tsa_key = path_join(data_dir, PKI_TSA_KEY_SEALED);
+    c->max_connections = CONFIG_DEFAULT_MAX_CONNECTIONS;
+    c->max_body = CONFIG_DEFAULT_MAX_BODY;
+    c->connection_timeout = CONFIG_DEFAULT_CONN_TIMEOUT;
+}
+
+void config_free(qwickd_config *c)
+{
+    if (c == NULL)
+        return;
+    free(c->listen);
+    free(c->public_url);
+    free(c->default_org);
+    free(c->tls_cert);
+    free(c->tls_key);
+    free(c->tsa_cert);
+    free(c->tsa_key);
+    free(c->tsa_policy);
+    memset(c, 0, sizeof(*c));
+}
+
+/* Replaces *dst with a string member (NULL allowed when nullable). */
+static qk_err get_str(json_t *v, const char *key, int nullable, char **dst, const char *dir)
+{
+    if (json_is_null(v) && nullable) {
+        free(*dst);
+        *dst = NULL;
+        return QK_OK;
+    }
+    if (!json_is_string(v) || json_string_length(v) == 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: \"%s\" must be a non-empty string", CONFIG_FILE,
+                       key);
+    free(*dst);
+    *dst = dir != NULL ? resolve(dir, json_string_value(v)) : xstrdup(json_string_value(v));
+    return QK_OK;
+}
+
+static qk_err get_uint(json_t *v, const char *key, json_int_t max, json_int_t *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max)
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: \"%s\" must be an integer in 0..%lld", CONFIG_FILE,
+                       key, (long long)max);
+    *out = json_integer_value(v);
+    return QK_OK;
+}
+
+static qk_err unknown(const char *where, const char *key)
+{
+    return qk_fail(QK_ERR_INVALID_ARG, "%s: unknown key \"%s%s\"", CONFIG_FILE, where, key);
+}
+
+static qk_err parse_pair(json_t *obj, const char *section, char **cert, char **key, char **policy,
+                         const char *dir)
+{
+    const char *k;
+    json_t *v;
+    qk_err rc;
+    if (!json_is_object(obj))
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: \"%s\" must be an object", CONFIG_FILE, section);
+    json_object_foreach(obj, k, v)
+    {
+        if (strcmp(k, "cert") == 0)
+            rc = get_str(v, "cert", 0, cert, dir);
+        else if (strcmp(k, "key") == 0)
+            rc = get_str(v, "key", 0, key, dir);
+        else if (policy != NULL && strcmp(k, "policy") == 0)
+            rc = get_str(v, "policy", 1, policy, NULL);
+        else
+            rc = unknown(section, k);
+        if (rc != QK_OK)
+            return rc;
+    }
+    return QK_OK;
+}
+
+static qk_err parse_limits(json_t *obj, qwickd_config *c)
+{
+    const char *k;
+    json_t *v;
+    json_int_t n = 0;
+    qk_err rc;
+    if (!json_is_object(obj))
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: \"limits\" must be an object", CONFIG_FILE);
+    json_object_foreach(obj, k, v)
+    {
+        if (strcmp(k, "threads") == 0) {
+            if ((rc = get_uint(v, k, 1024, &n)) == QK_OK)
+                c->threads = (unsigned)n;
+        } else if (strcmp(k, "max_connections") == 0) {
+            if ((rc = get_uint(v, k, 1000000, &n)) == QK_OK)
+                c->max_connections = (unsigned)n;
+        } else if (strcmp(k, "max_body_bytes") == 0) {
+            if ((rc = get_uint(v, k, 64L * 1024 * 1024, &n)) == QK_OK)
+                c->max_body = (size_t)n;
+        } else if (strcmp(k, "connection_timeout_seconds") == 0) {
+            if ((rc = get_uint(v, k, 86400, &n)) == QK_OK)
+                c->connection_timeout = (unsigned)n;
+        } else {
+            rc = unknown("limits.", k);
+        }
+        if (rc != QK_OK)
+            return rc;
+    }
+    return QK_OK;
+}
+
+qk_err config_load(const char *data_dir, qwickd_config *out)
+{
+    qk_err rc = QK_ERR_IO;
+    char *path = path_join(data_dir, CONFIG_FILE);
+    qk_buf text = {NULL, 0};
+    json_t *root = NULL, *v;
+    json_error_t jerr;
+    const char *k;
+    qwickd_config c;
+
+    config_defaults(data_dir, &c);
+    memset(out, 0, sizeof(*out));
+    if ((rc = file_read_all(path, CONFIG_MAX_FILE, &text)) != QK_OK)
+        goto out;
+    root = json_loadb((const char *)text.data, text.len, JSON_REJECT_DUPLICATES, &jerr);
+    if (root == NULL || !json_is_object(root)) {
+        rc = qk_fail(QK_ERR_INVALID_ARG, "%s: line %d: %s", path, jerr.line,
+                     root == NULL ? jerr.text : "not a JSON object");
+        goto out;
+    }
+    rc = QK_OK;
+    json_object_foreach(root, k, v)
+    {
+        if (strcmp(k, "version") == 0)
+            rc = json_is_integer(v) && json_integer_value(v) == 1
+                     ? QK_OK
+                     : qk_fail(QK_ERR_INVALID_ARG, "%s: unsupported version", CONFIG_FILE);
+        else if (strcmp(k, "listen") == 0)
+            rc = get_str(v, k, 0, &c.listen, NULL);
+        else if (strcmp(k, "public_url") == 0)
+            rc = get_str(v, k, 1, &c.public_url, NULL);
+        else if (strcmp(k, "default_org") == 0)
+            rc = get_str(v, k, 0, &c.default_org, NULL);
+        else if (strcmp(k, "tls") == 0)
+            rc = parse_pair(v, "tls.", &c.tls_cert, &c.tls_key, NULL, data_dir);
+        else if (strcmp(k, "tsa") == 0)
+            rc = parse_pair(v, "tsa.", &c.tsa_cert, &c.tsa_key, &c.tsa_policy, data_dir);
+        else if (strcmp(k, "limits") == 0)
+            rc = parse_limits(v, &c);
+        else
+            rc = unknown("", k);
+        if (rc != QK_OK)
+            goto out;
+    }
+    *out = c;
+    memset(&c, 0, sizeof(c));
+out:
+    config_free(&c);
+    json_decref(root);
+    qk_buf_free(&text);
+    free(path);
+    return rc;
+}
+
+qk_err config_write_defaults(const char *data_dir, const char *listen)
+{
+    qk_err rc;
+    char *path = path_join(data_dir, CONFIG_FILE);
+    char *text = NULL;
+    json_t *root = json_pack(
+        "{s:i, s:s, s:n, s:s, s:{s:s, s:s}, s:{s:s, s:s, s:n}, s:{s:i, s:i, s:i, s:i}}", "version",
+        1, "listen", listen != NULL ? listen : CONFIG_DEFAULT_LISTEN, "public_url", "default_org",
+        CONFIG_DEFAULT_ORG, "tls", "cert", PKI_TLS_CERT, "key", PKI_TLS_KEY, "tsa", "cert",
+        PKI_TSA_CERT, "key", PKI_TSA_KEY_SEALED, "policy", "limits", "threads", 0,
+        "max_connections", (int)CONFIG_DEFAULT_MAX_CONNECTIONS, "max_body_bytes",
+        (int)CONFIG_DEFAULT_MAX_BODY, "connection_timeout_seconds",
+        (int)CONFIG_DEFAULT_CONN_TIMEOUT);
+    if (root == NULL || (text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) == NULL) {
+        rc = qk_fail(QK_ERR_NOMEM, "building %s", CONFIG_FILE);
+        goto out;
+    }
+    size_t n = strlen(text);
+    text = xrealloc(text, n + 2);
+    text[n] = '\n';
+    text[n + 1] = '\0';
+    rc = file_create_excl(path, (qk_slice){(const uint8_t *)text, n + 1}, 0600);
+out:
+    free(text);
+    json_decref(root);
+    free(path);
+    return rc;
+}
+
+char *config_url_from_listen(const char *listen, int tls)
+{
+    const char *scheme = tls ? "https" : "http";
+    /* "0.0.0.0:8443" or "[::]:8443" are not URLs a client can use; the caller
+     * decides (public_url, or the Host header) in that case. */
+    return xasprintf("%s://%s", scheme, listen);
+}

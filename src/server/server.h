@@ -1,0 +1,40 @@
+/* The state `qwickd serve` shares with every request handler. Built once by
+ * cmd_serve before the HTTP daemon starts, read-only afterwards except for
+ * the members that carry their own locks (metrics, signer cache, work queue). */
+#ifndef QWICKD_SERVER_H
+#define QWICKD_SERVER_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "metrics.h"
+#include "secrets.h"
+#include "store.h"
+
+typedef struct signer_cache signer_cache;
+typedef struct tsa tsa;
+typedef struct workq workq;
+
+typedef struct server {
+    qk_store *store;
+    qk_keyring *keyring;
+    const char *data_dir;
+    /* "https://127.0.0.1:8443": what timestampUrl is built from. NULL when
+     * listening on a wildcard address without a configured public_url: the
+     * request's Host header is used then. */
+    char *base_url;
+    int tls;
+    metrics *metrics;
+    signer_cache *signers;
+    tsa *tsa;
+    workq *commits; /* threads that wait on durable commits off the HTTP pool */
+    /* Set at SIGTERM: new requests get 503 and their connection is closed,
+     * requests already admitted run to completion. */
+    atomic_int draining;
+} server;
+
+/* `qwickd serve ...`: runs until SIGTERM/SIGINT; 0 after a clean shutdown. */
+int cmd_serve(int argc, char **argv);
+
+#endif

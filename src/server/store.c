@@ -1,0 +1,129 @@
+/* Backend-independent parts of the store interface: names and destructors. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "store.h"
+#include "util.h"
+
+static const char *const role_names[] = {"viewer", "signer", "admin"};
+
+const char *store_role_name(store_role r)
+{
+    if ((unsigned)r >= sizeof(role_names) / sizeof(role_names[0]))
+        return "unknown";
+    return role_names[r];
+}
+
+int store_role_parse(const char *s, store_role *out)
+{
+    for (size_t i = 0; i < sizeof(role_names) / sizeof(role_names[0]); i++)
+        if (s != NULL && strcmp(s, role_names[i]) == 0) {
+            *out = (store_role)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *req_status_name(req_status s)
+{
+    switch (s) {
+    case REQ_QUEUED:
+        return "QUEUED";
+    case REQ_PENDING_APPROVAL:
+        return "PENDING_APPROVAL";
+    case REQ_PROCESSING:
+        return "PROCESSING";
+    case REQ_SIGNED:
+        return "SIGNED";
+    case REQ_FAILED:
+        return "FAILED";
+    case REQ_REJECTED:
+        return "REJECTED";
+    }
+    return "UNKNOWN";
+}
+
+const char *audit_outcome_name(audit_outcome o)
+{
+    switch (o) {
+    case AUDIT_ALLOWED:
+        return "allowed";
+    case AUDIT_DENIED:
+        return "denied";
+    case AUDIT_FAILED:
+        return "failed";
+    }
+    return "unknown";
+}
+
+void store_new_request_id(char out[40])
+{
+    uint8_t rnd[16];
+    randombytes_buf(rnd, sizeof(rnd));
+    memcpy(out, "req_", 4);
+    hex_encode(rnd, sizeof(rnd), out + 4);
+}
+
+void store_org_clear(store_org *o)
+{
+    if (o == NULL)
+        return;
+    free(o->name);
+    memset(o, 0, sizeof(*o));
+}
+
+void store_apikey_clear(store_apikey *k)
+{
+    if (k == NULL)
+        return;
+    free(k->name);
+    free(k->prefix);
+    memset(k, 0, sizeof(*k));
+}
+
+void store_apikey_list_free(store_apikey *keys, size_t n)
+{
+    if (keys == NULL)
+        return;
+    for (size_t i = 0; i < n; i++)
+        store_apikey_clear(&keys[i]);
+    free(keys);
+}
+
+void store_profile_clear(store_profile *p)
+{
+    if (p == NULL)
+        return;
+    free(p->name);
+    free(p->backend);
+    qk_buf_free(&p->chain_der);
+    memset(p, 0, sizeof(*p));
+}
+
+void store_signing_key_clear(store_signing_key *k)
+{
+    if (k == NULL)
+        return;
+    free(k->kind);
+    qk_buf_free(&k->sealed);
+    memset(k, 0, sizeof(*k));
+}
+
+void store_sign_request_clear(store_sign_request *r)
+{
+    if (r == NULL)
+        return;
+    free(r->algorithm);
+    free(r->format);
+    free(r->profile);
+    free(r->filename);
+    free(r->description);
+    free(r->url);
+    free(r->client_ip);
+    qk_buf_free(&r->digest);
+    qk_buf_free(&r->signature);
+    free(r->error);
+    memset(r, 0, sizeof(*r));
+}

@@ -1,0 +1,1666 @@
+/* The SQLite store (see store.h for the concurrency contract).
+ *
+ * One writer connection owned by a writer thread; every write is a job queued
+ * to it. The thread takes all pending jobs, runs them in one BEGIN IMMEDIATE …
+ * COMMIT (one WAL fsync under synchronous=FULL), each job under a SAVEPOINT,
+ * and then wakes the callers. Reads take a connection from a small pool of
+ * reader connections; in WAL mode they see the last committed state and never
+ * wait for the writer.
+ *
+ * Tenancy: every query that touches tenant data has `org_id = ?` in it, and
+ * cross-table references are composite (org_id, id) foreign keys, so a profile
+ * cannot point at another org's signing key even through a bug in a caller.
+ * The two exceptions are by design: apikey_lookup (the key hash *is* what
+ * identifies the org) and apikey_touch (follows a successful lookup). */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sodium.h>
+#include <sqlite3.h>
+
+#include "internal.h"
+#include "store.h"
+#include "util.h"
+
+#define BUSY_TIMEOUT_MS 10000
+#define MAX_READERS 16
+#define MAX_BATCH 512 /* bounds one transaction's latency */
+#define MAX_TEXT 4096 /* longest string field accepted (filename, url, detail...) */
+#define MAX_BLOB (1u << 20)
+#define HASH_LEN 32
+
+/* ---- schema ----------------------------------------------------------- */
+
+/* Applied in order, each in its own transaction with the version bump; never
+ * edit a shipped step, append a new one. */
+static const char *const migrations[] = {
+    /* 1: the initial schema. */
+    "CREATE TABLE orgs ("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE,"
+    "  created_at INTEGER NOT NULL);"
+    "CREATE TABLE users ("
+    "  id INTEGER PRIMARY KEY,"
+    "  org_id INTEGER NOT NULL REFERENCES orgs(id),"
+    "  email TEXT NOT NULL,"
+    "  pw_hash TEXT," /* argon2id string (crypto_pwhash_str); NULL: password login disabled */
+    "  role INTEGER NOT NULL CHECK (role BETWEEN 0 AND 2),"
+    "  created_at INTEGER NOT NULL,"
+    "  UNIQUE (org_id, email),"
+    "  UNIQUE (org_id, id));"
+    "CREATE TABLE api_keys ("
+    "  id INTEGER PRIMARY KEY,"
+    "  org_id INTEGER NOT NULL REFERENCES orgs(id),"
+    "  user_id INTEGER,"
+    "  name TEXT NOT NULL,"
+    "  prefix TEXT NOT NULL,"
+    "  hash BLOB NOT NULL UNIQUE CHECK (length(hash) = 32),"
+    "  role INTEGER NOT NULL CHECK (role BETWEEN 0 AND 2),"
+    "  created_at INTEGER NOT NULL,"
+    "  expires_at INTEGER NOT NULL DEFAULT 0,"
+    "  revoked_at INTEGER NOT NULL DEFAULT 0,"
+    "  last_used_at INTEGER NOT NULL DEFAULT 0,"
+    "  FOREIGN KEY (org_id, user_id) REFERENCES users(org_id, id));"
+    "CREATE INDEX api_keys_org ON api_keys(org_id, id);"
+    "CREATE TABLE signing_keys ("
+    "  id INTEGER PRIMARY KEY,"
+    "  org_id INTEGER NOT NULL REFERENCES orgs(id),"
+    "  kind TEXT NOT NULL,"
+    "  sealed BLOB NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  UNIQUE (org_id, id));"
+    "CREATE TABLE profiles ("
+    "  id INTEGER PRIMARY KEY,"
+    "  org_id INTEGER NOT NULL REFERENCES orgs(id),"
+    "  name TEXT NOT NULL,"
+    "  backend TEXT NOT NULL,"
+    "  key_id INTEGER NOT NULL,"
+    "  chain_der BLOB NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  UNIQUE (org_id, name),"
+    "  FOREIGN KEY (org_id, key_id) REFERENCES signing_keys(org_id, id));"
+    /* apikey_id/user_id are not foreign keys: a request must outlive its key. */
+    "CREATE TABLE sign_requests ("
+    "  id TEXT PRIMARY KEY,"
+    "  org_id INTEGER NOT NULL REFERENCES orgs(id),"
+    "  apikey_id INTEGER,"
+    "  user_id INTEGER,"
+    "  status INTEGER NOT NULL,"
+    "  algorithm TEXT NOT NULL,"
+    "  format TEXT NOT NULL,"
+    "  profile TEXT NOT NULL,"
+    "  filename TEXT,"
+    "  description TEXT,"
+    "  url TEXT,"
+    "  client_ip TEXT,"
+    "  digest BLOB NOT NULL,"
+    "  signature BLOB,"
+    "  error TEXT,"
+    "  created_at INTEGER NOT NULL,"
+    "  completed_at INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX sign_requests_org ON sign_requests(org_id, created_at);"
+    /* Per-org hash chain: hash = SHA-256(prev_hash || canonical(row)), seq
+     * counts 1, 2, 3... per org, and audit_head remembers the newest link so a
+     * truncated tail is detected too. */
+    "CREATE TABLE audit ("
+    "  id INTEGER PRIMARY KEY,"
+    "  org_id INTEGER NOT NULL REFERENCES orgs(id),"
+    "  seq INTEGER NOT NULL,"
+    "  ts INTEGER NOT NULL,"
+    "  actor TEXT,"
+    "  client_ip TEXT,"
+    "  action TEXT,"
+    "  request_id TEXT,"
+    "  digest_hex TEXT,"
+    "  algorithm TEXT,"
+    "  profile TEXT,"
+    "  filename TEXT,"
+    "  outcome INTEGER NOT NULL,"
+    "  detail TEXT,"
+    "  prev_hash BLOB NOT NULL,"
+    "  hash BLOB NOT NULL,"
+    "  UNIQUE (org_id, seq));"
+    "CREATE INDEX audit_request ON audit(org_id, request_id);"
+    "CREATE TABLE audit_head ("
+    "  org_id INTEGER PRIMARY KEY REFERENCES orgs(id),"
+    "  seq INTEGER NOT NULL,"
+    "  hash BLOB NOT NULL);",
+};
+
+#define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+/* ---- prepared statements, cached per connection ----------------------- */
+
+enum {
+    W_ORG_INSERT,
+    W_USER_INSERT,
+    W_SKEY_INSERT,
+    W_PROFILE_INSERT,
+    W_APIKEY_INSERT,
+    W_APIKEY_REVOKE,
+    W_APIKEY_TOUCH,
+    W_REQ_UPSERT,
+    W_AUDIT_INSERT,
+    W_HEAD_SET,
+    Q_HEAD_GET,
+    R_ORG_FIND,
+    R_SKEY_GET,
+    R_PROFILE_GET,
+    R_APIKEY_LOOKUP,
+    R_APIKEY_LIST,
+    R_APIKEY_GET,
+    R_REQ_GET,
+    R_AUDIT_ROWS,
+    R_AUDIT_COUNT_REQ,
+    R_AUDIT_COUNT_ALL,
+    STMT__COUNT
+};
+
+#define APIKEY_COLS                                                                                \
+    "id, org_id, coalesce(user_id, 0), name, prefix, role, created_at, expires_at, revoked_at, "   \
+    "last_used_at, hash"
+
+static const char *const stmt_sql[STMT__COUNT] = {
+    [W_ORG_INSERT] = "INSERT INTO orgs(name, created_at) VALUES(?1, ?2)",
+    [W_USER_INSERT] = "INSERT INTO users(org_id, email, pw_hash, role, created_at) "
+                      "VALUES(?1, ?2, ?3, ?4, ?5)",
+    [W_SKEY_INSERT] = "INSERT INTO signing_keys(org_id, kind, sealed, created_at) "
+                      "VALUES(?1, ?2, ?3, ?4)",
+    [W_PROFILE_INSERT] = "INSERT INTO profiles(org_id, name, backend, key_id, chain_der, "
+                         "created_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+    [W_APIKEY_INSERT] = "INSERT INTO api_keys(org_id, user_id, name, prefix, hash, role, "
+                        "created_at, expires_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    /* Revoking twice keeps the first time; the row still counts as found. */
+    [W_APIKEY_REVOKE] = "UPDATE api_keys SET revoked_at = CASE WHEN revoked_at = 0 THEN ?3 "
+                        "ELSE revoked_at END WHERE org_id = ?1 AND id = ?2",
+    [W_APIKEY_TOUCH] = "UPDATE api_keys SET last_used_at = ?2 WHERE id = ?1 AND last_used_at < ?2",
+    /* A later status change of the same request updates it (async flows);
+     * the WHERE keeps one org from touching another's request id. */
+    [W_REQ_UPSERT] =
+        "INSERT INTO sign_requests(id, org_id, apikey_id, user_id, status, algorithm, format, "
+        "profile, filename, description, url, client_ip, digest, signature, error, created_at, "
+        "completed_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, "
+        "?16, ?17) ON CONFLICT(id) DO UPDATE SET status = excluded.status, "
+        "signature = excluded.signature, error = excluded.error, "
+        "completed_at = excluded.completed_at WHERE sign_requests.org_id = excluded.org_id",
+    [W_AUDIT_INSERT] =
+        "INSERT INTO audit(org_id, seq, ts, actor, client_ip, action, request_id, digest_hex, "
+        "algorithm, profile, filename, outcome, detail, prev_hash, hash) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+    [W_HEAD_SET] = "INSERT INTO audit_head(org_id, seq, hash) VALUES(?1, ?2, ?3) "
+                   "ON CONFLICT(org_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+    [Q_HEAD_GET] = "SELECT seq, hash FROM audit_head WHERE org_id = ?1",
+    [R_ORG_FIND] = "SELECT id FROM orgs WHERE name = ?1",
+    [R_SKEY_GET] =
+        "SELECT id, org_id, kind, sealed FROM signing_keys WHERE org_id = ?1 AND id = ?2",
+    [R_PROFILE_GET] = "SELECT id, org_id, name, backend, key_id, chain_der FROM profiles "
+                      "WHERE org_id = ?1 AND name = ?2",
+    [R_APIKEY_LOOKUP] = "SELECT " APIKEY_COLS " FROM api_keys WHERE hash = ?1",
+    [R_APIKEY_LIST] = "SELECT " APIKEY_COLS " FROM api_keys WHERE org_id = ?1 ORDER BY id",
+    [R_APIKEY_GET] = "SELECT " APIKEY_COLS " FROM api_keys WHERE org_id = ?1 AND id = ?2",
+    [R_REQ_GET] = "SELECT id, org_id, coalesce(apikey_id, 0), coalesce(user_id, 0), status, "
+                  "algorithm, format, profile, filename, description, url, client_ip, digest, "
+                  "signature, error, created_at, completed_at FROM sign_requests "
+                  "WHERE org_id = ?1 AND id = ?2",
+    [R_AUDIT_ROWS] = "SELECT id, seq, ts, actor, client_ip, action, request_id, digest_hex, "
+                     "algorithm, profile, filename, outcome, detail, prev_hash, hash "
+                     "FROM audit WHERE org_id = ?1 ORDER BY seq",
+    [R_AUDIT_COUNT_REQ] = "SELECT count(*) FROM audit WHERE org_id = ?1 AND request_id = ?2",
+    [R_AUDIT_COUNT_ALL] = "SELECT count(*) FROM audit WHERE org_id = ?1",
+};
+
+typedef struct conn {
+    sqlite3 *db;
+    sqlite3_stmt *st[STMT__COUNT];
+} conn;
+
+/* ---- writer jobs ------------------------------------------------------ */
+
+typedef struct sq_store sq_store;
+typedef struct wjob wjob;
+typedef qk_err (*wjob_fn)(conn *c, wjob *j);
+
+struct wjob {
+    wjob *next;
+    wjob_fn fn;
+    void *arg;
+    int detached; /* fire-and-forget: nobody waits, the writer frees it */
+    int done;     /* set under the queue mutex once the batch committed or failed */
+    qk_err rc;
+    char detail[256];
+};
+
+struct sq_store {
+    qk_store base;
+    char *db_path;
+
+    pthread_mutex_t rmu; /* reader pool */
+    pthread_cond_t rcv;
+    conn *rfree[MAX_READERS];
+    size_t nfree, nopen;
+
+    conn writer;
+    pthread_t thread;
+    int thread_started;
+    pthread_mutex_t wmu; /* job queue */
+    pthread_cond_t wcv;  /* jobs arrived / stop */
+    pthread_cond_t dcv;  /* a batch finished */
+    wjob *head, *tail;
+    int stopping;
+    atomic_int fail_commits;
+    atomic_uint_fast64_t commits, writes;
+};
+
+static qk_err db_fail(sqlite3 *db, int rc, const char *what)
+{
+    int primary = rc & 0xff;
+    const char *msg = db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    if (primary == SQLITE_CONSTRAINT)
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: %s", what, msg);
+    if (primary == SQLITE_NOMEM)
+        return qk_fail(QK_ERR_NOMEM, "%s: %s", what, msg);
+    return qk_fail(QK_ERR_IO, "%s: %s", what, msg);
+}
+
+static qk_err exec_sql(conn *c, const char *sql)
+{
+    int rc = sqlite3_exec(c->db, sql, NULL, NULL, NULL);
+    if (rc != SQLITE_OK)
+        return db_fail(c->db, rc, sql);
+    return QK_OK;
+}
+
+/* The cached statement `id`, reset and unbound, ready to bind. */
+static qk_err stmt(conn *c, int id, sqlite3_stmt **out)
+{
+    *out = NULL;
+    if (c->st[id] == NULL) {
+        int rc = sqlite3_prepare_v3(c->db, stmt_sql[id], -1, SQLITE_PREPARE_PERSISTENT, &c->st[id],
+                                    NULL);
+        if (rc != SQLITE_OK)
+            return db_fail(c->db, rc, "prepare");
+    }
+    *out = c->st[id];
+    return QK_OK;
+}
+
+/* Returns a statement to its cache: reset, bindings cleared (so no borrowed
+ * pointer outlives the call). */
+static void stmt_done(sqlite3_stmt *st)
+{
+    if (st != NULL) {
+        sqlite3_reset(st);
+        sqlite3_clear_bindings(st);
+    }
+}
+
+static int bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s == NULL)
+        return sqlite3_bind_null(st, i);
+    return sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+}
+
+static int bind_id(sqlite3_stmt *st, int i, int64_t v)
+{
+    if (v == 0)
+        return sqlite3_bind_null(st, i);
+    return sqlite3_bind_int64(st, i, v);
+}
+
+static int bind_blob(sqlite3_stmt *st, int i, const uint8_t *p, size_t n)
+{
+    return sqlite3_bind_blob64(st, i, p != NULL ? (const void *)p : (const void *)"", n,
+                               SQLITE_STATIC);
+}
+
+static char *col_strdup(sqlite3_stmt *st, int i)
+{
+    const unsigned char *t = sqlite3_column_text(st, i);
+    return t == NULL ? NULL : xstrdup((const char *)t);
+}
+
+static void col_buf(sqlite3_stmt *st, int i, qk_buf *out)
+{
+    const void *p = sqlite3_column_blob(st, i);
+    int n = sqlite3_column_bytes(st, i);
+    out->data = NULL;
+    out->len = 0;
+    if (p == NULL || n <= 0)
+        return;
+    out->data = xmalloc((size_t)n);
+    memcpy(out->data, p, (size_t)n);
+    out->len = (size_t)n;
+}
+
+static qk_err check_text(const char *what, const char *s, int required)
+{
+    if (s == NULL)
+        return required ? qk_fail(QK_ERR_INVALID_ARG, "%s is required", what) : QK_OK;
+    if (strlen(s) > MAX_TEXT)
+        return qk_fail(QK_ERR_TOO_LARGE, "%s longer than %d bytes", what, MAX_TEXT);
+    return QK_OK;
+}
+
+/* ---- connections ------------------------------------------------------ */
+
+static void conn_close(conn *c)
+{
+    if (c == NULL)
+        return;
+    for (int i = 0; i < STMT__COUNT; i++)
+        sqlite3_finalize(c->st[i]);
+    sqlite3_close(c->db);
+    memset(c, 0, sizeof(*c));
+}
+
+static qk_err conn_open(const char *path, int writer, conn *c)
+{
+    qk_err rc = QK_ERR_IO;
+    int r;
+
+    memset(c, 0, sizeof(*c));
+    /* NOMUTEX: a connection is only ever used by one thread at a time (the
+     * writer thread, or whoever holds it from the pool). */
+    r = sqlite3_open_v2(path, &c->db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX |
+                            SQLITE_OPEN_NOFOLLOW,
+                        NULL);
+    if (r != SQLITE_OK) {
+        rc = db_fail(c->db, r, path);
+        goto out;
+    }
+    sqlite3_extended_result_codes(c->db, 1);
+    sqlite3_busy_timeout(c->db, BUSY_TIMEOUT_MS);
+    if ((rc = exec_sql(c, "PRAGMA foreign_keys = ON; PRAGMA trusted_schema = OFF;")) != QK_OK)
+        goto out;
+    if (writer) {
+        /* WAL: readers never block on the writer; FULL: a commit is on disk
+         * (WAL fsync) when COMMIT returns, which the audit guarantee needs. */
+        if ((rc = exec_sql(c, "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")) != QK_OK)
+            goto out;
+    } else if ((rc = exec_sql(c, "PRAGMA query_only = ON;")) != QK_OK) {
+        goto out;
+    }
+    rc = QK_OK;
+out:
+    if (rc != QK_OK)
+        conn_close(c);
+    return rc;
+}
+
+static qk_err reader_get(sq_store *s, conn **out)
+{
+    qk_err rc;
+    conn *c = NULL;
+
+    *out = NULL;
+    pthread_mutex_lock(&s->rmu);
+    while (s->nfree == 0 && s->nopen >= MAX_READERS)
+        pthread_cond_wait(&s->rcv, &s->rmu);
+    if (s->nfree > 0) {
+        *out = s->rfree[--s->nfree];
+        pthread_mutex_unlock(&s->rmu);
+        return QK_OK;
+    }
+    s->nopen++;
+    pthread_mutex_unlock(&s->rmu);
+
+    c = xcalloc(1, sizeof(*c));
+    if ((rc = conn_open(s->db_path, 0, c)) != QK_OK) {
+        free(c);
+        pthread_mutex_lock(&s->rmu);
+        s->nopen--;
+        pthread_cond_signal(&s->rcv);
+        pthread_mutex_unlock(&s->rmu);
+        return rc;
+    }
+    *out = c;
+    return QK_OK;
+}
+
+static void reader_put(sq_store *s, conn *c)
+{
+    if (c == NULL)
+        return;
+    /* Never hand a connection back in the middle of a transaction. */
+    if (!sqlite3_get_autocommit(c->db))
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    pthread_mutex_lock(&s->rmu);
+    s->rfree[s->nfree++] = c;
+    pthread_cond_signal(&s->rcv);
+    pthread_mutex_unlock(&s->rmu);
+}
+
+/* ---- the writer thread ------------------------------------------------ */
+
+static void fail_job(wjob *j, qk_err rc, const char *detail)
+{
+    j->rc = rc;
+    snprintf(j->detail, sizeof(j->detail), "%s", detail);
+}
+
+static void run_batch(sq_store *s, wjob *batch)
+{
+    conn *c = &s->writer;
+    qk_err rc;
+    char why[256];
+
+    if ((rc = exec_sql(c, "BEGIN IMMEDIATE")) != QK_OK) {
+        snprintf(why, sizeof(why), "begin: %s", qk_error_detail());
+        for (wjob *j = batch; j != NULL; j = j->next)
+            fail_job(j, rc, why);
+        return;
+    }
+    for (wjob *j = batch; j != NULL; j = j->next) {
+        qk_clear_detail();
+        if ((rc = exec_sql(c, "SAVEPOINT job")) == QK_OK) {
+            rc = j->fn(c, j);
+            if (rc != QK_OK) {
+                snprintf(j->detail, sizeof(j->detail), "%s", qk_error_detail());
+                sqlite3_exec(c->db, "ROLLBACK TO job", NULL, NULL, NULL);
+            }
+            sqlite3_exec(c->db, "RELEASE job", NULL, NULL, NULL);
+        } else {
+            snprintf(j->detail, sizeof(j->detail), "%s", qk_error_detail());
+        }
+        j->rc = rc;
+        /* Some errors (disk full, I/O) make SQLite roll the whole transaction
+         * back: then the earlier jobs are gone too, and must not report success. */
+        if (sqlite3_get_autocommit(c->db)) {
+            snprintf(why, sizeof(why), "transaction aborted: %.200s", j->detail);
+            for (wjob *k = batch; k != NULL; k = k->next)
+                if (k->rc == QK_OK || k == j)
+                    fail_job(k, rc != QK_OK ? rc : QK_ERR_IO, why);
+            return;
+        }
+    }
+
+    int left = atomic_load(&s->fail_commits);
+    while (left > 0 && !atomic_compare_exchange_weak(&s->fail_commits, &left, left - 1))
+        ;
+    if (left > 0)
+        rc = qk_fail(QK_ERR_IO, "commit failed (injected by test hook)");
+    else
+        rc = exec_sql(c, "COMMIT");
+    if (rc == QK_OK) {
+        uint64_t n = 0;
+        for (wjob *j = batch; j != NULL; j = j->next)
+            n++;
+        atomic_fetch_add(&s->commits, 1);
+        atomic_fetch_add(&s->writes, n);
+    }
+    if (rc != QK_OK) {
+        /* Nothing of this batch is durable: every caller gets an error, so no
+         * signature goes out without its audit row. */
+        snprintf(why, sizeof(why), "commit: %s", qk_error_detail());
+        if (!sqlite3_get_autocommit(c->db))
+            sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+        for (wjob *j = batch; j != NULL; j = j->next)
+            if (j->rc == QK_OK)
+                fail_job(j, rc, why);
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    sq_store *s = arg;
+
+    pthread_mutex_lock(&s->wmu);
+    for (;;) {
+        while (s->head == NULL && !s->stopping)
+            pthread_cond_wait(&s->wcv, &s->wmu);
+        if (s->head == NULL)
+            break; /* stopping and drained */
+        /* Take up to MAX_BATCH jobs; the rest wait for the next round. */
+        wjob *batch = s->head, *last = s->head;
+        for (int n = 1; n < MAX_BATCH && last->next != NULL; n++)
+            last = last->next;
+        s->head = last->next;
+        if (s->head == NULL)
+            s->tail = NULL;
+        last->next = NULL;
+        pthread_mutex_unlock(&s->wmu);
+
+        run_batch(s, batch);
+
+        pthread_mutex_lock(&s->wmu);
+        for (wjob *j = batch, *next; j != NULL; j = next) {
+            next = j->next; /* a woken caller may free its job right away */
+            if (j->detached)
+                free(j);
+            else
+                j->done = 1;
+        }
+        pthread_cond_broadcast(&s->dcv);
+    }
+    pthread_mutex_unlock(&s->wmu);
+    return NULL;
+}
+
+static void enqueue(sq_store *s, wjob *j)
+{
+    j->next = NULL;
+    if (s->tail != NULL)
+        s->tail->next = j;
+    else
+        s->head = j;
+    s->tail = j;
+    pthread_cond_signal(&s->wcv);
+}
+
+/* Queues fn(arg) for the writer and waits until its batch has committed. */
+static qk_err submit(sq_store *s, wjob_fn fn, void *arg)
+{
+    wjob j;
+    memset(&j, 0, sizeof(j));
+    j.fn = fn;
+    j.arg = arg;
+    pthread_mutex_lock(&s->wmu);
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->wmu);
+        return qk_fail(QK_ERR_IO, "store is closing");
+    }
+    enqueue(s, &j);
+    while (!j.done)
+        pthread_cond_wait(&s->dcv, &s->wmu);
+    pthread_mutex_unlock(&s->wmu);
+    if (j.rc != QK_OK)
+        return qk_fail(j.rc, "%s", j.detail);
+    return QK_OK;
+}
+
+/* ---- migrations ------------------------------------------------------- */
+
+static qk_err migrate(conn *c)
+{
+    qk_err rc = QK_ERR_IO;
+    sqlite3_stmt *st = NULL;
+    int version = 0, r;
+
+    if ((rc = exec_sql(c, "BEGIN IMMEDIATE")) != QK_OK)
+        return rc;
+    if ((rc = exec_sql(c, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);"
+                          "INSERT INTO schema_version SELECT 0 WHERE NOT EXISTS "
+                          "(SELECT 1 FROM schema_version);")) != QK_OK)
+        goto out;
+    r = sqlite3_prepare_v2(c->db, "SELECT max(version) FROM schema_version", -1, &st, NULL);
+    if (r != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+        rc = db_fail(c->db, r, "read schema_version");
+        goto out;
+    }
+    version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    st = NULL;
+    if (version > NMIGRATIONS) {
+        rc =
+            qk_fail(QK_ERR_INVALID_ARG, "database schema version %d is newer than this qwickd (%d)",
+                    version, NMIGRATIONS);
+        goto out;
+    }
+    /* All pending steps and the version bump commit together: a crash leaves
+     * either the old schema or the new one. */
+    for (int v = version; v < NMIGRATIONS; v++) {
+        char bump[64];
+        if ((rc = exec_sql(c, migrations[v])) != QK_OK)
+            goto out;
+        snprintf(bump, sizeof(bump), "UPDATE schema_version SET version = %d", v + 1);
+        if ((rc = exec_sql(c, bump)) != QK_OK)
+            goto out;
+    }
+    rc = exec_sql(c, "COMMIT");
+out:
+    sqlite3_finalize(st);
+    if (rc != QK_OK && !sqlite3_get_autocommit(c->db))
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    return rc;
+}
+
+/* ---- write operations (run on the writer thread) ----------------------- */
+
+/* Steps a write statement; SQLITE_DONE expected. */
+static qk_err step_write(conn *c, sqlite3_stmt *st, const char *what)
+{
+    int r = sqlite3_step(st);
+    if (r != SQLITE_DONE)
+        return db_fail(c->db, r, what);
+    return QK_OK;
+}
+
+typedef struct org_create_arg {
+    const char *name;
+    int64_t id;
+} org_create_arg;
+
+static qk_err job_org_create(conn *c, wjob *j)
+{
+    org_create_arg *a = j->arg;
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(c, W_ORG_INSERT, &st);
+    if (rc != QK_OK)
+        return rc;
+    bind_text(st, 1, a->name);
+    sqlite3_bind_int64(st, 2, now_unix());
+    rc = step_write(c, st, "insert org");
+    if (rc == QK_OK)
+        a->id = sqlite3_last_insert_rowid(c->db);
+    stmt_done(st);
+    return rc;
+}
+
+static qk_err sq_org_create(qk_store *base, const char *name, int64_t *id)
+{
+    org_create_arg a = {name, 0};
+    qk_err rc;
+    *id = 0;
+    if ((rc = check_text("org name", name, 1)) != QK_OK)
+        return rc;
+    if ((rc = submit((sq_store *)base, job_org_create, &a)) == QK_OK)
+        *id = a.id;
+    return rc;
+}
+
+typedef struct user_create_arg {
+    int64_t org;
+    const char *email, *pw_hash;
+    store_role role;
+    int64_t id;
+} user_create_arg;
+
+static qk_err job_user_create(conn *c, wjob *j)
+{
+    user_create_arg *a = j->arg;
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(c, W_USER_INSERT, &st);
+    if (rc != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, a->org);
+    bind_text(st, 2, a->email);
+    bind_text(st, 3, a->pw_hash);
+    sqlite3_bind_int(st, 4, (int)a->role);
+    sqlite3_bind_int64(st, 5, now_unix());
+    rc = step_write(c, st, "insert user");
+    if (rc == QK_OK)
+        a->id = sqlite3_last_insert_rowid(c->db);
+    stmt_done(st);
+    return rc;
+}
+
+static qk_err sq_user_create(qk_store *base, int64_t org, const char *email, const char *pw_hash,
+                             store_role role, int64_t *id)
+{
+    user_create_arg a = {org, email, pw_hash, role, 0};
+    qk_err rc;
+    *id = 0;
+    if ((rc = check_text("email", email, 1)) != QK_OK ||
+        (rc = check_text("password hash", pw_hash, 0)) != QK_OK)
+        return rc;
+    if ((rc = submit((sq_store *)base, job_user_create, &a)) == QK_OK)
+        *id = a.id;
+    return rc;
+}
+
+typedef struct skey_create_arg {
+    int64_t org;
+    const char *kind;
+    qk_slice sealed;
+    int64_t id;
+} skey_create_arg;
+
+static qk_err job_skey_create(conn *c, wjob *j)
+{
+    skey_create_arg *a = j->arg;
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(c, W_SKEY_INSERT, &st);
+    if (rc != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, a->org);
+    bind_text(st, 2, a->kind);
+    bind_blob(st, 3, a->sealed.data, a->sealed.len);
+    sqlite3_bind_int64(st, 4, now_unix());
+    rc = step_write(c, st, "insert signing key");
+    if (rc == QK_OK)
+        a->id = sqlite3_last_insert_rowid(c->db);
+    stmt_done(st);
+    return rc;
+}
+
+static qk_err sq_signing_key_create(qk_store *base, int64_t org, const char *kind, qk_slice sealed,
+                                    int64_t *id)
+{
+    skey_create_arg a = {org, kind, sealed, 0};
+    qk_err rc;
+    *id = 0;
+    if ((rc = check_text("key kind", kind, 1)) != QK_OK)
+        return rc;
+    if (sealed.len == 0 || sealed.len > MAX_BLOB)
+        return qk_fail(QK_ERR_INVALID_ARG, "sealed key of %zu bytes", sealed.len);
+    if ((rc = submit((sq_store *)base, job_skey_create, &a)) == QK_OK)
+        *id = a.id;
+    return rc;
+}
+
+typedef struct profile_create_arg {
+    int64_t org;
+    const char *name, *backend;
+    int64_t key_id;
+    qk_slice chain;
+    int64_t id;
+} profile_create_arg;
+
+static qk_err job_profile_create(conn *c, wjob *j)
+{
+    profile_create_arg *a = j->arg;
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(c, W_PROFILE_INSERT, &st);
+    if (rc != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, a->org);
+    bind_text(st, 2, a->name);
+    bind_text(st, 3, a->backend);
+    sqlite3_bind_int64(st, 4, a->key_id);
+    bind_blob(st, 5, a->chain.data, a->chain.len);
+    sqlite3_bind_int64(st, 6, now_unix());
+    rc = step_write(c, st, "insert profile");
+    if (rc == QK_OK)
+        a->id = sqlite3_last_insert_rowid(c->db);
+    stmt_done(st);
+    return rc;
+}
+
+static qk_err sq_profile_create(qk_store *base, int64_t org, const char *name, const char *backend,
+                                int64_t key_id, qk_slice chain_der, int64_t *id)
+{
+    profile_create_arg a = {org, name, backend, key_id, chain_der, 0};
+    qk_err rc;
+    *id = 0;
+    if ((rc = check_text("profile name", name, 1)) != QK_OK ||
+        (rc = check_text("backend", backend, 1)) != QK_OK)
+        return rc;
+    if (chain_der.len > MAX_BLOB)
+        return qk_fail(QK_ERR_TOO_LARGE, "certificate chain of %zu bytes", chain_der.len);
+    if ((rc = submit((sq_store *)base, job_profile_create, &a)) == QK_OK)
+        *id = a.id;
+    return rc;
+}
+
+typedef struct apikey_create_arg {
+    int64_t org, user;
+    const char *name, *prefix;
+    const uint8_t *hash;
+    store_role role;
+    int64_t expires_at;
+    int64_t id;
+} apikey_create_arg;
+
+static qk_err job_apikey_create(conn *c, wjob *j)
+{
+    apikey_create_arg *a = j->arg;
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(c, W_APIKEY_INSERT, &st);
+    if (rc != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, a->org);
+    bind_id(st, 2, a->user);
+    bind_text(st, 3, a->name);
+    bind_text(st, 4, a->prefix);
+    bind_blob(st, 5, a->hash, HASH_LEN);
+    sqlite3_bind_int(st, 6, (int)a->role);
+    sqlite3_bind_int64(st, 7, now_unix());
+    sqlite3_bind_int64(st, 8, a->expires_at);
+    rc = step_write(c, st, "insert api key");
+    if (rc == QK_OK)
+        a->id = sqlite3_last_insert_rowid(c->db);
+    stmt_done(st);
+    return rc;
+}
+
+static qk_err sq_apikey_create(qk_store *base, int64_t org, int64_t user, const char *name,
+                               const char *prefix, const uint8_t hash[32], store_role role,
+                               int64_t expires_at, int64_t *id)
+{
+    apikey_create_arg a = {org, user, name, prefix, hash, role, expires_at, 0};
+    qk_err rc;
+    *id = 0;
+    if ((rc = check_text("key name", name, 1)) != QK_OK ||
+        (rc = check_text("key prefix", prefix, 1)) != QK_OK)
+        return rc;
+    if ((unsigned)role > ROLE_ADMIN || expires_at < 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "bad role or expiry");
+    if ((rc = submit((sq_store *)base, job_apikey_create, &a)) == QK_OK)
+        *id = a.id;
+    return rc;
+}
+
+typedef struct apikey_revoke_arg {
+    int64_t org, id;
+    int found;
+} apikey_revoke_arg;
+
+static qk_err job_apikey_revoke(conn *c, wjob *j)
+{
+    apikey_revoke_arg *a = j->arg;
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(c, W_APIKEY_REVOKE, &st);
+    if (rc != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, a->org);
+    sqlite3_bind_int64(st, 2, a->id);
+    sqlite3_bind_int64(st, 3, now_unix());
+    rc = step_write(c, st, "revoke api key");
+    if (rc == QK_OK)
+        a->found = sqlite3_changes(c->db) > 0;
+    stmt_done(st);
+    return rc;
+}
+
+static qk_err sq_apikey_revoke(qk_store *base, int64_t org, int64_t id, int *found)
+{
+    apikey_revoke_arg a = {org, id, 0};
+    qk_err rc = submit((sq_store *)base, job_apikey_revoke, &a);
+    *found = a.found;
+    if (rc == QK_OK && !a.found)
+        return qk_fail(QK_ERR_INVALID_ARG, "no API key %" PRId64 " in this org", id);
+    return rc;
+}
+
+typedef struct touch_job {
+    wjob j;
+    int64_t id, now;
+} touch_job;
+
+static qk_err job_apikey_touch(conn *c, wjob *j)
+{
+    touch_job *t = j->arg;
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(c, W_APIKEY_TOUCH, &st);
+    if (rc != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, t->id);
+    sqlite3_bind_int64(st, 2, t->now);
+    rc = step_write(c, st, "touch api key");
+    stmt_done(st);
+    return rc;
+}
+
+static qk_err sq_apikey_touch(qk_store *base, int64_t id, int64_t now)
+{
+    sq_store *s = (sq_store *)base;
+    touch_job *t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return qk_fail(QK_ERR_NOMEM, "touch");
+    t->j.fn = job_apikey_touch;
+    t->j.arg = t;
+    t->j.detached = 1;
+    t->id = id;
+    t->now = now;
+    pthread_mutex_lock(&s->wmu);
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->wmu);
+        free(t);
+        return QK_OK; /* best effort: dropped at shutdown */
+    }
+    enqueue(s, &t->j);
+    pthread_mutex_unlock(&s->wmu);
+    return QK_OK;
+}
+
+/* ---- audit chain ------------------------------------------------------ */
+
+static void h_u32(crypto_hash_sha256_state *h, uint32_t v)
+{
+    uint8_t b[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
+    crypto_hash_sha256_update(h, b, sizeof(b));
+}
+
+static void h_i64(crypto_hash_sha256_state *h, int64_t v)
+{
+    uint64_t u = (uint64_t)v;
+    h_u32(h, (uint32_t)(u >> 32));
+    h_u32(h, (uint32_t)u);
+}
+
+/* Length-prefixed so field boundaries are unambiguous; NULL differs from "". */
+static void h_str(crypto_hash_sha256_state *h, const char *s)
+{
+    if (s == NULL) {
+        h_u32(h, UINT32_MAX);
+        return;
+    }
+    size_t n = strlen(s);
+    h_u32(h, (uint32_t)n);
+    crypto_hash_sha256_update(h, (const uint8_t *)s, n);
+}
+
+/* hash = SHA-256(prev_hash || canonical(row)); canonical(row) is a version
+ * tag then every field in a fixed order: integers as 8-byte big-endian,
+ * strings as u32 length (0xFFFFFFFF for NULL) and bytes. */
+static void audit_link(const uint8_t prev[HASH_LEN], int64_t seq, const store_audit *a,
+                       uint8_t out[HASH_LEN])
+{
+    static const char tag[] = "qwick-audit-v1";
+    crypto_hash_sha256_state h;
+    crypto_hash_sha256_init(&h);
+    crypto_hash_sha256_update(&h, prev, HASH_LEN);
+    crypto_hash_sha256_update(&h, (const uint8_t *)tag, sizeof(tag) - 1);
+    h_i64(&h, a->org_id);
+    h_i64(&h, seq);
+    h_i64(&h, a->ts);
+    h_str(&h, a->actor);
+    h_str(&h, a->client_ip);
+    h_str(&h, a->action);
+    h_str(&h, a->request_id);
+    h_str(&h, a->digest_hex);
+    h_str(&h, a->algorithm);
+    h_str(&h, a->profile);
+    h_str(&h, a->filename);
+    h_i64(&h, (int64_t)a->outcome);
+    h_str(&h, a->detail);
+    crypto_hash_sha256_final(&h, out);
+}
+
+static qk_err check_audit(const store_audit *a)
+{
+    qk_err rc;
+    if (a->org_id <= 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "audit row without an org");
+    if ((unsigned)a->outcome > AUDIT_FAILED)
+        return qk_fail(QK_ERR_INVALID_ARG, "bad audit outcome");
+    if ((rc = check_text("actor", a->actor, 0)) != QK_OK ||
+        (rc = check_text("client_ip", a->client_ip, 0)) != QK_OK ||
+        (rc = check_text("action", a->action, 1)) != QK_OK ||
+        (rc = check_text("request_id", a->request_id, 0)) != QK_OK ||
+        (rc = check_text("digest", a->digest_hex, 0)) != QK_OK ||
+        (rc = check_text("algorithm", a->algorithm, 0)) != QK_OK ||
+        (rc = check_text("profile", a->profile, 0)) != QK_OK ||
+        (rc = check_text("filename", a->filename, 0)) != QK_OK ||
+        (rc = check_text("detail", a->detail, 0)) != QK_OK)
+        return rc;
+    return QK_OK;
+}
+
+/* Appends one link inside the writer's open transaction. The head is read in
+ * the same transaction (BEGIN IMMEDIATE holds the write lock), so links from
+ * several processes still form one chain. */
+static qk_err append_audit(conn *c, const store_audit *in)
+{
+    qk_err rc;
+    sqlite3_stmt *st = NULL;
+    store_audit a = *in;
+    uint8_t prev[HASH_LEN] = {0}, hash[HASH_LEN];
+    int64_t seq = 1;
+    int r;
+
+    if (a.ts == 0)
+        a.ts = now_unix_ms();
+    if ((rc = stmt(c, Q_HEAD_GET, &st)) != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, a.org_id);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        if (sqlite3_column_bytes(st, 1) != HASH_LEN) {
+            stmt_done(st);
+            return qk_fail(QK_ERR_IO, "audit head of org %" PRId64 " is corrupt", a.org_id);
+        }
+        seq = sqlite3_column_int64(st, 0) + 1;
+        memcpy(prev, sqlite3_column_blob(st, 1), HASH_LEN);
+    } else if (r != SQLITE_DONE) {
+        rc = db_fail(c->db, r, "read audit head");
+        stmt_done(st);
+        return rc;
+    }
+    stmt_done(st);
+
+    audit_link(prev, seq, &a, hash);
+
+    if ((rc = stmt(c, W_AUDIT_INSERT, &st)) != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, a.org_id);
+    sqlite3_bind_int64(st, 2, seq);
+    sqlite3_bind_int64(st, 3, a.ts);
+    bind_text(st, 4, a.actor);
+    bind_text(st, 5, a.client_ip);
+    bind_text(st, 6, a.action);
+    bind_text(st, 7, a.request_id);
+    bind_text(st, 8, a.digest_hex);
+    bind_text(st, 9, a.algorithm);
+    bind_text(st, 10, a.profile);
+    bind_text(st, 11, a.filename);
+    sqlite3_bind_int(st, 12, (int)a.outcome);
+    bind_text(st, 13, a.detail);
+    bind_blob(st, 14, prev, HASH_LEN);
+    bind_blob(st, 15, hash, HASH_LEN);
+    rc = step_write(c, st, "insert audit row");
+    stmt_done(st);
+    if (rc != QK_OK)
+        return rc;
+
+    if ((rc = stmt(c, W_HEAD_SET, &st)) != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, a.org_id);
+    sqlite3_bind_int64(st, 2, seq);
+    bind_blob(st, 3, hash, HASH_LEN);
+    rc = step_write(c, st, "update audit head");
+    stmt_done(st);
+    return rc;
+}
+
+static qk_err job_audit_append(conn *c, wjob *j)
+{
+    return append_audit(c, j->arg);
+}
+
+static qk_err sq_audit_append(qk_store *base, const store_audit *audit)
+{
+    qk_err rc = check_audit(audit);
+    if (rc != QK_OK)
+        return rc;
+    return submit((sq_store *)base, job_audit_append, (void *)audit);
+}
+
+typedef struct request_record_arg {
+    const store_sign_request *req;
+    const store_audit *audit;
+} request_record_arg;
+
+static qk_err job_request_record(conn *c, wjob *j)
+{
+    request_record_arg *a = j->arg;
+    const store_sign_request *q = a->req;
+    sqlite3_stmt *st = NULL;
+    int64_t now = now_unix();
+    qk_err rc = stmt(c, W_REQ_UPSERT, &st);
+    if (rc != QK_OK)
+        return rc;
+    bind_text(st, 1, q->id);
+    sqlite3_bind_int64(st, 2, q->org_id);
+    bind_id(st, 3, q->apikey_id);
+    bind_id(st, 4, q->user_id);
+    sqlite3_bind_int(st, 5, (int)q->status);
+    bind_text(st, 6, q->algorithm);
+    bind_text(st, 7, q->format);
+    bind_text(st, 8, q->profile);
+    bind_text(st, 9, q->filename);
+    bind_text(st, 10, q->description);
+    bind_text(st, 11, q->url);
+    bind_text(st, 12, q->client_ip);
+    bind_blob(st, 13, q->digest.data, q->digest.len);
+    if (q->signature.len > 0)
+        bind_blob(st, 14, q->signature.data, q->signature.len);
+    else
+        sqlite3_bind_null(st, 14);
+    bind_text(st, 15, q->error);
+    sqlite3_bind_int64(st, 16, q->created_at != 0 ? q->created_at : now);
+    sqlite3_bind_int64(st, 17, q->completed_at);
+    rc = step_write(c, st, "record sign request");
+    if (rc == QK_OK && sqlite3_changes(c->db) != 1)
+        rc = qk_fail(QK_ERR_INVALID_ARG, "request id %s belongs to another org", q->id);
+    stmt_done(st);
+    if (rc == QK_OK && a->audit != NULL)
+        rc = append_audit(c, a->audit);
+    return rc;
+}
+
+static qk_err sq_request_record(qk_store *base, const store_sign_request *req,
+                                const store_audit *audit)
+{
+    request_record_arg a = {req, audit};
+    qk_err rc;
+    if (req->id[0] == '\0' || memchr(req->id, '\0', sizeof(req->id)) == NULL)
+        return qk_fail(QK_ERR_INVALID_ARG, "request id missing or unterminated");
+    if (req->org_id <= 0 || (unsigned)req->status > REQ_REJECTED)
+        return qk_fail(QK_ERR_INVALID_ARG, "request without an org or with a bad status");
+    if ((rc = check_text("algorithm", req->algorithm, 1)) != QK_OK ||
+        (rc = check_text("format", req->format, 1)) != QK_OK ||
+        (rc = check_text("profile", req->profile, 1)) != QK_OK ||
+        (rc = check_text("filename", req->filename, 0)) != QK_OK ||
+        (rc = check_text("description", req->description, 0)) != QK_OK ||
+        (rc = check_text("url", req->url, 0)) != QK_OK ||
+        (rc = check_text("client_ip", req->client_ip, 0)) != QK_OK ||
+        (rc = check_text("error", req->error, 0)) != QK_OK)
+        return rc;
+    if (req->digest.len > 1024 || req->signature.len > MAX_BLOB)
+        return qk_fail(QK_ERR_TOO_LARGE, "digest or signature too large");
+    if (audit != NULL) {
+        if ((rc = check_audit(audit)) != QK_OK)
+            return rc;
+        if (audit->org_id != req->org_id)
+            return qk_fail(QK_ERR_INVALID_ARG, "audit row and request belong to different orgs");
+    }
+    return submit((sq_store *)base, job_request_record, &a);
+}
+
+/* ---- reads ------------------------------------------------------------ */
+
+/* Helper for single-row reads: on no row, the not-found convention. */
+static qk_err not_found(int *found, const char *what)
+{
+    *found = 0;
+    return qk_fail(QK_ERR_INVALID_ARG, "%s not found", what);
+}
+
+static qk_err sq_org_find(qk_store *base, const char *name, int64_t *id, int *found)
+{
+    sq_store *s = (sq_store *)base;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    qk_err rc;
+    int r;
+
+    *id = 0;
+    *found = 0;
+    if (name == NULL)
+        return not_found(found, "org");
+    if ((rc = reader_get(s, &c)) != QK_OK)
+        return rc;
+    if ((rc = stmt(c, R_ORG_FIND, &st)) != QK_OK)
+        goto out;
+    bind_text(st, 1, name);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        *id = sqlite3_column_int64(st, 0);
+        *found = 1;
+        rc = QK_OK;
+    } else if (r == SQLITE_DONE) {
+        rc = not_found(found, "org");
+    } else {
+        rc = db_fail(c->db, r, "find org");
+    }
+out:
+    stmt_done(st);
+    reader_put(s, c);
+    return rc;
+}
+
+static qk_err sq_signing_key_get(qk_store *base, int64_t org, int64_t id, store_signing_key *out,
+                                 int *found)
+{
+    sq_store *s = (sq_store *)base;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    qk_err rc;
+    int r;
+
+    memset(out, 0, sizeof(*out));
+    *found = 0;
+    if ((rc = reader_get(s, &c)) != QK_OK)
+        return rc;
+    if ((rc = stmt(c, R_SKEY_GET, &st)) != QK_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, org);
+    sqlite3_bind_int64(st, 2, id);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        out->id = sqlite3_column_int64(st, 0);
+        out->org_id = sqlite3_column_int64(st, 1);
+        out->kind = col_strdup(st, 2);
+        col_buf(st, 3, &out->sealed);
+        *found = 1;
+        rc = QK_OK;
+    } else if (r == SQLITE_DONE) {
+        rc = not_found(found, "signing key");
+    } else {
+        rc = db_fail(c->db, r, "read signing key");
+    }
+out:
+    stmt_done(st);
+    reader_put(s, c);
+    return rc;
+}
+
+static qk_err sq_profile_get(qk_store *base, int64_t org, const char *name, store_profile *out,
+                             int *found)
+{
+    sq_store *s = (sq_store *)base;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    qk_err rc;
+    int r;
+
+    memset(out, 0, sizeof(*out));
+    *found = 0;
+    if (name == NULL)
+        return not_found(found, "profile");
+    if ((rc = reader_get(s, &c)) != QK_OK)
+        return rc;
+    if ((rc = stmt(c, R_PROFILE_GET, &st)) != QK_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, org);
+    bind_text(st, 2, name);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        out->id = sqlite3_column_int64(st, 0);
+        out->org_id = sqlite3_column_int64(st, 1);
+        out->name = col_strdup(st, 2);
+        out->backend = col_strdup(st, 3);
+        out->key_id = sqlite3_column_int64(st, 4);
+        col_buf(st, 5, &out->chain_der);
+        *found = 1;
+        rc = QK_OK;
+    } else if (r == SQLITE_DONE) {
+        rc = not_found(found, "profile");
+    } else {
+        rc = db_fail(c->db, r, "read profile");
+    }
+out:
+    stmt_done(st);
+    reader_put(s, c);
+    return rc;
+}
+
+/* Fills a store_apikey from an APIKEY_COLS row; the stored hash is column 10. */
+static void read_apikey(sqlite3_stmt *st, store_apikey *k)
+{
+    k->id = sqlite3_column_int64(st, 0);
+    k->org_id = sqlite3_column_int64(st, 1);
+    k->user_id = sqlite3_column_int64(st, 2);
+    k->name = col_strdup(st, 3);
+    k->prefix = col_strdup(st, 4);
+    k->role = (store_role)sqlite3_column_int(st, 5);
+    k->created_at = sqlite3_column_int64(st, 6);
+    k->expires_at = sqlite3_column_int64(st, 7);
+    k->revoked_at = sqlite3_column_int64(st, 8);
+    k->last_used_at = sqlite3_column_int64(st, 9);
+}
+
+static qk_err sq_apikey_lookup(qk_store *base, const uint8_t hash[32], store_apikey *out,
+                               uint8_t stored_hash[32], int *found)
+{
+    sq_store *s = (sq_store *)base;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    qk_err rc;
+    int r;
+
+    memset(out, 0, sizeof(*out));
+    memset(stored_hash, 0, HASH_LEN);
+    *found = 0;
+    if ((rc = reader_get(s, &c)) != QK_OK)
+        return rc;
+    if ((rc = stmt(c, R_APIKEY_LOOKUP, &st)) != QK_OK)
+        goto out;
+    bind_blob(st, 1, hash, HASH_LEN);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW && sqlite3_column_bytes(st, 10) == HASH_LEN) {
+        read_apikey(st, out);
+        memcpy(stored_hash, sqlite3_column_blob(st, 10), HASH_LEN);
+        *found = 1;
+        rc = QK_OK;
+    } else if (r == SQLITE_ROW || r == SQLITE_DONE) {
+        rc = not_found(found, "API key");
+    } else {
+        rc = db_fail(c->db, r, "look up API key");
+    }
+out:
+    stmt_done(st);
+    reader_put(s, c);
+    return rc;
+}
+
+static qk_err sq_apikey_get(qk_store *base, int64_t org, int64_t id, store_apikey *out, int *found)
+{
+    sq_store *s = (sq_store *)base;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    qk_err rc;
+    int r;
+
+    memset(out, 0, sizeof(*out));
+    *found = 0;
+    if ((rc = reader_get(s, &c)) != QK_OK)
+        return rc;
+    if ((rc = stmt(c, R_APIKEY_GET, &st)) != QK_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, org);
+    sqlite3_bind_int64(st, 2, id);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        read_apikey(st, out);
+        *found = 1;
+        rc = QK_OK;
+    } else if (r == SQLITE_DONE) {
+        rc = not_found(found, "API key");
+    } else {
+        rc = db_fail(c->db, r, "read API key");
+    }
+out:
+    stmt_done(st);
+    reader_put(s, c);
+    return rc;
+}
+
+static qk_err sq_apikey_list(qk_store *base, int64_t org, store_apikey **out, size_t *n)
+{
+    sq_store *s = (sq_store *)base;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    store_apikey *keys = NULL;
+    size_t count = 0, cap = 0;
+    qk_err rc;
+    int r;
+
+    *out = NULL;
+    *n = 0;
+    if ((rc = reader_get(s, &c)) != QK_OK)
+        return rc;
+    if ((rc = stmt(c, R_APIKEY_LIST, &st)) != QK_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, org);
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            cap = cap ? 2 * cap : 8;
+            keys = xrealloc(keys, cap * sizeof(*keys));
+        }
+        memset(&keys[count], 0, sizeof(keys[count]));
+        read_apikey(st, &keys[count++]);
+    }
+    if (r != SQLITE_DONE) {
+        rc = db_fail(c->db, r, "list API keys");
+        goto out;
+    }
+    *out = keys;
+    *n = count;
+    keys = NULL;
+    rc = QK_OK;
+out:
+    store_apikey_list_free(keys, count);
+    stmt_done(st);
+    reader_put(s, c);
+    return rc;
+}
+
+static qk_err sq_request_get(qk_store *base, int64_t org, const char *id, store_sign_request *out,
+                             int *found)
+{
+    sq_store *s = (sq_store *)base;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    qk_err rc;
+    int r;
+
+    memset(out, 0, sizeof(*out));
+    *found = 0;
+    if (id == NULL || strlen(id) >= sizeof(out->id))
+        return not_found(found, "request");
+    if ((rc = reader_get(s, &c)) != QK_OK)
+        return rc;
+    if ((rc = stmt(c, R_REQ_GET, &st)) != QK_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, org);
+    bind_text(st, 2, id);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        snprintf(out->id, sizeof(out->id), "%s", (const char *)sqlite3_column_text(st, 0));
+        out->org_id = sqlite3_column_int64(st, 1);
+        out->apikey_id = sqlite3_column_int64(st, 2);
+        out->user_id = sqlite3_column_int64(st, 3);
+        out->status = (req_status)sqlite3_column_int(st, 4);
+        out->algorithm = col_strdup(st, 5);
+        out->format = col_strdup(st, 6);
+        out->profile = col_strdup(st, 7);
+        out->filename = col_strdup(st, 8);
+        out->description = col_strdup(st, 9);
+        out->url = col_strdup(st, 10);
+        out->client_ip = col_strdup(st, 11);
+        col_buf(st, 12, &out->digest);
+        col_buf(st, 13, &out->signature);
+        out->error = col_strdup(st, 14);
+        out->created_at = sqlite3_column_int64(st, 15);
+        out->completed_at = sqlite3_column_int64(st, 16);
+        *found = 1;
+        rc = QK_OK;
+    } else if (r == SQLITE_DONE) {
+        rc = not_found(found, "request");
+    } else {
+        rc = db_fail(c->db, r, "read request");
+    }
+out:
+    stmt_done(st);
+    reader_put(s, c);
+    return rc;
+}
+
+static const char *col_text(sqlite3_stmt *st, int i)
+{
+    return (const char *)sqlite3_column_text(st, i);
+}
+
+static qk_err sq_audit_verify(qk_store *base, int64_t org, int *ok, int64_t *bad_id, int64_t *count)
+{
+    sq_store *s = (sq_store *)base;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    uint8_t prev[HASH_LEN] = {0}, hash[HASH_LEN];
+    int64_t expect_seq = 1;
+    qk_err rc;
+    int r;
+
+    *ok = 0;
+    *bad_id = 0;
+    *count = 0;
+    if ((rc = reader_get(s, &c)) != QK_OK)
+        return rc;
+    /* One snapshot for the rows and the head. */
+    if ((rc = exec_sql(c, "BEGIN")) != QK_OK)
+        goto out;
+    if ((rc = stmt(c, R_AUDIT_ROWS, &st)) != QK_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, org);
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        store_audit a = {
+            .org_id = org,
+            .ts = sqlite3_column_int64(st, 2),
+            .actor = col_text(st, 3),
+            .client_ip = col_text(st, 4),
+            .action = col_text(st, 5),
+            .request_id = col_text(st, 6),
+            .digest_hex = col_text(st, 7),
+            .algorithm = col_text(st, 8),
+            .profile = col_text(st, 9),
+            .filename = col_text(st, 10),
+            .outcome = (audit_outcome)sqlite3_column_int(st, 11),
+            .detail = col_text(st, 12),
+        };
+        int64_t id = sqlite3_column_int64(st, 0);
+        int64_t seq = sqlite3_column_int64(st, 1);
+        (*count)++;
+        audit_link(prev, seq, &a, hash);
+        /* A deleted row shows as a gap in seq and a prev_hash that no longer
+         * matches; an edited row as a hash that no longer recomputes. */
+        if (seq != expect_seq || sqlite3_column_bytes(st, 13) != HASH_LEN ||
+            sqlite3_column_bytes(st, 14) != HASH_LEN ||
+            sodium_memcmp(sqlite3_column_blob(st, 13), prev, HASH_LEN) != 0 ||
+            sodium_memcmp(sqlite3_column_blob(st, 14), hash, HASH_LEN) != 0) {
+            *bad_id = id;
+            rc = QK_OK;
+            goto out;
+        }
+        memcpy(prev, hash, HASH_LEN);
+        expect_seq++;
+    }
+    if (r != SQLITE_DONE) {
+        rc = db_fail(c->db, r, "read audit rows");
+        goto out;
+    }
+    stmt_done(st);
+    st = NULL;
+
+    /* The head must name the last row: otherwise the tail was cut off. */
+    if ((rc = stmt(c, Q_HEAD_GET, &st)) != QK_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, org);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        if (sqlite3_column_int64(st, 0) != expect_seq - 1 ||
+            sqlite3_column_bytes(st, 1) != HASH_LEN ||
+            sodium_memcmp(sqlite3_column_blob(st, 1), prev, HASH_LEN) != 0) {
+            *bad_id = 0; /* rows missing after the last one present */
+            rc = QK_OK;
+            goto out;
+        }
+    } else if (r == SQLITE_DONE) {
+        if (expect_seq != 1) { /* rows but no head */
+            rc = QK_OK;
+            goto out;
+        }
+    } else {
+        rc = db_fail(c->db, r, "read audit head");
+        goto out;
+    }
+    *ok = 1;
+    rc = QK_OK;
+out:
+    stmt_done(st);
+    if (c != NULL && !sqlite3_get_autocommit(c->db))
+        sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
+    reader_put(s, c);
+    return rc;
+}
+
+static qk_err sq_audit_count(qk_store *base, int64_t org, const char *request_id, int64_t *count)
+{
+    sq_store *s = (sq_store *)base;
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    qk_err rc;
+    int r;
+
+    *count = 0;
+    if ((rc = reader_get(s, &c)) != QK_OK)
+        return rc;
+    if ((rc = stmt(c, request_id != NULL ? R_AUDIT_COUNT_REQ : R_AUDIT_COUNT_ALL, &st)) != QK_OK)
+        goto out;
+    sqlite3_bind_int64(st, 1, org);
+    if (request_id != NULL)
+        bind_text(st, 2, request_id);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        *count = sqlite3_column_int64(st, 0);
+        rc = QK_OK;
+    } else {
+        rc = db_fail(c->db, r, "count audit rows");
+    }
+out:
+    stmt_done(st);
+    reader_put(s, c);
+    return rc;
+}
+
+/* ---- open / close ----------------------------------------------------- */
+
+static void sq_close(qk_store *base)
+{
+    sq_store *s = (sq_store *)base;
+    if (s == NULL)
+        return;
+    if (s->thread_started) {
+        /* The writer drains the queue before it exits: queued writes land. */
+        pthread_mutex_lock(&s->wmu);
+        s->stopping = 1;
+        pthread_cond_signal(&s->wcv);
+        pthread_mutex_unlock(&s->wmu);
+        pthread_join(s->thread, NULL);
+    }
+    for (size_t i = 0; i < s->nfree; i++) {
+        conn_close(s->rfree[i]);
+        free(s->rfree[i]);
+    }
+    conn_close(&s->writer);
+    pthread_mutex_destroy(&s->rmu);
+    pthread_cond_destroy(&s->rcv);
+    pthread_mutex_destroy(&s->wmu);
+    pthread_cond_destroy(&s->wcv);
+    pthread_cond_destroy(&s->dcv);
+    free(s->db_path);
+    free(s);
+}
+
+static const store_ops sqlite_ops = {
+    .close = sq_close,
+    .org_create = sq_org_create,
+    .user_create = sq_user_create,
+    .signing_key_create = sq_signing_key_create,
+    .signing_key_get = sq_signing_key_get,
+    .profile_create = sq_profile_create,
+    .profile_get = sq_profile_get,
+    .apikey_create = sq_apikey_create,
+    .apikey_lookup = sq_apikey_lookup,
+    .apikey_list = sq_apikey_list,
+    .apikey_revoke = sq_apikey_revoke,
+    .apikey_touch = sq_apikey_touch,
+    .request_record = sq_request_record,
+    .request_get = sq_request_get,
+    .audit_append = sq_audit_append,
+    .audit_verify = sq_audit_verify,
+    .audit_count = sq_audit_count,
+    .org_find = sq_org_find,
+    .apikey_get = sq_apikey_get,
+};
+
+qk_err store_sqlite_open(const char *data_dir, qk_store **out)
+{
+    qk_err rc = QK_ERR_IO;
+    sq_store *s = NULL;
+    int fd;
+
+    *out = NULL;
+    if (sqlite3_threadsafe() == 0)
+        return qk_fail(QK_ERR_IO, "libsqlite3 was built without thread support");
+    if (sodium_init() < 0)
+        return qk_fail(QK_ERR_CRYPTO, "libsodium initialisation failed");
+    s = xcalloc(1, sizeof(*s));
+    s->base.ops = &sqlite_ops;
+    s->db_path = path_join(data_dir, STORE_SQLITE_FILE);
+    pthread_mutex_init(&s->rmu, NULL);
+    pthread_cond_init(&s->rcv, NULL);
+    pthread_mutex_init(&s->wmu, NULL);
+    pthread_cond_init(&s->wcv, NULL);
+    pthread_cond_init(&s->dcv, NULL);
+    atomic_init(&s->fail_commits, 0);
+    atomic_init(&s->commits, 0);
+    atomic_init(&s->writes, 0);
+
+    /* Create the file ourselves so it is 0600 whatever the umask; SQLite
+     * gives the -wal and -shm files the database file's permissions. */
+    fd = open(s->db_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        rc = qk_fail(QK_ERR_IO, "%s: %s", s->db_path, strerror(errno));
+        goto out;
+    }
+    close(fd);
+    if ((rc = conn_open(s->db_path, 1, &s->writer)) != QK_OK)
+        goto out;
+    if ((rc = migrate(&s->writer)) != QK_OK)
+        goto out;
+    if (pthread_create(&s->thread, NULL, writer_main, s) != 0) {
+        rc = qk_fail(QK_ERR_IO, "cannot start the store writer thread");
+        goto out;
+    }
+    s->thread_started = 1;
+    *out = &s->base;
+    s = NULL;
+    rc = QK_OK;
+out:
+    sq_close(s ? &s->base : NULL);
+    return rc;
+}
+
+void store_sqlite_stats(qk_store *base, uint64_t *commits, uint64_t *writes)
+{
+    sq_store *s = (sq_store *)base;
+    *commits = atomic_load(&s->commits);
+    *writes = atomic_load(&s->writes);
+}
+
+void store_sqlite_fail_commits(qk_store *base, int n)
+{
+    sq_store *s = (sq_store *)base;
+    atomic_store(&s->fail_commits, n);
+}
