@@ -436,14 +436,81 @@ static int has_cert(const STACK_OF(X509) *certs, const X509 *x)
     return 0;
 }
 
+/* A chain decoded once. With OpenSSL 3.0, decoding a certificate (its public
+ * key goes through the provider decoders) costs about a tenth of an RSA-3072
+ * signature, so a server signing many times with one chain keeps it decoded.
+ * The X509 objects are only read after qk_chain_new (X509_check_issued and
+ * X509_cmp fill their caches under OpenSSL's own lock), so one chain may be
+ * used by many threads at once. */
+struct qk_chain {
+    X509 *certs[QK_MAX_CHAIN_LEN];
+    size_t n;
+};
+
+static qk_err decode_chain(const qk_slice *chain, size_t nchain, X509 **certs)
+{
+    qk_err rc;
+    if (chain == NULL || nchain == 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "empty certificate chain");
+    if (nchain > QK_MAX_CHAIN_LEN)
+        return qk_fail(QK_ERR_TOO_LARGE, "certificate chain of %zu (limit %d)", nchain,
+                       QK_MAX_CHAIN_LEN);
+    for (size_t i = 0; i < nchain; i++) {
+        char what[48];
+        snprintf(what, sizeof(what), "certificate %zu of the chain", i);
+        if ((rc = qk_x509_decode(chain[i], what, &certs[i])) != QK_OK)
+            return rc;
+    }
+    return QK_OK;
+}
+
+qk_err qk_chain_new(const qk_slice *chain, size_t nchain, qk_chain **out)
+{
+    qk_err rc;
+    qk_chain *c = NULL;
+
+    if (out == NULL)
+        return QK_ERR_INVALID_ARG;
+    *out = NULL;
+    qk_clear_detail();
+    ERR_clear_error();
+    if ((c = calloc(1, sizeof(*c))) == NULL)
+        return QK_ERR_NOMEM;
+    if ((rc = decode_chain(chain, nchain, c->certs)) != QK_OK)
+        goto out;
+    c->n = nchain;
+    if (X509_get0_pubkey(c->certs[0]) == NULL) {
+        rc = qk_fail_ossl(QK_ERR_BAD_DER, "signer certificate public key");
+        goto out;
+    }
+    /* Warm the caches the signing path reads (extensions, hashes). */
+    for (size_t i = 0; i < c->n; i++)
+        (void)X509_check_issued(c->certs[i], c->certs[i]);
+    *out = c;
+    c = NULL;
+    rc = QK_OK;
+out:
+    qk_chain_free(c);
+    return rc;
+}
+
+void qk_chain_free(qk_chain *c)
+{
+    if (c == NULL)
+        return;
+    for (size_t i = 0; i < QK_MAX_CHAIN_LEN; i++)
+        X509_free(c->certs[i]);
+    free(c);
+}
+
+static qk_err finish_certs(const qk_tbs *tbs, qk_slice signature, X509 *const *certs,
+                           size_t nchain, qk_buf *out);
+
 qk_err qk_tbs_finish(const qk_tbs *tbs, qk_slice signature, const qk_slice *chain, size_t nchain,
                      qk_buf *out)
 {
-    qk_err rc = QK_ERR_NOMEM;
+    qk_err rc;
     X509 *certs[QK_MAX_CHAIN_LEN] = {NULL};
-    PKCS7 *p7 = NULL, *content = NULL;
-    PKCS7_SIGNER_INFO *si = NULL;
-    unsigned char *check = NULL;
 
     if (out == NULL)
         return QK_ERR_INVALID_ARG;
@@ -453,22 +520,41 @@ qk_err qk_tbs_finish(const qk_tbs *tbs, qk_slice signature, const qk_slice *chai
     ERR_clear_error();
     if (tbs == NULL || chain == NULL)
         return qk_fail(QK_ERR_INVALID_ARG, "no signed attributes or no certificate chain");
-    if (nchain == 0)
-        return qk_fail(QK_ERR_INVALID_ARG, "empty certificate chain");
-    if (nchain > QK_MAX_CHAIN_LEN)
-        return qk_fail(QK_ERR_TOO_LARGE, "certificate chain of %zu (limit %d)", nchain,
-                       QK_MAX_CHAIN_LEN);
+    if ((rc = decode_chain(chain, nchain, certs)) == QK_OK)
+        rc = finish_certs(tbs, signature, certs, nchain, out);
+    for (size_t i = 0; i < QK_MAX_CHAIN_LEN; i++)
+        X509_free(certs[i]);
+    return rc;
+}
+
+qk_err qk_tbs_finish_chain(const qk_tbs *tbs, qk_slice signature, const qk_chain *chain,
+                           qk_buf *out)
+{
+    if (out == NULL)
+        return QK_ERR_INVALID_ARG;
+    out->data = NULL;
+    out->len = 0;
+    qk_clear_detail();
+    ERR_clear_error();
+    if (tbs == NULL || chain == NULL)
+        return qk_fail(QK_ERR_INVALID_ARG, "no signed attributes or no certificate chain");
+    return finish_certs(tbs, signature, chain->certs, chain->n, out);
+}
+
+/* qk_tbs_finish on decoded certificates (only read, never changed). */
+static qk_err finish_certs(const qk_tbs *tbs, qk_slice signature, X509 *const *certs,
+                           size_t nchain, qk_buf *out)
+{
+    qk_err rc = QK_ERR_NOMEM;
+    PKCS7 *p7 = NULL, *content = NULL;
+    PKCS7_SIGNER_INFO *si = NULL;
+    unsigned char *check = NULL;
+
     if (signature.data == NULL || signature.len == 0)
         return qk_fail(QK_ERR_INVALID_ARG, "empty signature value");
     if (signature.len > QK_MAX_SIGNATURE_SIZE)
         return qk_fail(QK_ERR_TOO_LARGE, "signature value of %zu bytes (limit %d)", signature.len,
                        QK_MAX_SIGNATURE_SIZE);
-    for (size_t i = 0; i < nchain; i++) {
-        char what[48];
-        snprintf(what, sizeof(what), "certificate %zu of the chain", i);
-        if ((rc = qk_x509_decode(chain[i], what, &certs[i])) != QK_OK)
-            goto out;
-    }
     X509 *leaf = certs[0];
     EVP_PKEY *pub = X509_get0_pubkey(leaf);
     if (pub == NULL) {
@@ -533,13 +619,34 @@ out:
     PKCS7_SIGNER_INFO_free(si);
     PKCS7_free(content);
     PKCS7_free(p7);
-    for (size_t i = 0; i < QK_MAX_CHAIN_LEN; i++)
-        X509_free(certs[i]);
     return rc;
 }
 
+/* tbs, sign, then `finish` with either DER slices or a decoded chain. */
+static qk_err sign_with(const qk_sign_request *req, qk_sign_fn fn, void *ctx, const qk_slice *chain,
+                        size_t nchain, const qk_chain *decoded, qk_buf *out);
+
 qk_err qk_sign(const qk_sign_request *req, qk_sign_fn fn, void *ctx, const qk_slice *chain,
                size_t nchain, qk_buf *out)
+{
+    return sign_with(req, fn, ctx, chain, nchain, NULL, out);
+}
+
+qk_err qk_sign_chain(const qk_sign_request *req, qk_sign_fn fn, void *ctx, const qk_chain *chain,
+                     qk_buf *out)
+{
+    if (chain == NULL) {
+        if (out != NULL) {
+            out->data = NULL;
+            out->len = 0;
+        }
+        return qk_fail(QK_ERR_INVALID_ARG, "no certificate chain");
+    }
+    return sign_with(req, fn, ctx, NULL, 0, chain, out);
+}
+
+static qk_err sign_with(const qk_sign_request *req, qk_sign_fn fn, void *ctx, const qk_slice *chain,
+                        size_t nchain, const qk_chain *decoded, qk_buf *out)
 {
     qk_err rc;
     qk_tbs *tbs = NULL;
@@ -564,7 +671,10 @@ qk_err qk_sign(const qk_sign_request *req, qk_sign_fn fn, void *ctx, const qk_sl
         rc = qk_fail(QK_ERR_SIGNER, "signer returned an empty signature");
         goto out;
     }
-    rc = qk_tbs_finish(tbs, (qk_slice){sig.data, sig.len}, chain, nchain, out);
+    if (decoded != NULL)
+        rc = qk_tbs_finish_chain(tbs, (qk_slice){sig.data, sig.len}, decoded, out);
+    else
+        rc = qk_tbs_finish(tbs, (qk_slice){sig.data, sig.len}, chain, nchain, out);
 out:
     qk_buf_free(&sig);
     qk_tbs_free(tbs);

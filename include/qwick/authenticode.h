@@ -58,6 +58,16 @@ QK_EXPORT QK_WUR qk_err qk_tbs_digest(const qk_tbs *tbs, uint8_t *out, size_t *o
 QK_EXPORT QK_WUR qk_err qk_tbs_finish(const qk_tbs *tbs, qk_slice signature, const qk_slice *chain,
                                       size_t nchain, qk_buf *out);
 
+/* A certificate chain (leaf first) decoded once, for signing many times:
+ * decoding certificates costs about a tenth of an RSA-3072 signature with
+ * OpenSSL 3.0. Immutable after qk_chain_new, so it may be shared by threads. */
+typedef struct qk_chain qk_chain;
+QK_EXPORT QK_WUR qk_err qk_chain_new(const qk_slice *chain, size_t nchain, qk_chain **out);
+QK_EXPORT void qk_chain_free(qk_chain *c);
+/* qk_tbs_finish with a decoded chain. */
+QK_EXPORT QK_WUR qk_err qk_tbs_finish_chain(const qk_tbs *tbs, qk_slice signature,
+                                            const qk_chain *chain, qk_buf *out);
+
 /* A key that signs a digest: writes the raw signature to *sig (heap, caller frees). */
 typedef qk_err (*qk_sign_fn)(void *ctx, qk_hash_alg alg, const uint8_t *digest, size_t len,
                              qk_buf *sig);
@@ -65,6 +75,10 @@ typedef qk_err (*qk_sign_fn)(void *ctx, qk_hash_alg alg, const uint8_t *digest, 
 /* qk_tbs_new + sign + qk_tbs_finish in one call. */
 QK_EXPORT QK_WUR qk_err qk_sign(const qk_sign_request *req, qk_sign_fn fn, void *ctx,
                                 const qk_slice *chain, size_t nchain, qk_buf *out);
+
+/* qk_sign with a decoded chain. */
+QK_EXPORT QK_WUR qk_err qk_sign_chain(const qk_sign_request *req, qk_sign_fn fn, void *ctx,
+                                      const qk_chain *chain, qk_buf *out);
 
 /* The first SignerInfo's signature value of a ContentInfo(SignedData): the
  * bytes an RFC 3161 timestamp imprint covers. */

@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "qwick/authenticode.h"
 
 #ifndef QWICK_VERSION
 #define QWICK_VERSION "0.1.0"
@@ -100,8 +101,8 @@ static int check_url(const char *url, char **err)
     }
     if (strcasecmp(scheme, "https") != 0 &&
         !(strcasecmp(scheme, "http") == 0 && is_loopback(host))) {
-        *err = cli_strdupf("server URL '%s': use https (plain http only to a loopback address)",
-                           url);
+        *err =
+            cli_strdupf("server URL '%s': use https (plain http only to a loopback address)", url);
         goto out;
     }
     rc = 0;
@@ -232,7 +233,10 @@ static int b64_decode(const char *in, size_t len, qk_buf *out)
 
 /* --- one HTTP exchange with retries ------------------------------------ */
 
-static int cancelled(const client *c) { return c->cancel != NULL && *c->cancel; }
+static int cancelled(const client *c)
+{
+    return c->cancel != NULL && *c->cancel;
+}
 
 /* Sleeps in short steps so an interrupt is noticed promptly. */
 static void nap(const client *c, long ms)
@@ -342,8 +346,8 @@ static int exchange(client *c, const char *path, const char *req, long *status, 
             curl_off_t ra = 0;
             wait_ms = backoff_ms(c, attempt);
             if (curl_easy_getinfo(k, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0)
-                wait_ms = ra >= CLIENT_MAX_BACKOFF_S ? CLIENT_MAX_BACKOFF_S * 1000L
-                                                     : (long)ra * 1000L;
+                wait_ms =
+                    ra >= CLIENT_MAX_BACKOFF_S ? CLIENT_MAX_BACKOFF_S * 1000L : (long)ra * 1000L;
             nap(c, wait_ms);
             continue;
         }
@@ -400,6 +404,17 @@ static int take_signed(json_t *j, client_sign_res *res, char **err)
     if (b64_decode(sig, strlen(sig), &res->signature) != 0) {
         *err = xstrdup("server: signature is not valid base64");
         return -1;
+    }
+    /* The chain is informational (the signature embeds it): skip bad entries. */
+    json_t *chain = json_object_get(j, "certificateChain");
+    size_t n = json_array_size(chain);
+    if (n > QK_MAX_CHAIN_LEN)
+        n = QK_MAX_CHAIN_LEN;
+    res->chain = xcalloc(n, sizeof(*res->chain));
+    for (size_t i = 0; i < n; i++) {
+        const char *c = json_string_value(json_array_get(chain, i));
+        if (c != NULL && b64_decode(c, strlen(c), &res->chain[res->nchain]) == 0)
+            res->nchain++;
     }
     res->request_id = id ? xstrdup(id) : NULL;
     res->timestamp_url = ts ? xstrdup(ts) : NULL;
@@ -487,8 +502,7 @@ int client_sign_digest(client *c, const client_sign_req *req, client_sign_res *r
     json_object_set_new(body, "profile", json_string(req->profile));
     json_object_set(body, "metadata", meta);
     /* A metadata string that is not UTF-8 makes json_string() return NULL. */
-    if (json_object_size(meta) !=
-            (size_t)(!!req->filename + !!req->description + !!req->url) ||
+    if (json_object_size(meta) != (size_t)(!!req->filename + !!req->description + !!req->url) ||
         (text = json_dumps(body, JSON_COMPACT)) == NULL) {
         *err = xstrdup("cannot encode the request (metadata must be UTF-8)");
         goto out;
@@ -521,5 +535,8 @@ void client_sign_res_free(client_sign_res *res)
     free(res->request_id);
     free(res->timestamp_url);
     qk_buf_free(&res->signature);
+    for (size_t i = 0; i < res->nchain; i++)
+        qk_buf_free(&res->chain[i]);
+    free(res->chain);
     memset(res, 0, sizeof(*res));
 }

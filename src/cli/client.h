@@ -50,7 +50,9 @@ typedef struct client_sign_req {
 
 typedef struct client_sign_res {
     char *request_id;
-    qk_buf signature;    /* DER: Authenticode ContentInfo or detached CMS */
+    qk_buf signature; /* DER: Authenticode ContentInfo or detached CMS */
+    qk_buf *chain;    /* certificateChain, DER, as the server orders it */
+    size_t nchain;
     char *timestamp_url; /* the server's TSA, NULL when it names none */
 } client_sign_res;
 

@@ -11,13 +11,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "cli.h"
 #include "client.h"
@@ -58,6 +62,8 @@ typedef struct run {
     size_t next, done, nok, nfail;
     int tty;
     pthread_mutex_t mu;
+    int anchor_tried, anchor_fd; /* see trust_anchor() */
+    char anchor_path[64];
 } run;
 
 typedef struct worker {
@@ -88,7 +94,10 @@ static void tmp_track(int slot, const char *path)
     }
 }
 
-static void tmp_untrack(int slot) { atomic_store(&tmp_slot_used[slot], 0); }
+static void tmp_untrack(int slot)
+{
+    atomic_store(&tmp_slot_used[slot], 0);
+}
 
 static void on_stop_signal(int sig)
 {
@@ -162,8 +171,8 @@ static int ensure_tsa(worker *w, const char *server_url, char **err)
         *err = xstrdup("the server named no timestamp URL: use --timestamp-url or --no-timestamp");
         return -1;
     }
-    url = server_url[0] == '/' ? cli_strdupf("%s%s", o->cfg.server, server_url)
-                               : xstrdup(server_url);
+    url =
+        server_url[0] == '/' ? cli_strdupf("%s%s", o->cfg.server, server_url) : xstrdup(server_url);
     if (w->tsa != NULL && strcmp(w->tsa_url, url) == 0) {
         free(url);
         return 0;
@@ -188,13 +197,13 @@ static int timestamp_sig(worker *w, client_sign_res *res, qk_buf *out, char **er
     }
     if (ensure_tsa(w, res->timestamp_url, err) != 0)
         return -1;
-    e = qk_timestamp((qk_slice){res->signature.data, res->signature.len}, o->alg,
-                     tsa_client_send, w->tsa, out);
+    e = qk_timestamp((qk_slice){res->signature.data, res->signature.len}, o->alg, tsa_client_send,
+                     w->tsa, out);
     if (e != QK_OK) {
         const char *te = tsa_client_error(w->tsa);
         /* Transport failures are described by the TSA client, the rest by libqwick. */
         *err = e == QK_ERR_IO && te[0] != '\0' ? cli_strdupf("timestamp: %s", te)
-                                                : qk_msg("timestamp", e);
+                                               : qk_msg("timestamp", e);
         return -1;
     }
     return 0;
@@ -210,8 +219,7 @@ static char *check_report(const sign_opts *o, const qk_verify_report *rep, size_
     if (rep->error != NULL)
         return cli_strdupf("written file does not verify: %s", rep->error);
     if (rep->nsigs < expect_min || rep->nsigs == 0)
-        return cli_strdupf("written file has %zu signatures, expected %zu", rep->nsigs,
-                           expect_min);
+        return cli_strdupf("written file has %zu signatures, expected %zu", rep->nsigs, expect_min);
     for (size_t i = 0; i < rep->nsigs; i++) {
         const qk_sig_result *s = &rep->sigs[i];
         const char *why = NULL;
@@ -223,7 +231,7 @@ static char *check_report(const sign_opts *o, const qk_verify_report *rep, size_
             why = "signature invalid";
         else if (o->ca != NULL && !s->chain_ok)
             why = "certificate chain not trusted by --ca";
-        else if (o->ca != NULL && s->timestamp != NULL && !s->timestamp->ok)
+        else if ((o->ca != NULL || o->tsa_ca != NULL) && s->timestamp != NULL && !s->timestamp->ok)
             why = "timestamp not trusted by --tsa-ca";
         if (why != NULL)
             return cli_strdupf("written file does not verify (signature %zu): %s%s%s", i, why,
@@ -239,9 +247,49 @@ static char *check_report(const sign_opts *o, const qk_verify_report *rep, size_
     return NULL;
 }
 
-static void verify_opts(const sign_opts *o, qk_verify_opts *v)
+/* Without --ca the post-write check ignores chain trust, yet the verifier
+ * still builds a trust store, and left alone it parses the whole system
+ * bundle (~100 ms) for every file. Hand it the top certificate of the
+ * server's chain instead, from memory (a memfd: nothing lands on disk).
+ * Made once per run; NULL (the system store: slower, same outcome) if that
+ * is not possible. */
+static const char *trust_anchor(run *r, const client_sign_res *res)
 {
-    v->ca_file = o->ca;
+    const char *path = NULL;
+    pthread_mutex_lock(&r->mu);
+    if (!r->anchor_tried && res->nchain > 0) {
+        r->anchor_tried = 1;
+#ifdef __linux__
+        const qk_buf *top = &res->chain[res->nchain - 1];
+        const unsigned char *p = top->data;
+        X509 *x = d2i_X509(NULL, &p, (long)top->len);
+        int fd = memfd_create("qwick-anchor", MFD_CLOEXEC);
+        BIO *b = fd >= 0 ? BIO_new_fd(fd, BIO_NOCLOSE) : NULL;
+        X509_STORE *probe = X509_STORE_new();
+        snprintf(r->anchor_path, sizeof(r->anchor_path), "/proc/self/fd/%d", fd);
+        if (x != NULL && b != NULL && probe != NULL && PEM_write_bio_X509(b, x) == 1 &&
+            BIO_flush(b) == 1 && X509_STORE_load_file(probe, r->anchor_path) == 1) {
+            r->anchor_fd = fd;
+            fd = -1;
+        }
+        X509_STORE_free(probe);
+        BIO_free(b);
+        X509_free(x);
+        if (fd >= 0)
+            close(fd);
+        ERR_clear_error();
+#endif
+    }
+    if (r->anchor_fd >= 0)
+        path = r->anchor_path;
+    pthread_mutex_unlock(&r->mu);
+    return path;
+}
+
+static void verify_opts(run *r, const client_sign_res *res, qk_verify_opts *v)
+{
+    const sign_opts *o = r->o;
+    v->ca_file = o->ca != NULL ? o->ca : trust_anchor(r, res);
     v->tsa_ca_file = o->tsa_ca != NULL ? o->tsa_ca : o->ca;
 }
 
@@ -313,7 +361,7 @@ static int sign_pe(worker *w, job *jb, char **err)
         *err = qk_msg("re-reading the written file", e);
         goto out;
     }
-    verify_opts(o, &vo);
+    verify_opts(w->r, &res, &vo);
     if ((e = qk_verify_pe(check, &vo, &rep)) != QK_OK) {
         *err = qk_msg("verifying the written file", e);
         goto out;
@@ -436,8 +484,7 @@ static int write_temp(const char *dest, qk_slice data, char **tmp, char **err)
         goto out;
     }
     /* A signature is public: the usual file mode, not mkstemp's 0600. */
-    if (fchmod(fd, 0666 & ~um) != 0 || write_all(fd, data.data, data.len) != 0 ||
-        fsync(fd) != 0) {
+    if (fchmod(fd, 0666 & ~um) != 0 || write_all(fd, data.data, data.len) != 0 || fsync(fd) != 0) {
         *err = cli_strdupf("writing %s: %s", path, strerror(errno));
         goto out;
     }
@@ -509,7 +556,7 @@ static int sign_detached(worker *w, job *jb, char **err)
         goto out;
     tmp_track(w->slot, tmp);
     /* Re-reads the content: catches a file changed while it was being signed. */
-    verify_opts(o, &vo);
+    verify_opts(w->r, &res, &vo);
     if ((e = qk_verify_detached((qk_slice){sig.data, sig.len}, jb->path, &vo, &rep)) != QK_OK) {
         *err = qk_msg("verifying the signature", e);
         goto out;
@@ -653,40 +700,39 @@ static void drop_secret(char **s)
 
 static void help(void)
 {
-    printf(
-        "Usage: qwick sign [OPTIONS] FILE|GLOB...\n\n"
-        "Signs PE files through a qwickd server: the Authenticode digest is computed\n"
-        "here and only the digest is sent. Each file is timestamped, embedded, verified\n"
-        "and then atomically replaced (an already signed file is re-signed: its old\n"
-        "signatures are replaced). Quoted GLOBs are expanded.\n\n"
-        "  --server URL          qwickd URL (QWICK_SERVER, config \"server\")\n"
-        "  --api-key KEY         API key (QWICK_API_KEY, config \"api_key\"; prefer those:\n"
-        "                        arguments are visible to other local users)\n"
-        "  --cacert FILE         CA bundle for the server's TLS certificate (QWICK_CACERT,\n"
-        "                        config \"cacert\"); also for TSA URLs on that server\n"
-        "  --profile NAME        certificate profile (default \"default\")\n"
-        "  --alg ALG             sha256 (default), sha384 or sha512\n"
-        "  --out FILE            write the signed file (or the .p7s) here; one input only\n"
-        "  --timestamp-url URL   RFC 3161 TSA; repeat for fallbacks (default: the URL the\n"
-        "                        server names)\n"
-        "  --no-timestamp        do not timestamp\n"
-        "  --description TEXT    program name in the signature\n"
-        "  --url URL             \"more info\" URL in the signature\n"
-        "  --append              nest the new signature into the existing one instead of\n"
-        "                        replacing it\n"
-        "  --detached            sign any file: write FILE.p7s, a detached CMS signature\n"
-        "                        (openssl cms -verify -binary -content FILE accepts it)\n"
-        "  --ca FILE             also require the written signature to chain to these\n"
-        "                        roots (without it the check covers digest, signature\n"
-        "                        and timestamp integrity, not trust)\n"
-        "  --tsa-ca FILE         roots for the timestamp check (default: --ca)\n"
-        "  -j, --jobs N          files signed in parallel (default min(CPUs, %d))\n"
-        "  --json                print {\"files\":[...],\"signed\":n,\"failed\":n} on stdout\n"
-        "  -h, --help            show this help\n\n"
-        "Settings come from flags, then the environment, then\n"
-        "$XDG_CONFIG_HOME/qwick/config.json (keys server, api_key, cacert, profile).\n"
-        "Exit status: 0 all signed, 1 some failed (the others are still signed), 2 usage.\n",
-        SIGN_DEFAULT_JOBS);
+    printf("Usage: qwick sign [OPTIONS] FILE|GLOB...\n\n"
+           "Signs PE files through a qwickd server: the Authenticode digest is computed\n"
+           "here and only the digest is sent. Each file is timestamped, embedded, verified\n"
+           "and then atomically replaced (an already signed file is re-signed: its old\n"
+           "signatures are replaced). Quoted GLOBs are expanded.\n\n"
+           "  --server URL          qwickd URL (QWICK_SERVER, config \"server\")\n"
+           "  --api-key KEY         API key (QWICK_API_KEY, config \"api_key\"; prefer those:\n"
+           "                        arguments are visible to other local users)\n"
+           "  --cacert FILE         CA bundle for the server's TLS certificate (QWICK_CACERT,\n"
+           "                        config \"cacert\"); also for TSA URLs on that server\n"
+           "  --profile NAME        certificate profile (default \"default\")\n"
+           "  --alg ALG             sha256 (default), sha384 or sha512\n"
+           "  --out FILE            write the signed file (or the .p7s) here; one input only\n"
+           "  --timestamp-url URL   RFC 3161 TSA; repeat for fallbacks (default: the URL the\n"
+           "                        server names)\n"
+           "  --no-timestamp        do not timestamp\n"
+           "  --description TEXT    program name in the signature\n"
+           "  --url URL             \"more info\" URL in the signature\n"
+           "  --append              nest the new signature into the existing one instead of\n"
+           "                        replacing it\n"
+           "  --detached            sign any file: write FILE.p7s, a detached CMS signature\n"
+           "                        (openssl cms -verify -binary -content FILE accepts it)\n"
+           "  --ca FILE             also require the written signature to chain to these\n"
+           "                        roots (without it the check covers digest, signature\n"
+           "                        and timestamp integrity, not trust)\n"
+           "  --tsa-ca FILE         roots for the timestamp check (default: --ca)\n"
+           "  -j, --jobs N          files signed in parallel (default min(CPUs, %d))\n"
+           "  --json                print {\"files\":[...],\"signed\":n,\"failed\":n} on stdout\n"
+           "  -h, --help            show this help\n\n"
+           "Settings come from flags, then the environment, then\n"
+           "$XDG_CONFIG_HOME/qwick/config.json (keys server, api_key, cacert, profile).\n"
+           "Exit status: 0 all signed, 1 some failed (the others are still signed), 2 usage.\n",
+           SIGN_DEFAULT_JOBS);
 }
 
 static void print_json(const run *r)
@@ -871,6 +917,7 @@ int cmd_sign(int argc, char **argv)
     r.njobs = in.n;
     r.tty = isatty(STDERR_FILENO);
     pthread_mutex_init(&r.mu, NULL);
+    r.anchor_fd = -1;
     if (njobs == 0) {
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
         njobs = ncpu < 1 ? 1 : ncpu > SIGN_DEFAULT_JOBS ? SIGN_DEFAULT_JOBS : (int)ncpu;
@@ -926,8 +973,11 @@ out:
         tsa_client_free(ws[i].tsa);
         free(ws[i].tsa_url);
     }
-    if (r.o != NULL)
+    if (r.o != NULL) {
         pthread_mutex_destroy(&r.mu);
+        if (r.anchor_fd >= 0)
+            close(r.anchor_fd);
+    }
     free(ws);
     free(tids);
     free(err);

@@ -163,11 +163,10 @@ int cli_config_load(const cli_config *flags, cli_config *out)
     memset(out, 0, sizeof(*out));
     if (path != NULL && load_file(path, &root) != QK_EXIT_OK)
         goto out;
-    if (root != NULL &&
-        (file_string(path, root, "server", &f_server) != 0 ||
-         file_string(path, root, "api_key", &f_key) != 0 ||
-         file_string(path, root, "cacert", &f_cacert) != 0 ||
-         file_string(path, root, "profile", &f_profile) != 0))
+    if (root != NULL && (file_string(path, root, "server", &f_server) != 0 ||
+                         file_string(path, root, "api_key", &f_key) != 0 ||
+                         file_string(path, root, "cacert", &f_cacert) != 0 ||
+                         file_string(path, root, "profile", &f_profile) != 0))
         goto out;
 
     if ((v = flags->server) != NULL || (v = env_nonempty("QWICK_SERVER")) != NULL ||

@@ -56,64 +56,46 @@ int api_authenticate(http_req *req, store_apikey *key)
     return 0;
 }
 
+void api_reply_error(http_req *req, const api_error *e)
+{
+    http_error(req, e->status, e->code, "%s", e->message);
+}
+
+int api_require_json(http_req *req)
+{
+    if (http_content_type_is(req, "application/json"))
+        return 0;
+    http_error(req, 415, "unsupported_media_type", "Content-Type must be application/json");
+    return -1;
+}
+
 json_t *api_parse_object(http_req *req)
 {
-    if (!http_content_type_is(req, "application/json")) {
-        http_error(req, 415, "unsupported_media_type", "Content-Type must be application/json");
+    api_error e;
+    if (api_require_json(req) != 0)
         return NULL;
-    }
-    json_error_t err;
-    /* The body is already bounded by QK_HTTP_MAX_BODY; duplicates are refused
-     * so that no two readers can disagree about which value counts. */
-    json_t *j = json_loadb((const char *)req->body, req->body_len, JSON_REJECT_DUPLICATES, &err);
-    if (j == NULL) {
-        http_error(req, 400, "invalid_json", "malformed JSON at line %d column %d: %s", err.line,
-                   err.column, err.text);
-        return NULL;
-    }
-    if (!json_is_object(j)) {
-        json_decref(j);
-        http_error(req, 400, "invalid_json", "the body must be a JSON object");
-        return NULL;
-    }
+    json_t *j = json_in_object(req->body, req->body_len, &e);
+    if (j == NULL)
+        api_reply_error(req, &e);
     return j;
 }
 
 int api_only_fields(http_req *req, json_t *obj, const char *where, const char *const *allowed)
 {
-    const char *k;
-    json_t *v;
-    json_object_foreach(obj, k, v) {
-        size_t i = 0;
-        while (allowed[i] != NULL && strcmp(allowed[i], k) != 0)
-            i++;
-        if (allowed[i] == NULL) {
-            http_error(req, 400, "unknown_field", "unknown field '%.64s'%s%s", k,
-                       where ? " in " : "", where ? where : "");
-            return -1;
-        }
-    }
-    return 0;
+    api_error e;
+    if (json_in_only_fields(obj, where, allowed, &e) == 0)
+        return 0;
+    api_reply_error(req, &e);
+    return -1;
 }
 
 int api_opt_string(http_req *req, json_t *obj, const char *name, size_t max, const char **out)
 {
-    *out = NULL;
-    json_t *v = json_object_get(obj, name);
-    if (v == NULL)
+    api_error e;
+    if (json_in_opt_string(obj, name, max, out, &e) == 0)
         return 0;
-    if (!json_is_string(v)) {
-        http_error(req, 400, "invalid_type", "'%s' must be a string", name);
-        return -1;
-    }
-    if (json_string_length(v) > max) {
-        http_error(req, 400, "field_too_long", "'%s' is longer than %zu bytes", name, max);
-        return -1;
-    }
-    /* JSON allows \u0000 only with JSON_ALLOW_NUL, which is not set, so the
-     * value is a proper C string. */
-    *out = json_string_value(v);
-    return 0;
+    api_reply_error(req, &e);
+    return -1;
 }
 
 void api_audit_init(http_req *req, const store_apikey *key, const char *action, store_audit *a)
@@ -220,6 +202,8 @@ void api_keys_create(http_req *req)
                qk_error_detail(), NULL);
     char prefix[APIKEY_PREFIX_LEN + 1];
     snprintf(prefix, sizeof(prefix), "%s", secret);
+    /* The body carries the only copy of the key the client will ever see. */
+    http_mark_secret(req);
     http_json(req, 201,
               json_pack("{s:I,s:s,s:s,s:s,s:s,s:I}", "id", (json_int_t)id, "key", secret,
                         "prefix", prefix, "name", name, "role", store_role_name(role),

@@ -14,14 +14,10 @@
 #include <jansson.h>
 
 #include "http.h"
+#include "json_in.h"
 #include "server.h"
 #include "store.h"
 
-/* Longest accepted strings in request bodies. */
-#define API_MAX_PROFILE 64
-#define API_MAX_FILENAME 260 /* Windows MAX_PATH */
-#define API_MAX_DESCRIPTION 1024
-#define API_MAX_URL 2048
 #define API_MAX_KEY_NAME 64
 
 /* Authenticates "Authorization: Bearer <key>". On success fills *key (free
@@ -29,6 +25,10 @@
  * (401/503) and returns -1. */
 int api_authenticate(http_req *req, store_apikey *key);
 
+/* Answers with the error a parser reported. */
+void api_reply_error(http_req *req, const api_error *e);
+/* Answers 415 and returns -1 unless the body is declared application/json. */
+int api_require_json(http_req *req);
 /* Requires Content-Type: application/json and a JSON object body; otherwise
  * answers (415/400) and returns NULL. The caller owns the result. */
 json_t *api_parse_object(http_req *req);

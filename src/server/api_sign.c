@@ -22,6 +22,7 @@
 #include "internal.h"
 #include "log.h"
 #include "qwick/authenticode.h"
+#include "sign_input.h"
 #include "signer.h"
 #include "util.h"
 #include "workq.h"
@@ -30,10 +31,6 @@
  * org with thousands of profiles is not a case to optimise memory for). */
 #define SIGNER_CACHE_MAX 1024
 
-typedef enum sign_format { FMT_AUTHENTICODE_PE, FMT_CMS, FMT_RAW } sign_format;
-
-static const char *const format_names[] = {"authenticode-pe", "cms", "raw"};
-
 /* One profile's signer with its chain ready for responses. Reference
  * counted: the cache holds one reference, every request using it another, so
  * an entry replaced after a profile change is freed by its last user. */
@@ -41,6 +38,7 @@ typedef struct cached_signer {
     int64_t org, profile_id, key_id;
     qk_buf chain_der; /* as in the profile row: compared to detect a change */
     qk_signer *signer;
+    qk_chain *decoded; /* the chain parsed once: decoding per request costs ~15% */
     qk_slice chain[QK_MAX_CHAIN_LEN];
     size_t nchain;
     char *chain_b64[QK_MAX_CHAIN_LEN];
@@ -59,6 +57,7 @@ static void cached_release(cached_signer *e)
     if (e == NULL || atomic_fetch_sub(&e->refs, 1) != 1)
         return;
     signer_free(e->signer);
+    qk_chain_free(e->decoded);
     qk_buf_free(&e->chain_der);
     for (size_t i = 0; i < e->nchain; i++)
         free(e->chain_b64[i]);
@@ -107,7 +106,7 @@ static qk_err split_chain(cached_signer *e)
     }
     if (e->nchain == 0)
         return qk_fail(QK_ERR_INVALID_ARG, "profile has no certificate");
-    return QK_OK;
+    return qk_chain_new(e->chain, e->nchain, &e->decoded);
 }
 
 static int entry_matches(const cached_signer *e, const store_profile *p)
@@ -174,94 +173,6 @@ static qk_err signer_get(server *srv, const store_profile *p, cached_signer **ou
     return QK_OK;
 }
 
-/* A parsed and validated signing request; strings point into `root`. */
-typedef struct sign_input {
-    json_t *root;
-    qk_hash_alg alg;
-    const char *algorithm;
-    sign_format format;
-    const char *profile;
-    const char *filename, *description, *url;
-    uint8_t digest[QK_HASH_MAX_SIZE];
-    size_t digest_len;
-} sign_input;
-
-static int parse_sign(http_req *req, sign_input *in)
-{
-    static const char *const fields[] = {"digest", "algorithm", "format", "profile", "metadata",
-                                         NULL};
-    static const char *const meta_fields[] = {"filename", "description", "url", NULL};
-    const char *digest = NULL, *format = NULL;
-
-    if ((in->root = api_parse_object(req)) == NULL ||
-        api_only_fields(req, in->root, NULL, fields) != 0 ||
-        api_opt_string(req, in->root, "digest", 256, &digest) != 0 ||
-        api_opt_string(req, in->root, "algorithm", 16, &in->algorithm) != 0 ||
-        api_opt_string(req, in->root, "format", 32, &format) != 0 ||
-        api_opt_string(req, in->root, "profile", API_MAX_PROFILE, &in->profile) != 0)
-        return -1;
-
-    json_t *meta = json_object_get(in->root, "metadata");
-    if (meta != NULL && !json_is_null(meta)) {
-        if (!json_is_object(meta)) {
-            http_error(req, 400, "invalid_type", "'metadata' must be an object");
-            return -1;
-        }
-        if (api_only_fields(req, meta, "metadata", meta_fields) != 0 ||
-            api_opt_string(req, meta, "filename", API_MAX_FILENAME, &in->filename) != 0 ||
-            api_opt_string(req, meta, "description", API_MAX_DESCRIPTION, &in->description) !=
-                0 ||
-            api_opt_string(req, meta, "url", API_MAX_URL, &in->url) != 0)
-            return -1;
-    }
-
-    if (digest == NULL) {
-        http_error(req, 400, "missing_field", "'digest' is required");
-        return -1;
-    }
-    if (in->algorithm == NULL) {
-        http_error(req, 400, "missing_field", "'algorithm' is required");
-        return -1;
-    }
-    /* Exact names only: SHA-1 and spelling variants are not signing options. */
-    if (strcmp(in->algorithm, "sha256") == 0)
-        in->alg = QK_HASH_SHA256;
-    else if (strcmp(in->algorithm, "sha384") == 0)
-        in->alg = QK_HASH_SHA384;
-    else if (strcmp(in->algorithm, "sha512") == 0)
-        in->alg = QK_HASH_SHA512;
-    else {
-        http_error(req, 400, "unknown_algorithm", "'algorithm' must be sha256, sha384 or sha512");
-        return -1;
-    }
-    if (format == NULL)
-        format = "authenticode-pe";
-    size_t f = 0;
-    while (f < sizeof(format_names) / sizeof(format_names[0]) && strcmp(format_names[f], format))
-        f++;
-    if (f == sizeof(format_names) / sizeof(format_names[0])) {
-        http_error(req, 400, "unknown_format", "'format' must be authenticode-pe, cms or raw");
-        return -1;
-    }
-    in->format = (sign_format)f;
-    if (in->profile == NULL)
-        in->profile = "default";
-    if (in->profile[0] == '\0') {
-        http_error(req, 400, "invalid_value", "'profile' must not be empty");
-        return -1;
-    }
-    if (b64_decode(digest, strlen(digest), in->digest, sizeof(in->digest), &in->digest_len) != 0) {
-        http_error(req, 400, "invalid_digest", "'digest' is not canonical base64");
-        return -1;
-    }
-    if (in->digest_len != qk_hash_size(in->alg)) {
-        http_error(req, 400, "digest_length", "a %s digest is %zu bytes, not %zu", in->algorithm,
-                   qk_hash_size(in->alg), in->digest_len);
-        return -1;
-    }
-    return 0;
-}
-
 /* "https://host:port" for timestampUrl: the configured/derived base URL, or
  * from a Host header that looks like a host name (listening on a wildcard). */
 static char *tsa_url(http_req *req)
@@ -274,42 +185,6 @@ static char *tsa_url(http_req *req)
             strlen(host))
         return NULL;
     return xasprintf("%s://%s/tsa", req->srv->tls ? "https" : "http", host);
-}
-
-/* Everything a commit thread needs; strings point into `root` or `req`. */
-typedef struct commit_job {
-    http_req *req;
-    json_t *root;
-    store_sign_request row;
-    store_audit audit;
-    char digest_hex[2 * QK_HASH_MAX_SIZE + 1];
-    uint8_t digest[QK_HASH_MAX_SIZE];
-    char *response; /* the 200 body, released only once the rows are durable */
-    size_t response_len;
-    const char *profile, *algorithm, *format;
-} commit_job;
-
-static void commit_run(void *arg)
-{
-    commit_job *j = arg;
-    http_req *req = j->req;
-    qk_err rc = STORE_CALL(req->srv->store, request_record, &j->row, &j->audit);
-    if (rc == QK_OK) {
-        http_bytes(req, 200, "application/json", j->response, j->response_len);
-        j->response = NULL;
-        metrics_signature(req->srv->metrics, j->profile, j->algorithm, j->format);
-    } else {
-        log_kv(LOG_ERROR, "request record failed", "request_id", req->id, "detail",
-               qk_error_detail(), NULL);
-        http_error(req, 500, "audit_failed",
-                   "the signature could not be recorded, so it is not returned");
-    }
-    free(j->response);
-    qk_buf_free(&j->row.signature);
-    json_decref(j->root);
-    free(j);
-    /* Last: after this the pool thread may answer and free the request. */
-    http_resume(req);
 }
 
 static void audit_from_input(http_req *req, const store_apikey *key, const sign_input *in,
@@ -351,7 +226,7 @@ static qk_err do_sign(const sign_input *in, cached_signer *cs, qk_buf *sig)
         .url = in->url,
         .signing_time = 0,
     };
-    return qk_sign(&r, signer_sign_fn, cs->signer, cs->chain, cs->nchain, sig);
+    return qk_sign_chain(&r, signer_sign_fn, cs->signer, cs->decoded, sig);
 }
 
 static char *build_response(http_req *req, const cached_signer *cs, qk_buf sig, size_t *len)
@@ -380,106 +255,159 @@ out:
     return text;
 }
 
+/* One signing request on its way through the threads: the pool thread that
+ * parsed it, a signing thread, a commit thread. Owns everything it points to
+ * except `req`, whose connection stays suspended until sign_job_done. */
+typedef struct sign_job {
+    http_req *req;
+    store_apikey key;
+    sign_input in;
+    store_profile prof;
+    store_audit audit; /* strings point into `in`, `req` and digest_hex */
+    char digest_hex[2 * QK_HASH_MAX_SIZE + 1];
+    store_sign_request row; /* strings point into `in` and `req` */
+    char *response;         /* the 200 body, released only once the rows are durable */
+    size_t response_len;
+} sign_job;
+
+/* Frees the job, then lets the pool thread answer: `req` is not touched
+ * after http_resume (the pool thread may free it at once). */
+static void sign_job_done(sign_job *j)
+{
+    http_req *req = j->req;
+    free(j->response);
+    qk_buf_free(&j->row.signature);
+    store_profile_clear(&j->prof);
+    sign_input_clear(&j->in);
+    store_apikey_clear(&j->key);
+    free(j);
+    http_resume(req);
+}
+
+static void commit_run(void *arg)
+{
+    sign_job *j = arg;
+    http_req *req = j->req;
+    qk_err rc = STORE_CALL(req->srv->store, request_record, &j->row, &j->audit);
+    if (rc == QK_OK) {
+        http_bytes(req, 200, "application/json", j->response, j->response_len);
+        j->response = NULL;
+        metrics_signature(req->srv->metrics, j->in.profile, j->in.algorithm,
+                          sign_format_name(j->in.format));
+    } else {
+        log_kv(LOG_ERROR, "request record failed", "request_id", req->id, "detail",
+               qk_error_detail(), NULL);
+        http_error(req, 500, "audit_failed",
+                   "the signature could not be recorded, so it is not returned");
+    }
+    sign_job_done(j);
+}
+
+/* On a signing thread: the RSA work, then the hand-off to a commit thread. */
+static void sign_run(void *arg)
+{
+    sign_job *j = arg;
+    http_req *req = j->req;
+    server *srv = req->srv;
+    cached_signer *cs = NULL;
+    qk_buf sig = {NULL, 0};
+    qk_err rc;
+
+    if ((rc = signer_get(srv, &j->prof, &cs)) != QK_OK ||
+        (rc = do_sign(&j->in, cs, &sig)) != QK_OK) {
+        log_kv(LOG_ERROR, "signing failed", "request_id", req->id, "profile", j->in.profile,
+               "detail", qk_error_detail(), NULL);
+        if (audit_decision(req, &j->audit, AUDIT_FAILED, qk_strerror(rc)) == 0)
+            http_error(req, 500, "signing_failed", "the signer failed: %s", qk_strerror(rc));
+        goto done;
+    }
+    if ((j->response = build_response(req, cs, sig, &j->response_len)) == NULL) {
+        http_error(req, 500, "internal", "out of memory");
+        goto done;
+    }
+    int64_t now = now_unix();
+    store_sign_request *row = &j->row;
+    memcpy(row->id, req->id, sizeof(req->id));
+    row->org_id = j->key.org_id;
+    row->apikey_id = j->key.id;
+    row->user_id = j->key.user_id;
+    row->status = REQ_SIGNED;
+    row->algorithm = (char *)j->in.algorithm;
+    row->format = (char *)sign_format_name(j->in.format);
+    row->profile = (char *)j->in.profile;
+    row->filename = (char *)j->in.filename;
+    row->description = (char *)j->in.description;
+    row->url = (char *)j->in.url;
+    row->client_ip = req->client_ip;
+    row->digest = (qk_buf){j->in.digest, j->in.digest_len};
+    row->created_at = now;
+    row->completed_at = now;
+    row->signature = sig;
+    sig = (qk_buf){NULL, 0};
+    cached_release(cs);
+    if (workq_push(srv->commits, commit_run, j) != 0)
+        commit_run(j); /* no commit thread (shutting down): wait on this one */
+    return;
+done:
+    cached_release(cs);
+    qk_buf_free(&sig);
+    sign_job_done(j);
+}
+
 void api_sign_digest(http_req *req)
 {
     server *srv = req->srv;
-    store_apikey key;
-    sign_input in = {0};
-    store_profile prof = {0};
-    store_audit audit;
-    char digest_hex[2 * QK_HASH_MAX_SIZE + 1];
-    cached_signer *cs = NULL;
-    qk_buf sig = {NULL, 0};
-    commit_job *job = NULL;
+    sign_job *j = xcalloc(1, sizeof(*j));
+    api_error perr;
     int found = 0;
     qk_err rc;
 
-    if (api_authenticate(req, &key) != 0)
-        return;
-    if (parse_sign(req, &in) != 0)
+    j->req = req;
+    if (api_authenticate(req, &j->key) != 0)
         goto out;
-    audit_from_input(req, &key, &in, digest_hex, &audit);
+    if (api_require_json(req) != 0)
+        goto out;
+    if (sign_input_parse(req->body, req->body_len, &j->in, &perr) != 0) {
+        api_reply_error(req, &perr);
+        goto out;
+    }
+    audit_from_input(req, &j->key, &j->in, j->digest_hex, &j->audit);
 
     /* Authorisation after parsing, so a denial's audit row says what was
      * attempted (digest, profile, file). */
-    if (key.role < ROLE_SIGNER) {
-        if (audit_decision(req, &audit, AUDIT_DENIED, "role may not sign") == 0)
+    if (j->key.role < ROLE_SIGNER) {
+        if (audit_decision(req, &j->audit, AUDIT_DENIED, "role may not sign") == 0)
             http_error(req, 403, "forbidden", "the key's role (%s) may not sign",
-                       store_role_name(key.role));
+                       store_role_name(j->key.role));
         goto out;
     }
-    rc = STORE_CALL(srv->store, profile_get, key.org_id, in.profile, &prof, &found);
+    rc = STORE_CALL(srv->store, profile_get, j->key.org_id, j->in.profile, &j->prof, &found);
     if (rc != QK_OK && !found) {
         /* 404: the profile is a resource the body names; an unknown one is
          * "not found" in this org, like a request id of another org. */
-        if (audit_decision(req, &audit, AUDIT_DENIED, "unknown profile") == 0)
-            http_error(req, 404, "unknown_profile", "no profile '%.64s' in this org", in.profile);
+        if (audit_decision(req, &j->audit, AUDIT_DENIED, "unknown profile") == 0)
+            http_error(req, 404, "unknown_profile", "no profile '%.64s' in this org",
+                       j->in.profile);
         goto out;
     }
     if (rc != QK_OK) {
         http_error(req, 503, "store_unavailable", "cannot read the profile now");
         goto out;
     }
-    if ((rc = signer_get(srv, &prof, &cs)) != QK_OK || (rc = do_sign(&in, cs, &sig)) != QK_OK) {
-        log_kv(LOG_ERROR, "signing failed", "request_id", req->id, "profile", in.profile,
-               "detail", qk_error_detail(), NULL);
-        if (audit_decision(req, &audit, AUDIT_FAILED, qk_strerror(rc)) == 0)
-            http_error(req, 500, "signing_failed", "the signer failed: %s", qk_strerror(rc));
-        goto out;
-    }
 
-    job = xcalloc(1, sizeof(*job));
-    job->req = req;
-    job->root = in.root;
-    in.root = NULL;
-    job->audit = audit;
-    memcpy(job->digest_hex, digest_hex, sizeof(digest_hex));
-    job->audit.digest_hex = job->digest_hex;
-    int64_t now = now_unix();
-    store_sign_request *row = &job->row;
-    memcpy(row->id, req->id, sizeof(req->id));
-    row->org_id = key.org_id;
-    row->apikey_id = key.id;
-    row->user_id = key.user_id;
-    row->status = REQ_SIGNED;
-    row->algorithm = (char *)in.algorithm;
-    row->format = (char *)format_names[in.format];
-    row->profile = (char *)in.profile;
-    row->filename = (char *)in.filename;
-    row->description = (char *)in.description;
-    row->url = (char *)in.url;
-    row->client_ip = req->client_ip;
-    memcpy(job->digest, in.digest, in.digest_len);
-    row->digest = (qk_buf){job->digest, in.digest_len};
-    row->created_at = now;
-    row->completed_at = now;
-    job->profile = in.profile;
-    job->algorithm = in.algorithm;
-    job->format = format_names[in.format];
-    if ((job->response = build_response(req, cs, sig, &job->response_len)) == NULL) {
-        http_error(req, 500, "internal", "out of memory");
-        goto out;
-    }
-    row->signature = sig;
-    sig = (qk_buf){NULL, 0};
-
-    /* Suspend before queueing, so the commit thread can only resume a
-     * connection that is already suspended. */
+    /* The RSA work goes to the signing threads, shared by all connections:
+     * were it done here, a pool thread whose connections all wait on commits
+     * would leave its core idle while another thread's queue grows. Suspend
+     * first, so no thread can resume a connection not yet suspended. */
     http_suspend(req);
-    if (workq_push(srv->commits, commit_run, job) != 0)
-        commit_run(job); /* no commit thread (shutting down): wait on this one */
-    job = NULL;
+    if (workq_push(srv->signq, sign_run, j) != 0)
+        sign_run(j); /* no signing thread (shutting down): do it here */
+    return;
 out:
-    if (job != NULL) {
-        free(job->response);
-        json_decref(job->root);
-        free(job);
-    }
-    cached_release(cs);
-    qk_buf_free(&sig);
-    store_profile_clear(&prof);
-    json_decref(in.root);
-    store_apikey_clear(&key);
+    store_profile_clear(&j->prof);
+    sign_input_clear(&j->in);
+    store_apikey_clear(&j->key);
+    free(j);
 }
 
 /* "req_" + 32 lowercase hex: anything else cannot name a request. */

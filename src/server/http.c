@@ -10,6 +10,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "log.h"
@@ -17,19 +18,29 @@
 #include "util.h"
 
 
+/* "req_" + 12 hex digits of the time in milliseconds + 20 random hex digits.
+ * Time first, so ids sort by creation and new rows land at the right edge of
+ * the request table's primary-key B-tree (a batch of commits then touches a
+ * few pages instead of one random leaf per request); 80 random bits keep
+ * them unique and unguessable. Access control never relies on ids. */
 static void make_request_id(char out[HTTP_REQUEST_ID_SIZE])
 {
-    uint8_t rnd[16];
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-        /* Request ids name rows; a clock-derived fallback stays unique enough
-         * for logs, and the RNG failing here will fail signing loudly anyway. */
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        memset(rnd, 0, sizeof(rnd));
-        memcpy(rnd, &ts, sizeof(ts) < sizeof(rnd) ? sizeof(ts) : sizeof(rnd));
+    uint8_t b[16];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    for (int i = 0; i < 6; i++)
+        b[i] = (uint8_t)(ms >> (40 - 8 * i));
+    if (RAND_bytes(b + 6, 10) != 1) {
+        /* The RNG failing will fail signing loudly anyway; keep ids unique
+         * for the log line with a process-wide counter. */
+        static atomic_uint_fast64_t fallback;
+        uint64_t n = atomic_fetch_add(&fallback, 1);
+        memset(b + 6, 0, 10);
+        memcpy(b + 6, &n, sizeof(n));
     }
     memcpy(out, "req_", 4);
-    hex_encode(rnd, sizeof(rnd), out + 4);
+    hex_encode(b, sizeof(b), out + 4);
 }
 
 static void client_ip(struct MHD_Connection *conn, char *out, size_t cap)
@@ -130,17 +141,49 @@ static void add_headers(const http_ctx *ctx, const http_req *req, struct MHD_Res
         MHD_add_response_header(r, req->resp.extra_name, req->resp.extra_value);
 }
 
+/* A secret body handed to MHD, wiped by MHD's free callback. */
+typedef struct secret_body {
+    char *p;
+    size_t len;
+} secret_body;
+
+static void secret_free(void *cls)
+{
+    secret_body *b = cls;
+    OPENSSL_cleanse(b->p, b->len);
+    free(b->p);
+    free(b);
+}
+
+static struct MHD_Response *make_response(http_req *req)
+{
+    struct MHD_Response *r;
+    if (req->resp.body == NULL)
+        return MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (req->resp.secret) {
+        secret_body *b = malloc(sizeof(*b));
+        if (b == NULL)
+            return NULL;
+        *b = (secret_body){req->resp.body, req->resp.len};
+        r = MHD_create_response_from_buffer_with_free_callback_cls(req->resp.len, req->resp.body,
+                                                                   secret_free, b);
+        if (r == NULL)
+            free(b);
+    } else {
+        r = MHD_create_response_from_buffer(req->resp.len, req->resp.body, MHD_RESPMEM_MUST_FREE);
+    }
+    if (r != NULL)
+        req->resp.body = NULL; /* MHD owns it now */
+    return r;
+}
+
 static enum MHD_Result queue(const http_ctx *ctx, http_req *req)
 {
     if (req->resp.status == 0)
         http_error(req, 500, "internal", "the handler produced no response");
-    struct MHD_Response *r = MHD_create_response_from_buffer(
-        req->resp.len, req->resp.body ? req->resp.body : (void *)"", req->resp.body
-                                                                         ? MHD_RESPMEM_MUST_FREE
-                                                                         : MHD_RESPMEM_PERSISTENT);
+    struct MHD_Response *r = make_response(req);
     if (r == NULL)
         return MHD_NO;
-    req->resp.body = NULL; /* MHD owns it now */
     add_headers(ctx, req, r);
     enum MHD_Result ok = MHD_queue_response(req->conn, (unsigned)req->resp.status, r);
     MHD_destroy_response(r);
@@ -289,6 +332,8 @@ void http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         metrics_error(ctx->srv->metrics, req->resp.error_code);
     metrics_inflight_add(ctx->srv->metrics, -1);
 
+    if (req->resp.secret && req->resp.body != NULL)
+        OPENSSL_cleanse(req->resp.body, req->resp.len);
     free(req->resp.body);
     free(req->body);
     free(req);
@@ -315,6 +360,8 @@ int http_content_type_is(const http_req *req, const char *type)
 
 static void set_body(http_req *req, int status, const char *ctype, char *body, size_t len)
 {
+    if (req->resp.secret && req->resp.body != NULL)
+        OPENSSL_cleanse(req->resp.body, req->resp.len);
     free(req->resp.body);
     req->resp.status = status;
     req->resp.content_type = ctype;
@@ -368,6 +415,8 @@ void http_bytes(http_req *req, int status, const char *content_type, void *data,
 {
     set_body(req, status, content_type, data, len);
 }
+
+void http_mark_secret(http_req *req) { req->resp.secret = 1; }
 
 void http_header_set(http_req *req, const char *name, const char *value)
 {

@@ -42,6 +42,7 @@ typedef struct http_resp {
     const char *error_code;   /* static string when the response is an error */
     const char *extra_name;   /* one more header (Allow, WWW-Authenticate): static strings */
     const char *extra_value;
+    int secret; /* body holds a secret (a new API key): wiped when freed */
 } http_resp;
 
 typedef struct http_route http_route;
@@ -106,6 +107,9 @@ void http_error(http_req *req, int status, const char *code, const char *fmt, ..
 void http_header_set(http_req *req, const char *name, const char *value);
 /* Takes ownership of `data` (malloc'd). */
 void http_bytes(http_req *req, int status, const char *content_type, void *data, size_t len);
+
+/* Marks the response body as secret: it is wiped, not just freed, once sent. */
+void http_mark_secret(http_req *req);
 
 /* Parks the connection until http_resume(); call from the handler, before
  * handing the request to another thread. */

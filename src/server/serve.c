@@ -383,15 +383,15 @@ int cmd_serve(int argc, char **argv)
     if ((srv.metrics = metrics_new()) == NULL)
         goto out;
     srv.signers = signer_cache_new();
-    if ((srv.commits = workq_new(SERVE_COMMIT_THREADS)) == NULL)
-        goto out;
     atomic_init(&srv.draining, 0);
-
     unsigned threads = cfg.threads;
     if (threads == 0) {
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         threads = n > 0 ? (unsigned)n : 1;
     }
+    if ((srv.commits = workq_new(SERVE_COMMIT_THREADS)) == NULL ||
+        (srv.signq = workq_new(threads)) == NULL)
+        goto out;
     hctx = (http_ctx){.srv = &srv,
                       .routes = routes,
                       .nroutes = sizeof(routes) / sizeof(routes[0]),
@@ -465,6 +465,7 @@ int cmd_serve(int argc, char **argv)
     /* Every admitted request has finished; commit threads have no work left.
      * Stopped, not freed: after a drain timeout a late handler still finds
      * the queue (refusing) and commits on its own thread. */
+    workq_stop(srv.signq);
     workq_stop(srv.commits);
     MHD_stop_daemon(d);
     d = NULL;
@@ -473,6 +474,7 @@ int cmd_serve(int argc, char **argv)
 out:
     if (d != NULL)
         MHD_stop_daemon(d);
+    workq_free(srv.signq);
     workq_free(srv.commits);
     tsa_free(srv.tsa);
     signer_cache_free(srv.signers);

@@ -28,6 +28,7 @@ typedef struct server {
     metrics *metrics;
     signer_cache *signers;
     tsa *tsa;
+    workq *signq;   /* one thread per core: the RSA work of every connection */
     workq *commits; /* threads that wait on durable commits off the HTTP pool */
     /* Set at SIGTERM: new requests get 503 and their connection is closed,
      * requests already admitted run to completion. */
