@@ -7,11 +7,19 @@
 #              RSA signing limit (each request costs one RSA-3072 signature).
 # Prints requests/s, p50/p99 latency, sign/s and the ratio server/openssl;
 # the target is >= 0.8. The load generator shares the cores with the server.
-# Environment: DURATION, CONNS, THREADS (wrk threads), FORMAT (authenticode-pe).
+#
+# Server load and baseline alternate in ROUNDS slices (DURATION/ROUNDS seconds
+# of load, then BASELINE/ROUNDS seconds of openssl speed), so a change in
+# background load (shared or virtual machines) hits both sides alike. The ratio
+# is total requests/s over the mean sign/s; each round's ratio is shown too.
+# Environment: DURATION (20), BASELINE (10), ROUNDS (4), CONNS, THREADS (wrk
+# threads), FORMAT (authenticode-pe).
 set -eu
 BUILD=$(cd "${1:-build}" && pwd)
 QWICKD=$BUILD/qwickd
 DURATION=${DURATION:-20}
+BASELINE=${BASELINE:-10}
+ROUNDS=${ROUNDS:-4}
 NCPU=$(nproc)
 CONNS=${CONNS:-$((NCPU * 8))}
 THREADS=${THREADS:-1}
@@ -72,50 +80,74 @@ done = function(summary, latency, requests)
 end
 EOF
 echo "server: ${DURATION}s of POST /api/v1/sign/digest ($FORMAT, sha256), $CONNS connections, $NCPU CPUs"
+echo "baseline: openssl speed -seconds $((BASELINE / ROUNDS)) -multi $NCPU rsa3072; $ROUNDS interleaved rounds"
 # A short warm-up so TLS handshakes and the signer cache are not measured.
 wrk -t "$THREADS" -c "$CONNS" -d 2s -s "$tmp/sign.lua" "https://127.0.0.1:$port/api/v1/sign/digest" \
     >/dev/null 2>&1 || true
-wrk -t "$THREADS" -c "$CONNS" -d "${DURATION}s" --latency -s "$tmp/sign.lua" \
-    "https://127.0.0.1:$port/api/v1/sign/digest" >"$tmp/wrk.out" 2>&1
-line=$(grep '^WRK ' "$tmp/wrk.out") || {
-    cat "$tmp/wrk.out" >&2
+slice=$((DURATION / ROUNDS))
+bslice=$((BASELINE / ROUNDS))
+if [ "$slice" -lt 1 ] || [ "$bslice" -lt 1 ]; then
+    echo "bench/server.sh: DURATION and BASELINE must be >= ROUNDS" >&2
     exit 1
-}
-val() { printf '%s\n' "$line" | tr ' ' '\n' | sed -n "s/^$1=//p"; }
-requests=$(val requests)
-seconds=$(val seconds)
-errors=$(val errors)
-non2xx=$(val non2xx)
-rps=$(python3 -c "print(f'{$requests / $seconds:.1f}')")
-echo "  requests/s   $rps  (${requests} in ${seconds}s, errors $errors, non-2xx $non2xx)"
-echo "  latency      p50 $(val p50_ms) ms, p99 $(val p99_ms) ms, max $(val max_ms) ms"
+fi
+: >"$tmp/rounds"
+r=1
+while [ "$r" -le "$ROUNDS" ]; do
+    wrk -t "$THREADS" -c "$CONNS" -d "${slice}s" --latency -s "$tmp/sign.lua" \
+        "https://127.0.0.1:$port/api/v1/sign/digest" >"$tmp/wrk.out" 2>&1
+    line=$(grep '^WRK ' "$tmp/wrk.out") || {
+        cat "$tmp/wrk.out" >&2
+        exit 1
+    }
+    openssl speed -seconds "$bslice" -multi "$NCPU" rsa3072 >"$tmp/speed.out" 2>/dev/null
+    sign_s=$(awk '/^rsa 3072 bits/ {print $(NF-1)}' "$tmp/speed.out" | tail -n 1)
+    if [ -z "$sign_s" ]; then
+        cat "$tmp/speed.out" >&2
+        exit 1
+    fi
+    echo "$line sign_s=$sign_s" >>"$tmp/rounds"
+    r=$((r + 1))
+done
 
-# Every acknowledged request has its audit row: count them against wrk's tally.
-audited=$(python3 - "$tmp/data/qwick.db" <<'EOF'
-import sqlite3, sys
+cat >"$tmp/summary.py" <<'PYEOF'
+import sys
+rows = []
+for line in open(sys.argv[1]):
+    kv = dict(f.split("=", 1) for f in line.split()[1:])
+    rows.append({k: float(v) for k, v in kv.items()})
+req = sum(r["requests"] for r in rows)
+sec = sum(r["seconds"] for r in rows)
+rps = req / sec
+sign = sum(r["sign_s"] for r in rows) / len(rows)
+errors = int(sum(r["errors"] for r in rows))
+non2xx = int(sum(r["non2xx"] for r in rows))
+for i, r in enumerate(rows, 1):
+    print(f"  round {i}      {r['requests'] / r['seconds']:.1f} req/s, p99 {r['p99_ms']:.2f} ms, "
+          f"{r['sign_s']:.1f} sign/s, ratio {r['requests'] / r['seconds'] / r['sign_s']:.2f}")
+p50 = sorted(r["p50_ms"] for r in rows)[len(rows) // 2]
+p99 = max(r["p99_ms"] for r in rows)
+print(f"  requests/s   {rps:.1f}  ({int(req)} in {sec:.1f}s, errors {errors}, non-2xx {non2xx})")
+print(f"  latency      p50 {p50:.2f} ms (median round), p99 {p99:.2f} ms (worst round)")
+print(f"  sign/s       {sign:.1f} (openssl speed, mean of rounds)")
+print(f"ratio server_rps / openssl_sign_per_s = {rps / sign:.2f} (target >= 0.8)")
+print(f"ERRORS {errors} {non2xx}")
+PYEOF
+python3 "$tmp/summary.py" "$tmp/rounds" >"$tmp/summary"
+grep -v '^ERRORS' "$tmp/summary"
+
+# Every acknowledged request has its audit row (warm-up included).
+audited=$(python3 -c 'import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
-print(db.execute("SELECT count(*) FROM audit WHERE action = 'sign.digest' AND outcome = 0").fetchone()[0])
-EOF
-)
+print(db.execute("SELECT count(*) FROM audit WHERE action = '"'"'sign.digest'"'"' AND outcome = 0").fetchone()[0])' \
+    "$tmp/data/qwick.db")
 echo "  audit rows   $audited (warm-up included)"
 
 kill -TERM "$pid"
 wait "$pid" || true
 pid=""
-
-# --- baseline ------------------------------------------------------------------
-echo "baseline: openssl speed -seconds 10 -multi $NCPU rsa3072"
-openssl speed -seconds 10 -multi "$NCPU" rsa3072 >"$tmp/speed.out" 2>/dev/null
-sign_s=$(awk '/^rsa 3072 bits/ {print $(NF-1)}' "$tmp/speed.out" | tail -n 1)
-[ -n "$sign_s" ] || {
-    cat "$tmp/speed.out" >&2
-    exit 1
-}
-echo "  sign/s       $sign_s"
-
-ratio=$(python3 -c "print(f'{$rps / $sign_s:.2f}')")
-echo "ratio server_rps / openssl_sign_per_s = $ratio (target >= 0.8)"
-if [ "$errors" != 0 ] || [ "$non2xx" != 0 ]; then
-    echo "bench/server.sh: $errors errors, $non2xx non-2xx responses" >&2
+# shellcheck disable=SC2046
+set -- $(sed -n 's/^ERRORS //p' "$tmp/summary")
+if [ "$1" != 0 ] || [ "$2" != 0 ]; then
+    echo "bench/server.sh: $1 errors, $2 non-2xx responses" >&2
     exit 1
 fi

@@ -503,8 +503,8 @@ void qk_chain_free(qk_chain *c)
     free(c);
 }
 
-static qk_err finish_certs(const qk_tbs *tbs, qk_slice signature, X509 *const *certs,
-                           size_t nchain, qk_buf *out);
+static qk_err finish_certs(const qk_tbs *tbs, qk_slice signature, X509 *const *certs, size_t nchain,
+                           qk_buf *out);
 
 qk_err qk_tbs_finish(const qk_tbs *tbs, qk_slice signature, const qk_slice *chain, size_t nchain,
                      qk_buf *out)
@@ -542,8 +542,8 @@ qk_err qk_tbs_finish_chain(const qk_tbs *tbs, qk_slice signature, const qk_chain
 }
 
 /* qk_tbs_finish on decoded certificates (only read, never changed). */
-static qk_err finish_certs(const qk_tbs *tbs, qk_slice signature, X509 *const *certs,
-                           size_t nchain, qk_buf *out)
+static qk_err finish_certs(const qk_tbs *tbs, qk_slice signature, X509 *const *certs, size_t nchain,
+                           qk_buf *out)
 {
     qk_err rc = QK_ERR_NOMEM;
     PKCS7 *p7 = NULL, *content = NULL;

@@ -21,7 +21,8 @@ int api_authenticate(http_req *req, store_apikey *key)
     memset(key, 0, sizeof(*key));
     const char *h = http_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
     if (h == NULL) {
-        http_error(req, 401, "missing_api_key", "send the API key as 'Authorization: Bearer qk_...'");
+        http_error(req, 401, "missing_api_key",
+                   "send the API key as 'Authorization: Bearer qk_...'");
         http_header_set(req, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
         return -1;
     }
@@ -123,9 +124,9 @@ static json_t *key_json(const store_apikey *k)
 {
     return json_pack("{s:I,s:s,s:s,s:s,s:I,s:I,s:I,s:I}", "id", (json_int_t)k->id, "name",
                      k->name ? k->name : "", "prefix", k->prefix ? k->prefix : "", "role",
-                     store_role_name(k->role), "createdAt", (json_int_t)k->created_at,
-                     "expiresAt", (json_int_t)k->expires_at, "revokedAt",
-                     (json_int_t)k->revoked_at, "lastUsedAt", (json_int_t)k->last_used_at);
+                     store_role_name(k->role), "createdAt", (json_int_t)k->created_at, "expiresAt",
+                     (json_int_t)k->expires_at, "revokedAt", (json_int_t)k->revoked_at,
+                     "lastUsedAt", (json_int_t)k->last_used_at);
 }
 
 void api_keys_list(http_req *req)
@@ -198,16 +199,16 @@ void api_keys_create(http_req *req)
         goto out;
     }
     if (STORE_CALL(req->srv->store, audit_append, &a) != QK_OK)
-        log_kv(LOG_ERROR, "audit append failed", "request_id", req->id, "detail",
-               qk_error_detail(), NULL);
+        log_kv(LOG_ERROR, "audit append failed", "request_id", req->id, "detail", qk_error_detail(),
+               NULL);
     char prefix[APIKEY_PREFIX_LEN + 1];
     snprintf(prefix, sizeof(prefix), "%s", secret);
     /* The body carries the only copy of the key the client will ever see. */
     http_mark_secret(req);
     http_json(req, 201,
-              json_pack("{s:I,s:s,s:s,s:s,s:s,s:I}", "id", (json_int_t)id, "key", secret,
-                        "prefix", prefix, "name", name, "role", store_role_name(role),
-                        "expiresAt", (json_int_t)expires));
+              json_pack("{s:I,s:s,s:s,s:s,s:s,s:I}", "id", (json_int_t)id, "key", secret, "prefix",
+                        prefix, "name", name, "role", store_role_name(role), "expiresAt",
+                        (json_int_t)expires));
 out:
     sodium_memzero(secret, sizeof(secret));
     json_decref(body);
@@ -245,8 +246,8 @@ void api_keys_revoke(http_req *req)
     api_audit_init(req, &key, "apikey.revoke", &a);
     a.detail = detail;
     if (STORE_CALL(req->srv->store, audit_append, &a) != QK_OK)
-        log_kv(LOG_ERROR, "audit append failed", "request_id", req->id, "detail",
-               qk_error_detail(), NULL);
+        log_kv(LOG_ERROR, "audit append failed", "request_id", req->id, "detail", qk_error_detail(),
+               NULL);
     http_json(req, 200, json_pack("{s:I,s:b}", "id", (json_int_t)id, "revoked", 1));
 out:
     store_apikey_clear(&key);

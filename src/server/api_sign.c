@@ -448,11 +448,11 @@ void api_sign_request_get(http_req *req)
         json_object_set_new(meta, "description", json_string(r.description));
     if (r.url)
         json_object_set_new(meta, "url", json_string(r.url));
-    json_t *j = json_pack("{s:s,s:s,s:s,s:s,s:s,s:o,s:I,s:I}", "requestId", r.id, "status",
-                          req_status_name(r.status), "algorithm", r.algorithm ? r.algorithm : "",
-                          "format", r.format ? r.format : "", "profile", r.profile ? r.profile : "",
-                          "metadata", meta, "createdAt", (json_int_t)r.created_at, "completedAt",
-                          (json_int_t)r.completed_at);
+    json_t *j =
+        json_pack("{s:s,s:s,s:s,s:s,s:s,s:o,s:I,s:I}", "requestId", r.id, "status",
+                  req_status_name(r.status), "algorithm", r.algorithm ? r.algorithm : "", "format",
+                  r.format ? r.format : "", "profile", r.profile ? r.profile : "", "metadata", meta,
+                  "createdAt", (json_int_t)r.created_at, "completedAt", (json_int_t)r.completed_at);
     if (j != NULL && r.signature.len > 0) {
         char *b64 = malloc(B64_ENCODED_SIZE(r.signature.len));
         if (b64 != NULL) {

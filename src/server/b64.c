@@ -69,7 +69,8 @@ int b64_decode(const char *in, size_t len, uint8_t *out, size_t outcap, size_t *
             if (s[k] < 0)
                 return -1;
         }
-        uint32_t v = (uint32_t)s[0] << 18 | (uint32_t)s[1] << 12 | (uint32_t)s[2] << 6 | (uint32_t)s[3];
+        uint32_t v =
+            (uint32_t)s[0] << 18 | (uint32_t)s[1] << 12 | (uint32_t)s[2] << 6 | (uint32_t)s[3];
         out[o++] = (uint8_t)(v >> 16);
         if (!(last && pad == 2))
             out[o++] = (uint8_t)(v >> 8);

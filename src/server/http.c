@@ -17,7 +17,6 @@
 #include "server.h"
 #include "util.h"
 
-
 /* "req_" + 12 hex digits of the time in milliseconds + 20 random hex digits.
  * Time first, so ids sort by creation and new rows land at the right edge of
  * the request table's primary-key B-tree (a batch of commits then touches a
@@ -126,13 +125,13 @@ static const char *route_name(const http_req *req)
 static void add_headers(const http_ctx *ctx, const http_req *req, struct MHD_Response *r)
 {
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE,
-                            req->resp.content_type ? req->resp.content_type
-                                                   : "application/json");
+                            req->resp.content_type ? req->resp.content_type : "application/json");
     MHD_add_response_header(r, "X-Request-Id", req->id);
     /* An API answer is never a page to render, frame, sniff or cache. */
     MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
     MHD_add_response_header(r, "Cache-Control", "no-store");
-    MHD_add_response_header(r, "Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'");
+    MHD_add_response_header(r, "Content-Security-Policy",
+                            "default-src 'none'; frame-ancestors 'none'");
     MHD_add_response_header(r, "X-Frame-Options", "DENY");
     MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
     if (ctx->tls)
@@ -271,8 +270,7 @@ enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const char *
         route(ctx, req);
         if (req->resp.status == 0 && content_length_too_large(req, ctx->max_body)) {
             /* Refuse before reading: MHD skips "100 Continue" and closes. */
-            http_error(req, 413, "body_too_large", "request body exceeds %zu bytes",
-                       ctx->max_body);
+            http_error(req, 413, "body_too_large", "request body exceeds %zu bytes", ctx->max_body);
             return queue(ctx, req);
         }
         return MHD_YES;
@@ -285,8 +283,11 @@ enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const char *
         req->deferred = 0;
         return queue(ctx, req);
     }
-    if (req->queued)
+    if (req->queued) {
+        /* Answered early (413, 503): whatever body still arrives is dropped. */
+        *upload_data_size = 0;
         return MHD_YES;
+    }
 
     if (*upload_data_size > 0) {
         take_body(req, ctx->max_body, upload_data, *upload_data_size);
@@ -374,8 +375,7 @@ static void set_body(http_req *req, int status, const char *ctype, char *body, s
 /* Last resort when even building an error fails: a static JSON body. */
 static void set_static_500(http_req *req)
 {
-    static const char msg[] =
-        "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+    static const char msg[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
     char *b = malloc(sizeof(msg));
     if (b != NULL)
         memcpy(b, msg, sizeof(msg));
@@ -416,7 +416,10 @@ void http_bytes(http_req *req, int status, const char *content_type, void *data,
     set_body(req, status, content_type, data, len);
 }
 
-void http_mark_secret(http_req *req) { req->resp.secret = 1; }
+void http_mark_secret(http_req *req)
+{
+    req->resp.secret = 1;
+}
 
 void http_header_set(http_req *req, const char *name, const char *value)
 {

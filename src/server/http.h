@@ -39,8 +39,8 @@ typedef struct http_resp {
     const char *content_type; /* static string */
     char *body;               /* heap, owned; may be NULL for an empty body */
     size_t len;
-    const char *error_code;   /* static string when the response is an error */
-    const char *extra_name;   /* one more header (Allow, WWW-Authenticate): static strings */
+    const char *error_code; /* static string when the response is an error */
+    const char *extra_name; /* one more header (Allow, WWW-Authenticate): static strings */
     const char *extra_value;
     int secret; /* body holds a secret (a new API key): wiped when freed */
 } http_resp;
@@ -64,8 +64,8 @@ typedef struct http_req {
     char client_ip[INET6_ADDRSTRLEN];
     char actor[32]; /* "apikey:12" once authenticated, for the log line */
     struct timespec start;
-    int deferred;          /* suspended by the handler; written by the pool thread only */
-    atomic_int resumed;    /* set by the thread that filled resp */
+    int deferred;       /* suspended by the handler; written by the pool thread only */
+    atomic_int resumed; /* set by the thread that filled resp */
     int queued;
     http_resp resp;
 } http_req;

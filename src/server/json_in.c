@@ -40,7 +40,8 @@ int json_in_only_fields(json_t *obj, const char *where, const char *const *allow
 {
     const char *k;
     json_t *v;
-    json_object_foreach(obj, k, v) {
+    json_object_foreach(obj, k, v)
+    {
         size_t i = 0;
         while (allowed[i] != NULL && strcmp(allowed[i], k) != 0)
             i++;

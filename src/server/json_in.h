@@ -25,7 +25,6 @@ json_t *json_in_object(const uint8_t *body, size_t len, api_error *e);
 /* -1 (400 unknown_field) if `obj` has a key not in the NULL-terminated list. */
 int json_in_only_fields(json_t *obj, const char *where, const char *const *allowed, api_error *e);
 /* Optional string member of at most `max` bytes: *out NULL when absent. */
-int json_in_opt_string(json_t *obj, const char *name, size_t max, const char **out,
-                       api_error *e);
+int json_in_opt_string(json_t *obj, const char *name, size_t max, const char **out, api_error *e);
 
 #endif

@@ -12,7 +12,10 @@
 
 static atomic_int min_level = LOG_INFO;
 
-void log_set_level(log_level min) { atomic_store(&min_level, (int)min); }
+void log_set_level(log_level min)
+{
+    atomic_store(&min_level, (int)min);
+}
 
 static const char *level_name(log_level l)
 {

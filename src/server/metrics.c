@@ -10,8 +10,8 @@
 
 /* Latency buckets in seconds: a signature is ~1-5 ms of RSA, so most of the
  * resolution sits between 1 ms and 100 ms. */
-static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                 0.05,   0.1,   0.25,   0.5,   1.0,  2.5, 10.0};
+static const double buckets[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                 0.1,    0.25,  0.5,    1.0,   2.5,  10.0};
 #define NBUCKETS (sizeof(buckets) / sizeof(buckets[0]))
 #define MAX_LABELS 3
 
@@ -31,11 +31,11 @@ typedef struct family {
 } family;
 
 struct metrics {
-    family requests;  /* route, method, status */
-    family latency;   /* route */
-    family signatures;/* profile, algorithm, format */
-    family errors;    /* code */
-    family timestamps;/* status */
+    family requests;   /* route, method, status */
+    family latency;    /* route */
+    family signatures; /* profile, algorithm, format */
+    family errors;     /* code */
+    family timestamps; /* status */
     atomic_long inflight;
 };
 
@@ -120,8 +120,7 @@ static void count(family *f, const char *const *vals)
     pthread_mutex_unlock(&f->lock);
 }
 
-void metrics_request(metrics *m, const char *route, const char *method, int status,
-                     double seconds)
+void metrics_request(metrics *m, const char *route, const char *method, int status, double seconds)
 {
     char st[16];
     snprintf(st, sizeof(st), "%d", status);
@@ -159,9 +158,15 @@ void metrics_timestamp(metrics *m, int status)
     count(&m->timestamps, v);
 }
 
-void metrics_inflight_add(metrics *m, int delta) { atomic_fetch_add(&m->inflight, delta); }
+void metrics_inflight_add(metrics *m, int delta)
+{
+    atomic_fetch_add(&m->inflight, delta);
+}
 
-long metrics_inflight(metrics *m) { return atomic_load(&m->inflight); }
+long metrics_inflight(metrics *m)
+{
+    return atomic_load(&m->inflight);
+}
 
 /* A growing text buffer for the exposition. */
 typedef struct text {
@@ -271,8 +276,7 @@ char *metrics_render(metrics *m, size_t *len)
     render_counter(&t, &m->signatures, "qwickd_signatures_total",
                    "Signatures returned by profile, digest algorithm and format.", sig_l);
     static const char *const err_l[] = {"code"};
-    render_counter(&t, &m->errors, "qwickd_errors_total", "Error responses by error code.",
-                   err_l);
+    render_counter(&t, &m->errors, "qwickd_errors_total", "Error responses by error code.", err_l);
     static const char *const ts_l[] = {"status"};
     render_counter(&t, &m->timestamps, "qwickd_tsa_responses_total",
                    "RFC 3161 responses by PKIStatus.", ts_l);

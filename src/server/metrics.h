@@ -20,8 +20,7 @@ void metrics_free(metrics *m);
 
 /* One finished HTTP request: route is the routing table's name ("sign_digest",
  * "not_found"...), never the raw path, so label cardinality stays bounded. */
-void metrics_request(metrics *m, const char *route, const char *method, int status,
-                     double seconds);
+void metrics_request(metrics *m, const char *route, const char *method, int status, double seconds);
 /* One signature returned. */
 void metrics_signature(metrics *m, const char *profile, const char *algorithm, const char *format);
 /* One error response, by its JSON error code. */

@@ -249,7 +249,8 @@ out:
     return rc;
 }
 
-static void mhd_logger(void *cls, const char *fmt, va_list ap)
+/* libmicrohttpd hands us its own printf-style format. */
+__attribute__((format(printf, 2, 0))) static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
     char msg[512];
     (void)cls;
@@ -347,8 +348,9 @@ int cmd_serve(int argc, char **argv)
     srv.tls = !o.plain_http;
     if (o.plain_http && !is_loopback(&ss)) {
         /* API keys and signatures never cross a network in clear. */
-        fprintf(stderr, "qwickd: serve: --plain-http is only allowed on a loopback address "
-                        "(127.0.0.0/8 or ::1), not %s\n",
+        fprintf(stderr,
+                "qwickd: serve: --plain-http is only allowed on a loopback address "
+                "(127.0.0.0/8 or ::1), not %s\n",
                 listen);
         ret = EXIT_USAGE;
         goto out;
@@ -397,7 +399,7 @@ int cmd_serve(int argc, char **argv)
                       .nroutes = sizeof(routes) / sizeof(routes[0]),
                       .tls = srv.tls,
                       .max_body = cfg.max_body < QK_HTTP_MAX_BODY_LIMIT ? cfg.max_body
-                                                                       : QK_HTTP_MAX_BODY_LIMIT};
+                                                                        : QK_HTTP_MAX_BODY_LIMIT};
 
     MHD_set_panic_func(mhd_panic, NULL);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC |
@@ -417,8 +419,8 @@ int cmd_serve(int argc, char **argv)
         (struct MHD_OptionItem){MHD_OPTION_CONNECTION_TIMEOUT, cfg.connection_timeout, NULL};
     opts[no++] =
         (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, SERVE_CONN_MEMORY, NULL};
-    opts[no++] = (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)http_completed,
-                                         &hctx};
+    opts[no++] =
+        (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)http_completed, &hctx};
     if (srv.tls) {
         opts[no++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, cert_pem.data};
         opts[no++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, key_pem.data};
@@ -434,8 +436,7 @@ int cmd_serve(int argc, char **argv)
     /* GnuTLS has its own copy now; the key bytes need not linger. */
     qk_buf_free(&key_pem);
     if (d == NULL) {
-        fprintf(stderr, "qwickd: serve: cannot listen on %s (in use, or bad TLS files?)\n",
-                listen);
+        fprintf(stderr, "qwickd: serve: cannot listen on %s (in use, or bad TLS files?)\n", listen);
         goto out;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);

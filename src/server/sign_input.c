@@ -20,8 +20,8 @@ void sign_input_clear(sign_input *in)
 
 static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
 {
-    static const char *const fields[] = {"digest", "algorithm", "format", "profile", "metadata",
-                                         NULL};
+    static const char *const fields[] = {"digest",  "algorithm", "format",
+                                         "profile", "metadata",  NULL};
     static const char *const meta_fields[] = {"filename", "description", "url", NULL};
     const char *digest = NULL, *format = NULL;
 
@@ -39,8 +39,8 @@ static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
             return api_fail(e, 400, "invalid_type", "'metadata' must be an object");
         if (json_in_only_fields(meta, "metadata", meta_fields, e) != 0 ||
             json_in_opt_string(meta, "filename", SIGN_MAX_FILENAME, &in->filename, e) != 0 ||
-            json_in_opt_string(meta, "description", SIGN_MAX_DESCRIPTION, &in->description,
-                               e) != 0 ||
+            json_in_opt_string(meta, "description", SIGN_MAX_DESCRIPTION, &in->description, e) !=
+                0 ||
             json_in_opt_string(meta, "url", SIGN_MAX_URL, &in->url, e) != 0)
             return -1;
     }
@@ -76,8 +76,8 @@ static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
     if (b64_decode(digest, strlen(digest), in->digest, sizeof(in->digest), &in->digest_len) != 0)
         return api_fail(e, 400, "invalid_digest", "'digest' is not canonical base64");
     if (in->digest_len != qk_hash_size(in->alg))
-        return api_fail(e, 400, "digest_length", "a %s digest is %zu bytes, not %zu",
-                        in->algorithm, qk_hash_size(in->alg), in->digest_len);
+        return api_fail(e, 400, "digest_length", "a %s digest is %zu bytes, not %zu", in->algorithm,
+                        qk_hash_size(in->alg), in->digest_len);
     return 0;
 }
 

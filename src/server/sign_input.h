@@ -30,7 +30,7 @@ typedef struct sign_input {
     qk_hash_alg alg;
     const char *algorithm; /* "sha256" | "sha384" | "sha512" */
     sign_format format;
-    const char *profile;   /* default "default" */
+    const char *profile;                      /* default "default" */
     const char *filename, *description, *url; /* NULL when absent */
     uint8_t digest[QK_HASH_MAX_SIZE];
     size_t digest_len;

@@ -23,8 +23,7 @@ struct tsa {
     atomic_uint_fast64_t counter;
 };
 
-qk_err tsa_new(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const char *policy_oid,
-               tsa **out)
+qk_err tsa_new(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const char *policy_oid, tsa **out)
 {
     qk_err rc = QK_ERR_CRYPTO;
     tsa *t = NULL;
@@ -107,9 +106,9 @@ static TS_RESP_CTX *make_ctx(tsa *t)
      * own; setting one up is a few allocations next to an RSA signature. */
     if (!TS_RESP_CTX_set_signer_cert(ctx, t->cert) || !TS_RESP_CTX_set_signer_key(ctx, t->key) ||
         (t->chain != NULL && !TS_RESP_CTX_set_certs(ctx, t->chain)) ||
-        !TS_RESP_CTX_set_def_policy(ctx, t->policy) ||
-        !TS_RESP_CTX_add_md(ctx, EVP_sha256()) || !TS_RESP_CTX_add_md(ctx, EVP_sha384()) ||
-        !TS_RESP_CTX_add_md(ctx, EVP_sha512()) || !TS_RESP_CTX_set_accuracy(ctx, 1, 0, 0) ||
+        !TS_RESP_CTX_set_def_policy(ctx, t->policy) || !TS_RESP_CTX_add_md(ctx, EVP_sha256()) ||
+        !TS_RESP_CTX_add_md(ctx, EVP_sha384()) || !TS_RESP_CTX_add_md(ctx, EVP_sha512()) ||
+        !TS_RESP_CTX_set_accuracy(ctx, 1, 0, 0) ||
         !TS_RESP_CTX_set_signer_digest(ctx, EVP_sha256()) ||
         !TS_RESP_CTX_set_ess_cert_id_digest(ctx, EVP_sha256())) {
         TS_RESP_CTX_free(ctx);

@@ -23,8 +23,7 @@ typedef struct tsa tsa;
 
 /* Takes references to cert/key/chain (the caller keeps its own). `chain`
  * holds certificates to include after the TSA's own (may be NULL). */
-qk_err tsa_new(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const char *policy_oid,
-               tsa **out);
+qk_err tsa_new(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const char *policy_oid, tsa **out);
 void tsa_free(tsa *t);
 
 /* Route handler for POST /tsa; uses req->srv->tsa. */

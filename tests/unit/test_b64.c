@@ -31,8 +31,13 @@ static void known_vectors(void **state)
     (void)state;
     static const struct {
         const char *plain, *b64;
-    } v[] = {{"", ""}, {"f", "Zg=="}, {"fo", "Zm8="}, {"foo", "Zm9v"},
-             {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"}};
+    } v[] = {{"", ""},
+             {"f", "Zg=="},
+             {"fo", "Zm8="},
+             {"foo", "Zm9v"},
+             {"foob", "Zm9vYg=="},
+             {"fooba", "Zm9vYmE="},
+             {"foobar", "Zm9vYmFy"}};
     for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
         char text[16];
         uint8_t out[16];
@@ -49,19 +54,16 @@ static void refuses_non_canonical(void **state)
 {
     (void)state;
     static const char *const bad[] = {
-        "Zg",       /* missing padding */
-        "Zg=",      /* short padding */
-        "Zh==",     /* non-zero bits under the padding */
-        "Zm9=",     /* likewise, one '=' */
-        "Z===",     /* three pad characters */
-        "=Zg=",     /* padding first */
-        "Zg==Zg==", /* padding in the middle */
-        "Zm9v\n",   /* whitespace */
-        " Zm9v",
-        "Zm-v",     /* URL-safe alphabet */
-        "Zm_v",
-        "Zm9v!!!!",
-        "Zm\x80v",  /* high byte */
+        "Zg",                              /* missing padding */
+        "Zg=",                             /* short padding */
+        "Zh==",                            /* non-zero bits under the padding */
+        "Zm9=",                            /* likewise, one '=' */
+        "Z===",                            /* three pad characters */
+        "=Zg=",                            /* padding first */
+        "Zg==Zg==",                        /* padding in the middle */
+        "Zm9v\n",                          /* whitespace */
+        " Zm9v",    "Zm-v",                /* URL-safe alphabet */
+        "Zm_v",     "Zm9v!!!!", "Zm\x80v", /* high byte */
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         uint8_t out[16];

@@ -86,8 +86,7 @@ static void *worker(void *p)
         tk_random(dg, sizeof(dg));
         qk_sign_request req = pe_request(dg);
         req.format = i % 2 ? QK_FORMAT_CMS_DETACHED : QK_FORMAT_AUTHENTICODE_PE;
-        if (qk_sign_chain(&req, qk_evp_sign_fn, tk_rsa_key(), w->c, &out) != QK_OK ||
-            out.len == 0)
+        if (qk_sign_chain(&req, qk_evp_sign_fn, tk_rsa_key(), w->c, &out) != QK_OK || out.len == 0)
             w->failures++;
         qk_buf_free(&out);
     }

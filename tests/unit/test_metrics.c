@@ -45,7 +45,8 @@ static void exposition(void **state)
     assert_non_null(strstr(t, "_bucket{route=\"sign_digest\",le=\"0.005\"} 2\n"));
     assert_non_null(strstr(t, "_bucket{route=\"sign_digest\",le=\"0.25\"} 3\n"));
     assert_non_null(strstr(t, "_bucket{route=\"sign_digest\",le=\"+Inf\"} 3\n"));
-    assert_non_null(strstr(t, "qwickd_http_request_duration_seconds_count{route=\"sign_digest\"} 3\n"));
+    assert_non_null(
+        strstr(t, "qwickd_http_request_duration_seconds_count{route=\"sign_digest\"} 3\n"));
     assert_non_null(strstr(t, "qwickd_signatures_total{profile=\"default\",algorithm=\"sha256\","
                               "format=\"cms\"} 1\n"));
     assert_non_null(strstr(t, "qwickd_errors_total{code=\"unknown_field\"} 1\n"));

@@ -39,8 +39,7 @@ static void refused(const char *body, int status, const char *code)
     if (parse_str(body, &in, &e) == 0)
         fail_msg("accepted: %s", body);
     if (e.status != status || strcmp(e.code, code) != 0)
-        fail_msg("%s: got %d %s (%s), want %d %s", body, e.status, e.code, e.message, status,
-                 code);
+        fail_msg("%s: got %d %s (%s), want %d %s", body, e.status, e.code, e.message, status, code);
     assert_null(in.root);
     assert_true(e.message[0] != '\0');
 }
@@ -98,8 +97,8 @@ static void refuses_each_class(void **state)
     refused("{\"digest\":\"a\\u0000b\",\"algorithm\":\"sha256\"}", 400, "invalid_json");
     snprintf(b, sizeof(b), "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"async\":false}", d32);
     refused(b, 400, "unknown_field");
-    snprintf(b, sizeof(b), "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"metadata\":{\"os\":\"x\"}}",
-             d32);
+    snprintf(b, sizeof(b),
+             "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"metadata\":{\"os\":\"x\"}}", d32);
     refused(b, 400, "unknown_field");
     refused("{\"digest\":[],\"algorithm\":\"sha256\"}", 400, "invalid_type");
     snprintf(b, sizeof(b), "{\"digest\":\"%s\",\"algorithm\":256}", d32);
@@ -150,7 +149,8 @@ static void string_limits(void **state)
             memset(v, 'a', n);
             v[n] = '\0';
             if (f[i].meta)
-                sprintf(b, "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"metadata\":{\"%s\":\"%s\"}}",
+                sprintf(b,
+                        "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"metadata\":{\"%s\":\"%s\"}}",
                         d32, f[i].field, v);
             else
                 sprintf(b, "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"%s\":\"%s\"}", d32,

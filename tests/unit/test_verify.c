@@ -40,7 +40,7 @@ static const char *path(const char *name)
 
 /* Runs a shell command inside the temporary directory; output goes to a log
  * that is printed when the command fails. */
-static int run(const char *fmt, ...)
+__attribute__((format(printf, 1, 2))) static int run(const char *fmt, ...)
 {
     char cmd[2048], full[2600];
     va_list ap;
