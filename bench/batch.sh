@@ -10,65 +10,27 @@
 # the ratio; the target is qwick >= 5x faster.
 set -eu
 BUILD=$(cd "${1:-build}" && pwd)
-SRC=$(cd "$(dirname "$0")/.." && pwd)
+SRC_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QWICK=$BUILD/qwick
 QWICKD=$BUILD/qwickd
 FILES=${FILES:-100}
 JOBS=${JOBS:-$(($(nproc) * 2))}
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/qwick-bench.XXXXXX")
-pid=""
-cleanup() {
-    if [ -n "$pid" ]; then
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-jget() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+. "$SRC_ROOT/tests/integration/lib.sh"
+t_init bench-batch
 now() { date +%s.%N; }
 
 # --- server ----------------------------------------------------------------
-"$QWICKD" init --data "$tmp/data" --json >"$tmp/init.json"
-QWICK_API_KEY=$(jget "$tmp/init.json" api_key)
-tlsca=$(jget "$tmp/init.json" tls_ca)
-root=$(jget "$tmp/init.json" root_ca)
-tsaroot=$(jget "$tmp/init.json" tsa_root_ca)
-"$QWICKD" serve --data "$tmp/data" --listen 127.0.0.1:0 --port-file "$tmp/port" \
-    2>"$tmp/server.log" &
-pid=$!
-i=0
-while [ ! -s "$tmp/port" ]; do
-    i=$((i + 1))
-    [ "$i" -le 100 ] && kill -0 "$pid" 2>/dev/null ||
-        { echo "bench: qwickd did not start" >&2; cat "$tmp/server.log" >&2; exit 1; }
-    sleep 0.1
-done
-sleep 0.1
-port=$(sed 's/.*://' "$tmp/port" | tr -d ' \n')
-server="https://127.0.0.1:$port"
-tsa="$server/tsa"
-export QWICK_API_KEY
-QWICK_SERVER=$server
-QWICK_CACERT=$tlsca
-export QWICK_SERVER QWICK_CACERT
+start_qwickd "$tmp/data"
+qwick_env
+tlsca=$QWICKD_TLS_CA
+tsa="$QWICKD_URL/tsa"
 
-# --- baseline key: a local RSA-3072 code-signing cert from a throwaway PKI ----
-openssl req -x509 -newkey rsa:3072 -nodes -keyout "$tmp/ca.key" -out "$tmp/ca.pem" -days 2 \
-    -subj "/CN=Bench Root" -addext basicConstraints=critical,CA:TRUE \
-    -addext keyUsage=critical,keyCertSign >/dev/null 2>&1
-openssl req -newkey rsa:3072 -nodes -keyout "$tmp/leaf.key" -out "$tmp/leaf.csr" \
-    -subj "/CN=Bench Signer" >/dev/null 2>&1
-printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\n' \
-    >"$tmp/leaf.ext"
-openssl x509 -req -in "$tmp/leaf.csr" -CA "$tmp/ca.pem" -CAkey "$tmp/ca.key" -CAcreateserial \
-    -days 2 -extfile "$tmp/leaf.ext" -out "$tmp/leaf.pem" >/dev/null 2>&1
-cat "$tmp/leaf.pem" "$tmp/ca.pem" >"$tmp/certs.pem"
+# --- baseline key: the RSA-3072 code-signing leaf of the test PKI -----------
+make_pki "$tmp/pki"
+cat "$tmp/pki/leaf.pem" "$tmp/pki/chain.pem" >"$tmp/certs.pem"
 
 # --- the file set ----------------------------------------------------------
-x86_64-w64-mingw32-gcc -O2 -o "$tmp/fixture.exe" "$SRC/demo/hello.c"
+build_pe "$tmp/fixture.exe" x64
 mkdir "$tmp/q" "$tmp/o"
 for i in $(seq 1 "$FILES"); do
     cp "$tmp/fixture.exe" "$tmp/q/app$i.exe"
@@ -80,31 +42,31 @@ size=$(wc -c <"$tmp/fixture.exe" | tr -d ' ')
 # Warm up both paths once (TLS, page cache) so neither pays first-use costs.
 cp "$tmp/fixture.exe" "$tmp/warm.exe"
 "$QWICK" sign "$tmp/warm.exe" >/dev/null
-osslsigncode sign -certs "$tmp/certs.pem" -key "$tmp/leaf.key" -ts "$tsa" -HTTPS-CAfile "$tlsca" \
+osslsigncode sign -certs "$tmp/certs.pem" -key "$tmp/pki/leaf.key" -ts "$tsa" -HTTPS-CAfile "$tlsca" \
     -in "$tmp/fixture.exe" -out "$tmp/warm2.exe" >/dev/null
 
 # --- qwick -----------------------------------------------------------------
 t0=$(now)
 "$QWICK" sign -j "$JOBS" --json "$tmp/q/*.exe" >"$tmp/q.json"
 t1=$(now)
-qsigned=$(jget "$tmp/q.json" signed)
-[ "$qsigned" = "$FILES" ] || { echo "bench: qwick signed $qsigned of $FILES" >&2; exit 1; }
+qsigned=$(json_get "$tmp/q.json" signed)
+[ "$qsigned" = "$FILES" ] || die "qwick signed $qsigned of $FILES"
 
 # --- osslsigncode, once per file --------------------------------------------
 t2=$(now)
 for i in $(seq 1 "$FILES"); do
-    osslsigncode sign -certs "$tmp/certs.pem" -key "$tmp/leaf.key" -h sha256 \
+    osslsigncode sign -certs "$tmp/certs.pem" -key "$tmp/pki/leaf.key" -h sha256 \
         -ts "$tsa" -HTTPS-CAfile "$tlsca" \
         -in "$tmp/o/app$i.exe" -out "$tmp/o/app$i.signed.exe" >/dev/null ||
-        { echo "bench: osslsigncode failed on app$i.exe" >&2; exit 1; }
+        die "osslsigncode failed on app$i.exe"
 done
 t3=$(now)
 
 # Spot-check that both produced valid, timestamped signatures.
-osslsigncode verify -CAfile "$root" -TSA-CAfile "$tsaroot" -in "$tmp/q/app1.exe" >/dev/null ||
-    { echo "bench: qwick output does not verify" >&2; exit 1; }
-osslsigncode verify -CAfile "$tmp/ca.pem" -TSA-CAfile "$tsaroot" -in "$tmp/o/app1.signed.exe" \
-    >/dev/null || { echo "bench: osslsigncode output does not verify" >&2; exit 1; }
+ossl_verify "$QWICKD_ROOT_CA" "$QWICKD_TSA_ROOT_CA" "$tmp/q/app1.exe" 1 yes >&2 ||
+    die "qwick output does not verify"
+ossl_verify "$tmp/pki/root.pem" "$QWICKD_TSA_ROOT_CA" "$tmp/o/app1.signed.exe" 1 yes >&2 ||
+    die "osslsigncode output does not verify"
 
 python3 - "$t0" "$t1" "$t2" "$t3" "$FILES" "$JOBS" "$size" "$(nproc)" <<'EOF'
 import sys

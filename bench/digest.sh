@@ -5,22 +5,23 @@
 #   sh bench/digest.sh [BUILD_DIR]        (default: build)
 #
 # The file is a mingw fixture plus a large random overlay, written under
-# /tmp and removed afterwards; the page cache is warmed first, then the two
-# commands run alternately RUNS times (default 5). Prints the median wall time
-# of each and the ratio qwick/openssl (lower is better; 1.00 = same speed).
+# $TMPDIR (default /tmp) and removed afterwards; the page cache is warmed
+# first, then the two commands run alternately RUNS times (default 5). Prints
+# the median wall time of each and the ratio qwick/openssl (lower is better;
+# 1.00 = same speed).
 # Env: RUNS, SIZE_MIB (overlay size, default 1100).
 set -eu
 BUILD=${1:-build}
 RUNS=${RUNS:-5}
 SIZE_MIB=${SIZE_MIB:-1100}
-SRC=$(cd "$(dirname "$0")/.." && pwd)
+SRC_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 QWICK=$BUILD/qwick
-[ -x "$QWICK" ] || { echo "bench: $QWICK not built" >&2; exit 1; }
+. "$SRC_ROOT/tests/integration/lib.sh"
+t_init bench-digest
+[ -x "$QWICK" ] || die "$QWICK not built"
 [ "$SIZE_MIB" -ge 1024 ] || echo "bench: note: SIZE_MIB=$SIZE_MIB is below 1 GiB" >&2
 
-sh "$SRC/tests/fixtures/gen.sh" "$BUILD/fixtures"
-tmp=$(mktemp -d /tmp/qk-bench.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT INT TERM
+sh "$SRC_ROOT/tests/fixtures/gen.sh" "$BUILD/fixtures"
 f=$tmp/big.exe
 cp "$BUILD/fixtures/x64-hello.exe" "$f"
 head -c $((SIZE_MIB * 1024 * 1024)) /dev/urandom >>"$f"

@@ -1,5 +1,6 @@
 /* Reading and editing existing ContentInfo(SignedData) blobs: the signature
- * value a timestamp covers, adding a timestamp token, nesting a signature.
+ * value a timestamp covers, adding a timestamp token (under the attribute the
+ * content type calls for), nesting a signature.
  *
  * Edits go through OpenSSL's PKCS7 objects and a re-encode. That is only safe
  * because qk_p7_decode_signed() insists the input is DER to begin with (the
@@ -216,6 +217,21 @@ static qk_err attr_delete_all(STACK_OF(X509_ATTRIBUTE) *sk, const char *oid)
     return QK_OK;
 }
 
+/* Where a SignedData carries its RFC 3161 token, by its content type:
+ * Authenticode content (SpcIndirectDataContent, and any other type under
+ * Microsoft's arc 1.3.6.1.4.1.311) in Microsoft's attribute, which is what
+ * Windows reads; anything else (id-data, detached CMS) in RFC 3161 Appendix A's
+ * id-aa-timeStampToken, which is what CMS tools read. */
+static const char *timestamp_attr_oid(const PKCS7 *p7)
+{
+    static const char ms_arc[] = "1.3.6.1.4.1.311.";
+    char buf[128];
+    int n = OBJ_obj2txt(buf, sizeof(buf), p7->d.sign->contents->type, 1);
+    if (n > 0 && (size_t)n < sizeof(buf) && strncmp(buf, ms_arc, sizeof(ms_arc) - 1) == 0)
+        return QK_OID_SPC_RFC3161_TIMESTAMP;
+    return QK_OID_AA_TIMESTAMP_TOKEN;
+}
+
 qk_err qk_sig_add_timestamp(qk_slice contentinfo, qk_slice token, qk_buf *out)
 {
     qk_err rc;
@@ -236,12 +252,14 @@ qk_err qk_sig_add_timestamp(qk_slice contentinfo, qk_slice token, qk_buf *out)
         goto out;
     }
     PKCS7_SIGNER_INFO *si = sk_PKCS7_SIGNER_INFO_value(p7->d.sign->signer_info, 0);
-    /* Re-timestamping replaces the old token: a SignerInfo carries one. */
+    /* Re-timestamping replaces the old token, under either attribute: a
+     * SignerInfo carries one. */
     if (si->unauth_attr != NULL &&
-        (rc = attr_delete_all(si->unauth_attr, QK_OID_SPC_RFC3161_TIMESTAMP)) != QK_OK)
+        ((rc = attr_delete_all(si->unauth_attr, QK_OID_SPC_RFC3161_TIMESTAMP)) != QK_OK ||
+         (rc = attr_delete_all(si->unauth_attr, QK_OID_AA_TIMESTAMP_TOKEN)) != QK_OK))
         goto out;
-    if ((rc = qk_attr_add(&si->unauth_attr, QK_OID_SPC_RFC3161_TIMESTAMP, V_ASN1_SEQUENCE,
-                          token.data, (int)token.len)) != QK_OK)
+    if ((rc = qk_attr_add(&si->unauth_attr, timestamp_attr_oid(p7), V_ASN1_SEQUENCE, token.data,
+                          (int)token.len)) != QK_OK)
         goto out;
     rc = qk_p7_encode(p7, out);
 out:

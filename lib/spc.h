@@ -15,6 +15,9 @@
 #define QK_OID_SPC_NESTED_SIGNATURE "1.3.6.1.4.1.311.2.4.1"
 #define QK_OID_SPC_RFC3161_TIMESTAMP "1.3.6.1.4.1.311.3.3.1"
 #define QK_OID_PKCS9_COUNTERSIGNATURE "1.2.840.113549.1.9.6"
+/* Not Authenticode: where plain CMS carries an RFC 3161 token (RFC 3161
+ * Appendix A, id-aa-timeStampToken), as an unsigned attribute. */
+#define QK_OID_AA_TIMESTAMP_TOKEN "1.2.840.113549.1.9.16.2.14"
 
 /* SpcString ::= CHOICE { unicode [0] IMPLICIT BMPString, ascii [1] IMPLICIT IA5String } */
 typedef struct {

@@ -173,8 +173,11 @@ static PKCS7_SIGNER_INFO *check_signed_data(vstate *st, qk_sig_result *s, PKCS7 
     /* A valid timestamp proves the signature existed at its time: judge the
      * certificates then, so expiry after signing does not matter. */
     int64_t when = (s->timestamp != NULL && s->timestamp->ok) ? s->timestamp->time : -1;
-    s->chain_ok = qk_vchain(v, v->cs_store, signer, sd->cert, QK_EKU_CODE_SIGNING, when,
-                            "certificate chain", &s->error);
+    if (v->cs_store != NULL) {
+        s->chain_checked = 1;
+        s->chain_ok = qk_vchain(v, v->cs_store, signer, sd->cert, QK_EKU_CODE_SIGNING, when,
+                                "certificate chain", &s->error);
+    }
     ret = si;
 out:
     QK_SPC_INDIRECT_DATA_free(idc);
@@ -273,13 +276,24 @@ static void verify_entry(vstate *st, const qk_pe_cert *c)
     verify_contentinfo(st, c->data.data, c->data.len, 0, 0);
 }
 
-static int sig_fully_valid(const qk_sig_result *s)
+qk_err qk_verify_pe(const qk_pe *pe, const qk_verify_opts *opts, qk_verify_report **out)
 {
-    return s->digest_ok && s->message_digest_ok && s->signature_ok && s->chain_ok &&
-           (s->timestamp == NULL || s->timestamp->ok);
+    qk_err rc;
+    qk_verify_ctx *ctx = NULL;
+
+    if (out == NULL)
+        return QK_ERR_INVALID_ARG;
+    *out = NULL;
+    if (pe == NULL)
+        return QK_ERR_INVALID_ARG;
+    if ((rc = qk_verify_ctx_new(opts, &ctx)) != QK_OK)
+        return rc;
+    rc = qk_verify_pe_ctx(pe, ctx, out);
+    qk_verify_ctx_free(ctx);
+    return rc;
 }
 
-qk_err qk_verify_pe(const qk_pe *pe, const qk_verify_opts *opts, qk_verify_report **out)
+qk_err qk_verify_pe_ctx(const qk_pe *pe, const qk_verify_ctx *ctx, qk_verify_report **out)
 {
     qk_err rc = QK_ERR_INVALID_ARG;
     qk_verify_report *r = NULL;
@@ -288,15 +302,14 @@ qk_err qk_verify_pe(const qk_pe *pe, const qk_verify_opts *opts, qk_verify_repor
     if (out == NULL)
         return QK_ERR_INVALID_ARG;
     *out = NULL;
-    if (pe == NULL)
+    if (pe == NULL || ctx == NULL)
         return QK_ERR_INVALID_ARG;
     qk_clear_detail();
     if ((r = calloc(1, sizeof(*r))) == NULL) {
         rc = QK_ERR_NOMEM;
         goto out;
     }
-    if ((rc = qk_vctx_init(&st.v, opts, 1)) != QK_OK)
-        goto out;
+    qk_vctx_begin(&st.v, ctx);
     st.pe = pe;
 
     size_t ncerts = qk_pe_cert_count(pe);
@@ -316,7 +329,7 @@ qk_err qk_verify_pe(const qk_pe *pe, const qk_verify_opts *opts, qk_verify_repor
     int valid = r->error == NULL && st.n > 0;
     for (size_t i = 0; i < st.n; i++) {
         qk_sig_result *s = &st.sigs[i];
-        if (sig_fully_valid(s) && s->error == NULL)
+        if (qk_sig_fully_valid(s) && s->error == NULL)
             continue;
         /* Every failure path notes a reason; this only guards the invariant
          * "error is NULL exactly when the signature is fully valid". */
@@ -340,7 +353,6 @@ out:
         qk_sig_result_clear(&st.sigs[i]);
     free(st.sigs);
     qk_verify_report_free(r);
-    qk_vctx_cleanup(&st.v);
     ERR_clear_error();
     return rc;
 }

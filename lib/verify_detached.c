@@ -130,12 +130,39 @@ static void check_signer(qk_vctx *v, CMS_SignerInfo *si, BIO *chain, STACK_OF(X5
         qk_vnote(v, &s->error, "content digest or signature mismatch");
     }
     ERR_clear_error();
-    s->chain_ok = qk_vchain(v, v->cs_store, signer, certs, QK_EKU_NOT_TS_ONLY, -1,
-                            "certificate chain", &s->error);
+    qk_vts_check_cms(v, si, certs, &s->timestamp);
+    if (s->timestamp != NULL && !s->timestamp->ok)
+        qk_vnote(v, &s->error, "timestamp: %s",
+                 s->timestamp->error ? s->timestamp->error : "invalid");
+    /* As for Authenticode: a valid timestamp moves the chain check to its time. */
+    int64_t when = (s->timestamp != NULL && s->timestamp->ok) ? s->timestamp->time : -1;
+    if (v->cs_store != NULL) {
+        s->chain_checked = 1;
+        s->chain_ok = qk_vchain(v, v->cs_store, signer, certs, QK_EKU_NOT_TS_ONLY, when,
+                                "certificate chain", &s->error);
+    }
 }
 
 qk_err qk_verify_detached(qk_slice p7s, const char *content_path, const qk_verify_opts *opts,
                           qk_verify_report **out)
+{
+    qk_err rc;
+    qk_verify_ctx *ctx = NULL;
+
+    if (out == NULL)
+        return QK_ERR_INVALID_ARG;
+    *out = NULL;
+    if (content_path == NULL || (p7s.data == NULL && p7s.len != 0))
+        return QK_ERR_INVALID_ARG;
+    if ((rc = qk_verify_ctx_new(opts, &ctx)) != QK_OK)
+        return rc;
+    rc = qk_verify_detached_ctx(p7s, content_path, ctx, out);
+    qk_verify_ctx_free(ctx);
+    return rc;
+}
+
+qk_err qk_verify_detached_ctx(qk_slice p7s, const char *content_path, const qk_verify_ctx *ctx,
+                              qk_verify_report **out)
 {
     qk_err rc = QK_ERR_INVALID_ARG;
     qk_verify_report *r = NULL;
@@ -150,7 +177,7 @@ qk_err qk_verify_detached(qk_slice p7s, const char *content_path, const qk_verif
     if (out == NULL)
         return QK_ERR_INVALID_ARG;
     *out = NULL;
-    if (content_path == NULL || (p7s.data == NULL && p7s.len != 0))
+    if (ctx == NULL || content_path == NULL || (p7s.data == NULL && p7s.len != 0))
         return QK_ERR_INVALID_ARG;
     qk_clear_detail();
     if (p7s.len > QK_VERIFY_MAX_SIG_SIZE)
@@ -159,8 +186,7 @@ qk_err qk_verify_detached(qk_slice p7s, const char *content_path, const qk_verif
         rc = QK_ERR_NOMEM;
         goto out;
     }
-    if ((rc = qk_vctx_init(&v, opts, 0)) != QK_OK)
-        goto out;
+    qk_vctx_begin(&v, ctx);
     if ((fd = open(content_path, O_RDONLY | O_CLOEXEC)) < 0) {
         rc = qk_fail(QK_ERR_IO, "%s: %s", content_path, strerror(errno));
         goto out;
@@ -218,7 +244,7 @@ report:
     r->valid = r->error == NULL && r->nsigs > 0;
     for (size_t i = 0; i < r->nsigs; i++) {
         qk_sig_result *s = &r->sigs[i];
-        if (s->digest_ok && s->message_digest_ok && s->signature_ok && s->chain_ok && !s->error)
+        if (qk_sig_fully_valid(s) && !s->error)
             continue;
         qk_vnote(&v, &s->error, "verification failed");
         r->valid = 0;
@@ -238,7 +264,6 @@ out:
     sk_X509_pop_free(certs, X509_free);
     CMS_ContentInfo_free(cms);
     qk_verify_report_free(r);
-    qk_vctx_cleanup(&v);
     ERR_clear_error();
     return rc;
 }

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/cms.h>
 #include <openssl/pkcs7.h>
 #include <openssl/x509.h>
 
@@ -26,9 +27,17 @@
 /* Largest DER signature (PKCS#7 or CMS) accepted by the verifier. */
 #define QK_VERIFY_MAX_SIG_SIZE (16u * 1024u * 1024u)
 
+struct qk_verify_ctx {
+    X509_STORE *cs_store; /* roots for code signing; NULL with skip_chain */
+    X509_STORE *ts_store; /* roots for timestamps (may be cs_store, referenced twice);
+                             NULL with skip_ts_chain */
+};
+
+/* The state of one verification call: the context's stores (borrowed) and the
+ * sticky out-of-memory flag. */
 typedef struct qk_vctx {
-    X509_STORE *cs_store; /* roots for code signing */
-    X509_STORE *ts_store; /* roots for timestamps (may be cs_store, referenced twice) */
+    X509_STORE *cs_store; /* NULL: do not evaluate signer chains */
+    X509_STORE *ts_store; /* NULL: do not evaluate TSA chains */
     int nomem;            /* an allocation failed while filling results */
 } qk_vctx;
 
@@ -39,10 +48,8 @@ typedef enum qk_eku_policy {
     QK_EKU_NOT_TS_ONLY,  /* anything except a leaf restricted to timeStamping alone */
 } qk_eku_policy;
 
-/* Loads the code-signing store (and, when want_ts, the timestamp store) per
- * opts: a PEM file, or the system default paths when none is given. */
-qk_err qk_vctx_init(qk_vctx *v, const qk_verify_opts *opts, int want_ts);
-void qk_vctx_cleanup(qk_vctx *v);
+/* Starts one verification with ctx's stores. */
+void qk_vctx_begin(qk_vctx *v, const qk_verify_ctx *ctx);
 
 /* Records a failure message in *slot unless one is already there: the first
  * failing check is the one reported. */
@@ -83,12 +90,21 @@ void qk_vsigner_check(qk_vctx *v, PKCS7_SIGNER_INFO *si, STACK_OF(X509) * certs,
 int qk_vchain(qk_vctx *v, X509_STORE *store, X509 *leaf, STACK_OF(X509) * untrusted,
               qk_eku_policy eku, int64_t when, const char *what, char **err);
 
-/* Looks for a timestamp among si's unsigned attributes (RFC 3161 token under
- * 1.3.6.1.4.1.311.3.3.1, else a legacy PKCS#9 countersignature) and, when one
- * exists, sets *out to a heap result describing it. `certs` are the outer
- * signature's certificates (a countersigner's certificate lives there). */
+/* Looks for a timestamp among an Authenticode SignerInfo's unsigned attributes
+ * (RFC 3161 token under 1.3.6.1.4.1.311.3.3.1, else a legacy PKCS#9
+ * countersignature) and, when one exists, sets *out to a heap result
+ * describing it. `certs` are the outer signature's certificates (a
+ * countersigner's certificate lives there). TSA chains are evaluated against
+ * v->ts_store, or not at all when it is NULL. */
 void qk_vts_check(qk_vctx *v, PKCS7_SIGNER_INFO *si, STACK_OF(X509) * certs, qk_ts_result **out);
+/* The same for a CMS SignerInfo, where the standard id-aa-timeStampToken
+ * (1.2.840.113549.1.9.16.2.14) comes first, then the two above. */
+void qk_vts_check_cms(qk_vctx *v, CMS_SignerInfo *si, STACK_OF(X509) * certs,
+                      qk_ts_result **out);
 void qk_ts_result_free(qk_ts_result *ts);
+
+/* Every check passed; a chain that was not evaluated does not count. */
+int qk_sig_fully_valid(const qk_sig_result *s);
 
 /* Frees the heap members of one signature result (not the struct itself). */
 void qk_sig_result_clear(qk_sig_result *s);

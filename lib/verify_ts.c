@@ -1,7 +1,8 @@
-/* Timestamps of Authenticode signatures: RFC 3161 tokens (unsigned attribute
- * 1.3.6.1.4.1.311.3.3.1) and legacy Authenticode countersignatures (PKCS#9
- * countersignature 1.2.840.113549.1.9.6). Both bind a time to the outer
- * SignerInfo's signature value, and both must chain to the TSA roots with the
+/* Timestamps of signatures: RFC 3161 tokens (Authenticode's unsigned attribute
+ * 1.3.6.1.4.1.311.3.3.1, or in plain CMS RFC 3161 Appendix A's
+ * id-aa-timeStampToken 1.2.840.113549.1.9.16.2.14) and legacy countersignatures
+ * (PKCS#9 countersignature 1.2.840.113549.1.9.6). All bind a time to the outer
+ * SignerInfo's signature value, and all must chain to the TSA roots with the
  * timeStamping EKU. The TSA chain is evaluated at the time the timestamp
  * asserts: a TSA certificate that expired since still vouches for the times it
  * issued while valid, which is what timestamps are for. */
@@ -90,7 +91,7 @@ static STACK_OF(X509) * ts_untrusted(qk_vctx *v, CMS_ContentInfo *cms, STACK_OF(
     return s;
 }
 
-static void check_rfc3161(qk_vctx *v, PKCS7_SIGNER_INFO *outer_si, STACK_OF(X509) * outer,
+static void check_rfc3161(qk_vctx *v, const ASN1_OCTET_STRING *sigval, STACK_OF(X509) * outer,
                           const uint8_t *der, size_t len, qk_ts_result *ts)
 {
     CMS_ContentInfo *cms = NULL;
@@ -140,7 +141,7 @@ static void check_rfc3161(qk_vctx *v, PKCS7_SIGNER_INFO *outer_si, STACK_OF(X509
         qk_vnote(v, &ts->error, "timestamp token signature verification failed");
     else
         sig_ok = 1;
-    imprint_ok = imprint_check(v, tst, outer_si->enc_digest, &ts->error);
+    imprint_ok = imprint_check(v, tst, sigval, &ts->error);
 
     CMS_SignerInfo *tsi = sk_CMS_SignerInfo_value(CMS_get0_SignerInfos(cms), 0);
     CMS_SignerInfo_get0_algs(tsi, NULL, &tsa, NULL, NULL);
@@ -148,8 +149,13 @@ static void check_rfc3161(qk_vctx *v, PKCS7_SIGNER_INFO *outer_si, STACK_OF(X509
         qk_vnote(v, &ts->error, "timestamp signer certificate not found");
         goto out;
     }
+    if (v->ts_store == NULL) {
+        chain_ok = 1; /* integrity only: not evaluated */
+        goto out;
+    }
     if ((untrusted = ts_untrusted(v, cms, outer)) == NULL)
         goto out;
+    ts->chain_checked = 1;
     chain_ok = qk_vchain(v, v->ts_store, tsa, untrusted, QK_EKU_TIMESTAMPING, t,
                          "timestamp certificate chain", &ts->error);
 out:
@@ -160,8 +166,9 @@ out:
     ERR_clear_error();
 }
 
-static void check_countersig(qk_vctx *v, PKCS7_SIGNER_INFO *outer_si, STACK_OF(X509) * outer,
-                             const uint8_t *der, size_t len, qk_ts_result *ts)
+static void check_countersig(qk_vctx *v, const ASN1_OCTET_STRING *sigval,
+                             STACK_OF(X509) * outer, const uint8_t *der, size_t len,
+                             qk_ts_result *ts)
 {
     PKCS7_SIGNER_INFO *cs = NULL;
     const unsigned char *p = der;
@@ -187,53 +194,91 @@ static void check_countersig(qk_vctx *v, PKCS7_SIGNER_INFO *outer_si, STACK_OF(X
         goto out;
     }
     qk_ts_set_time(ts, t);
-    if (outer_si->enc_digest == NULL) {
+    if (sigval == NULL) {
         qk_vnote(v, &ts->error, "outer signature has no signature value");
         goto out;
     }
     /* The countersigned "content" is the outer signature value. */
-    qk_vsigner_check(v, cs, outer, outer_si->enc_digest->data, (size_t)outer_si->enc_digest->length,
-                     NULL, "countersignature: ", &md_ok, &sig_ok, &signer, &ts->error);
-    if (signer != NULL)
-        chain_ok = qk_vchain(v, v->ts_store, signer, outer, QK_EKU_TIMESTAMPING, t,
-                             "countersignature certificate chain", &ts->error);
+    qk_vsigner_check(v, cs, outer, sigval->data, (size_t)sigval->length, NULL,
+                     "countersignature: ", &md_ok, &sig_ok, &signer, &ts->error);
+    if (signer == NULL)
+        goto out;
+    if (v->ts_store == NULL) {
+        chain_ok = 1; /* integrity only: not evaluated */
+        goto out;
+    }
+    ts->chain_checked = 1;
+    chain_ok = qk_vchain(v, v->ts_store, signer, outer, QK_EKU_TIMESTAMPING, t,
+                         "countersignature certificate chain", &ts->error);
 out:
     ts->ok = md_ok && sig_ok && chain_ok;
     PKCS7_SIGNER_INFO_free(cs);
     ERR_clear_error();
 }
 
-void qk_vts_check(qk_vctx *v, PKCS7_SIGNER_INFO *si, STACK_OF(X509) * certs, qk_ts_result **out)
+/* The timestamp attributes a SignerInfo may carry, in order of precedence:
+ * the RFC 3161 token the format defines first, then the other token
+ * attribute, then a legacy countersignature. */
+enum { TS_PRIMARY, TS_SECONDARY, TS_LEGACY, TS_KINDS };
+
+static void ts_classify(X509_ATTRIBUTE *a, const char *primary, const char *secondary,
+                        X509_ATTRIBUTE *found[TS_KINDS])
 {
-    X509_ATTRIBUTE *rfc = NULL, *legacy = NULL;
+    ASN1_OBJECT *o = X509_ATTRIBUTE_get0_object(a);
+    if (found[TS_PRIMARY] == NULL && qk_obj_is(o, primary))
+        found[TS_PRIMARY] = a;
+    else if (secondary != NULL && found[TS_SECONDARY] == NULL && qk_obj_is(o, secondary))
+        found[TS_SECONDARY] = a;
+    else if (found[TS_LEGACY] == NULL && OBJ_obj2nid(o) == NID_pkcs9_countersignature)
+        found[TS_LEGACY] = a;
+}
+
+static void ts_check(qk_vctx *v, X509_ATTRIBUTE *const found[TS_KINDS],
+                     const ASN1_OCTET_STRING *sigval, STACK_OF(X509) * certs, qk_ts_result **out)
+{
     const uint8_t *der = NULL;
     size_t len = 0;
     qk_ts_result *ts = NULL;
+    X509_ATTRIBUTE *a = found[TS_PRIMARY] ? found[TS_PRIMARY] : found[TS_SECONDARY];
+    int token = a != NULL;
 
     *out = NULL;
-    for (int i = 0; i < sk_X509_ATTRIBUTE_num(si->unauth_attr); i++) {
-        X509_ATTRIBUTE *a = sk_X509_ATTRIBUTE_value(si->unauth_attr, i);
-        ASN1_OBJECT *o = X509_ATTRIBUTE_get0_object(a);
-        if (rfc == NULL && qk_obj_is(o, QK_OID_SPC_RFC3161_TIMESTAMP))
-            rfc = a;
-        else if (legacy == NULL && OBJ_obj2nid(o) == NID_pkcs9_countersignature)
-            legacy = a;
-    }
-    if (rfc == NULL && legacy == NULL)
+    if (a == NULL && (a = found[TS_LEGACY]) == NULL)
         return;
     if ((ts = calloc(1, sizeof(*ts))) == NULL) {
         v->nomem = 1;
         return;
     }
-    /* An RFC 3161 token takes precedence: it is what current signers add. */
-    X509_ATTRIBUTE *a = rfc != NULL ? rfc : legacy;
     if (!attr_der(a, &der, &len))
         qk_vnote(v, &ts->error, "timestamp attribute must hold exactly one SEQUENCE");
-    else if (rfc != NULL)
-        check_rfc3161(v, si, certs, der, len, ts);
+    else if (token)
+        check_rfc3161(v, sigval, certs, der, len, ts);
     else
-        check_countersig(v, si, certs, der, len, ts);
+        check_countersig(v, sigval, certs, der, len, ts);
     if (!ts->ok)
         qk_vnote(v, &ts->error, "timestamp verification failed");
     *out = ts;
+}
+
+void qk_vts_check(qk_vctx *v, PKCS7_SIGNER_INFO *si, STACK_OF(X509) * certs, qk_ts_result **out)
+{
+    X509_ATTRIBUTE *found[TS_KINDS] = {NULL};
+
+    /* Windows reads only Microsoft's attribute in Authenticode. */
+    for (int i = 0; i < sk_X509_ATTRIBUTE_num(si->unauth_attr); i++)
+        ts_classify(sk_X509_ATTRIBUTE_value(si->unauth_attr, i), QK_OID_SPC_RFC3161_TIMESTAMP,
+                    NULL, found);
+    ts_check(v, found, si->enc_digest, certs, out);
+}
+
+void qk_vts_check_cms(qk_vctx *v, CMS_SignerInfo *si, STACK_OF(X509) * certs, qk_ts_result **out)
+{
+    X509_ATTRIBUTE *found[TS_KINDS] = {NULL};
+
+    /* Microsoft's attribute is accepted second: detached signatures written
+     * by qwick before it used the standard one carry it. */
+    for (int i = 0; i < CMS_unsigned_get_attr_count(si); i++)
+        ts_classify(CMS_unsigned_get_attr(si, i), QK_OID_AA_TIMESTAMP_TOKEN,
+                    QK_OID_SPC_RFC3161_TIMESTAMP, found);
+    ts_check(v, found, CMS_SignerInfo_get0_signature(si), certs, out);
 }

@@ -43,40 +43,58 @@ out:
     return rc;
 }
 
-qk_err qk_vctx_init(qk_vctx *v, const qk_verify_opts *opts, int want_ts)
+qk_err qk_verify_ctx_new(const qk_verify_opts *opts, qk_verify_ctx **out)
 {
-    qk_err rc;
+    qk_err rc = QK_ERR_NOMEM;
+    qk_verify_ctx *c = NULL;
     const char *ca = opts ? opts->ca_file : NULL;
     const char *tsa = opts ? opts->tsa_ca_file : NULL;
+    int skip_cs = opts ? opts->skip_chain : 0;
+    int skip_ts = opts ? opts->skip_ts_chain : 0;
 
-    memset(v, 0, sizeof(*v));
-    if ((rc = load_store(ca, &v->cs_store)) != QK_OK)
+    if (out == NULL)
+        return QK_ERR_INVALID_ARG;
+    *out = NULL;
+    qk_clear_detail();
+    if ((c = calloc(1, sizeof(*c))) == NULL)
         goto out;
-    if (!want_ts)
-        return QK_OK;
-    if (tsa != NULL) {
-        rc = load_store(tsa, &v->ts_store);
+    if (!skip_cs && (rc = load_store(ca, &c->cs_store)) != QK_OK)
+        goto out;
+    if (skip_ts) {
+        rc = QK_OK;
+    } else if (tsa == NULL && c->cs_store != NULL) {
+        /* No separate TSA roots: timestamps chain to the code-signing roots. */
+        if (X509_STORE_up_ref(c->cs_store) != 1) {
+            rc = qk_fail_ossl(QK_ERR_CRYPTO, "X509_STORE_up_ref");
+            goto out;
+        }
+        c->ts_store = c->cs_store;
+        rc = QK_OK;
+    } else if ((rc = load_store(tsa != NULL ? tsa : ca, &c->ts_store)) != QK_OK) {
         goto out;
     }
-    /* No separate TSA roots: timestamps chain to the code-signing roots. */
-    if (X509_STORE_up_ref(v->cs_store) != 1) {
-        rc = qk_fail_ossl(QK_ERR_CRYPTO, "X509_STORE_up_ref");
-        goto out;
-    }
-    v->ts_store = v->cs_store;
-    rc = QK_OK;
+    *out = c;
+    c = NULL;
 out:
-    if (rc != QK_OK)
-        qk_vctx_cleanup(v);
+    qk_verify_ctx_free(c);
+    ERR_clear_error();
     return rc;
 }
 
-void qk_vctx_cleanup(qk_vctx *v)
+void qk_verify_ctx_free(qk_verify_ctx *c)
 {
-    X509_STORE_free(v->cs_store);
-    X509_STORE_free(v->ts_store);
-    v->cs_store = NULL;
-    v->ts_store = NULL;
+    if (c == NULL)
+        return;
+    X509_STORE_free(c->cs_store);
+    X509_STORE_free(c->ts_store);
+    free(c);
+}
+
+void qk_vctx_begin(qk_vctx *v, const qk_verify_ctx *ctx)
+{
+    memset(v, 0, sizeof(*v));
+    v->cs_store = ctx->cs_store;
+    v->ts_store = ctx->ts_store;
 }
 
 /* --- messages, names, times -------------------------------------------- */
@@ -408,6 +426,12 @@ out:
     X509_STORE_CTX_free(ctx);
     ERR_clear_error();
     return ok;
+}
+
+int qk_sig_fully_valid(const qk_sig_result *s)
+{
+    return s->digest_ok && s->message_digest_ok && s->signature_ok &&
+           (s->chain_ok || !s->chain_checked) && (s->timestamp == NULL || s->timestamp->ok);
 }
 
 void qk_sig_result_clear(qk_sig_result *s)

@@ -6,7 +6,7 @@ set -eu
 PKGS="build-essential pkg-config meson ninja-build clang openssl curl python3
 libssl-dev libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev
 libsqlite3-dev libsodium-dev libcmocka-dev
-osslsigncode sbsigntool gcc-mingw-w64-x86-64 gcc-mingw-w64-i686
+osslsigncode sbsigntool gcc-mingw-w64-x86-64 gcc-mingw-w64-i686 lld-14
 sqlite3 wrk"
 
 missing=""

@@ -84,7 +84,11 @@ QK_EXPORT QK_WUR qk_err qk_sign_chain(const qk_sign_request *req, qk_sign_fn fn,
  * bytes an RFC 3161 timestamp imprint covers. */
 QK_EXPORT QK_WUR qk_err qk_sig_value(qk_slice contentinfo, qk_buf *out);
 /* Returns contentinfo with `token` (a DER TimeStampToken ContentInfo) added as
- * the 1.3.6.1.4.1.311.3.3.1 unsigned attribute of its SignerInfo. */
+ * an unsigned attribute of its SignerInfo, replacing any token already there.
+ * The attribute follows the encapsulated content type: Authenticode content
+ * (SpcIndirectDataContent, or any type under 1.3.6.1.4.1.311) gets Microsoft's
+ * 1.3.6.1.4.1.311.3.3.1; other content (id-data, QK_FORMAT_CMS_DETACHED) gets
+ * RFC 3161 Appendix A's id-aa-timeStampToken 1.2.840.113549.1.9.16.2.14. */
 QK_EXPORT QK_WUR qk_err qk_sig_add_timestamp(qk_slice contentinfo, qk_slice token, qk_buf *out);
 /* Returns `outer` with `inner` appended as a nested signature
  * (unsigned attribute 1.3.6.1.4.1.311.2.4.1), keeping nested ones already there. */

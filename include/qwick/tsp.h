@@ -30,7 +30,8 @@ QK_EXPORT void qk_tsp_request_free(qk_tsp_req *req);
 typedef qk_err (*qk_tsp_transport)(void *ctx, qk_slice request, qk_buf *reply);
 
 /* Timestamps a ContentInfo(SignedData): imprint over its signature value with
- * `alg`, one exchange through `send`, token checked and attached. */
+ * `alg`, one exchange through `send`, token checked and attached (under the
+ * attribute qk_sig_add_timestamp picks for the content type). */
 QK_EXPORT QK_WUR qk_err qk_timestamp(qk_slice contentinfo, qk_hash_alg alg, qk_tsp_transport send,
                                      void *ctx, qk_buf *out);
 

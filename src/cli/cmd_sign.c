@@ -11,17 +11,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <curl/curl.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
-#include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
 
 #include "cli.h"
 #include "client.h"
@@ -62,8 +58,7 @@ typedef struct run {
     size_t next, done, nok, nfail;
     int tty;
     pthread_mutex_t mu;
-    int anchor_tried, anchor_fd; /* see trust_anchor() */
-    char anchor_path[64];
+    qk_verify_ctx *vctx; /* the post-write check's trust stores, loaded once */
 } run;
 
 typedef struct worker {
@@ -211,9 +206,9 @@ static int timestamp_sig(worker *w, client_sign_res *res, qk_buf *out, char **er
 
 /* What the file just written must satisfy before it replaces anything.
  * Always: every signature's image digest, messageDigest and CMS signature
- * are valid, and the new signature carries its timestamp. With --ca (and
- * --tsa-ca) also chain trust, which a user's store usually cannot check for
- * a private CA. The token itself was checked when it was attached. */
+ * are valid, and the new signature carries a timestamp whose token signature
+ * and imprint verify. With --ca (and --tsa-ca) also chain trust, which a
+ * user's store usually cannot check for a private CA. */
 static char *check_report(const sign_opts *o, const qk_verify_report *rep, size_t expect_min)
 {
     if (rep->error != NULL)
@@ -229,10 +224,11 @@ static char *check_report(const sign_opts *o, const qk_verify_report *rep, size_
             why = "messageDigest mismatch";
         else if (!s->signature_ok)
             why = "signature invalid";
-        else if (o->ca != NULL && !s->chain_ok)
+        else if (s->chain_checked && !s->chain_ok)
             why = "certificate chain not trusted by --ca";
-        else if ((o->ca != NULL || o->tsa_ca != NULL) && s->timestamp != NULL && !s->timestamp->ok)
-            why = "timestamp not trusted by --tsa-ca";
+        else if (s->timestamp != NULL && !s->timestamp->ok)
+            why = s->timestamp->chain_checked ? "timestamp not trusted by --tsa-ca"
+                                              : "timestamp invalid";
         if (why != NULL)
             return cli_strdupf("written file does not verify (signature %zu): %s%s%s", i, why,
                                s->error ? ": " : "", s->error ? s->error : "");
@@ -240,57 +236,24 @@ static char *check_report(const sign_opts *o, const qk_verify_report *rep, size_
     /* Replacing: exactly our signature; it must carry the token we attached. */
     if (!o->append && !o->detached && rep->nsigs != 1)
         return cli_strdupf("written file has %zu signatures, expected 1", rep->nsigs);
-    /* (qk_verify_detached does not report timestamps: the token was checked
-     * against our signature when it was attached.) */
-    if (!o->append && !o->detached && !o->no_timestamp && rep->sigs[0].timestamp == NULL)
+    if (!o->append && !o->no_timestamp && rep->sigs[0].timestamp == NULL)
         return xstrdup("written file lost its timestamp");
     return NULL;
 }
 
-/* Without --ca the post-write check ignores chain trust, yet the verifier
- * still builds a trust store, and left alone it parses the whole system
- * bundle (~100 ms) for every file. Hand it the top certificate of the
- * server's chain instead, from memory (a memfd: nothing lands on disk).
- * Made once per run; NULL (the system store: slower, same outcome) if that
- * is not possible. */
-static const char *trust_anchor(run *r, const client_sign_res *res)
+/* The post-write check's trust: without --ca the signer chain is not
+ * evaluated, without --ca and --tsa-ca neither is the TSA's, so no store is
+ * parsed at all (the system bundle costs ~90 ms); the stores that are needed
+ * are loaded once and shared by the workers. */
+static qk_err make_verify_ctx(const sign_opts *o, qk_verify_ctx **out)
 {
-    const char *path = NULL;
-    pthread_mutex_lock(&r->mu);
-    if (!r->anchor_tried && res->nchain > 0) {
-        r->anchor_tried = 1;
-#ifdef __linux__
-        const qk_buf *top = &res->chain[res->nchain - 1];
-        const unsigned char *p = top->data;
-        X509 *x = d2i_X509(NULL, &p, (long)top->len);
-        int fd = memfd_create("qwick-anchor", MFD_CLOEXEC);
-        BIO *b = fd >= 0 ? BIO_new_fd(fd, BIO_NOCLOSE) : NULL;
-        X509_STORE *probe = X509_STORE_new();
-        snprintf(r->anchor_path, sizeof(r->anchor_path), "/proc/self/fd/%d", fd);
-        if (x != NULL && b != NULL && probe != NULL && PEM_write_bio_X509(b, x) == 1 &&
-            BIO_flush(b) == 1 && X509_STORE_load_file(probe, r->anchor_path) == 1) {
-            r->anchor_fd = fd;
-            fd = -1;
-        }
-        X509_STORE_free(probe);
-        BIO_free(b);
-        X509_free(x);
-        if (fd >= 0)
-            close(fd);
-        ERR_clear_error();
-#endif
-    }
-    if (r->anchor_fd >= 0)
-        path = r->anchor_path;
-    pthread_mutex_unlock(&r->mu);
-    return path;
-}
-
-static void verify_opts(run *r, const client_sign_res *res, qk_verify_opts *v)
-{
-    const sign_opts *o = r->o;
-    v->ca_file = o->ca != NULL ? o->ca : trust_anchor(r, res);
-    v->tsa_ca_file = o->tsa_ca != NULL ? o->tsa_ca : o->ca;
+    qk_verify_opts vo = {
+        .ca_file = o->ca,
+        .tsa_ca_file = o->tsa_ca,
+        .skip_chain = o->ca == NULL,
+        .skip_ts_chain = o->no_timestamp || (o->ca == NULL && o->tsa_ca == NULL),
+    };
+    return qk_verify_ctx_new(&vo, out);
 }
 
 /* --- PE files ---------------------------------------------------------- */
@@ -309,7 +272,6 @@ static int sign_pe(worker *w, job *jb, char **err)
     size_t nsigs = 0, ncerts, expect = 1;
     uint8_t md[QK_HASH_MAX_SIZE];
     const char *dest = o->out != NULL ? o->out : jb->path;
-    qk_verify_opts vo = {0};
 
     if ((e = qk_pe_open(jb->path, &pe)) != QK_OK) {
         *err = qk_msg(NULL, e);
@@ -361,8 +323,7 @@ static int sign_pe(worker *w, job *jb, char **err)
         *err = qk_msg("re-reading the written file", e);
         goto out;
     }
-    verify_opts(w->r, &res, &vo);
-    if ((e = qk_verify_pe(check, &vo, &rep)) != QK_OK) {
+    if ((e = qk_verify_pe_ctx(check, w->r->vctx, &rep)) != QK_OK) {
         *err = qk_msg("verifying the written file", e);
         goto out;
     }
@@ -532,7 +493,6 @@ static int sign_detached(worker *w, job *jb, char **err)
     uint8_t md[QK_HASH_MAX_SIZE];
     char *dest = o->out != NULL ? xstrdup(o->out) : cli_strdupf("%s.p7s", jb->path);
     char *tmp = NULL, *why = NULL;
-    qk_verify_opts vo = {0};
 
     if (hash_file(jb->path, o->alg, md, &why) != 0) {
         *err = why;
@@ -556,8 +516,8 @@ static int sign_detached(worker *w, job *jb, char **err)
         goto out;
     tmp_track(w->slot, tmp);
     /* Re-reads the content: catches a file changed while it was being signed. */
-    verify_opts(w->r, &res, &vo);
-    if ((e = qk_verify_detached((qk_slice){sig.data, sig.len}, jb->path, &vo, &rep)) != QK_OK) {
+    if ((e = qk_verify_detached_ctx((qk_slice){sig.data, sig.len}, jb->path, w->r->vctx, &rep)) !=
+        QK_OK) {
         *err = qk_msg("verifying the signature", e);
         goto out;
     }
@@ -809,6 +769,7 @@ int cmd_sign(int argc, char **argv)
     pthread_t *tids = NULL;
     size_t nworkers = 0, started = 0;
     char *err = NULL;
+    qk_err ve;
 
     o.ts_urls = xcalloc((size_t)argc, sizeof(*o.ts_urls));
     optind = 1;
@@ -917,7 +878,14 @@ int cmd_sign(int argc, char **argv)
     r.njobs = in.n;
     r.tty = isatty(STDERR_FILENO);
     pthread_mutex_init(&r.mu, NULL);
-    r.anchor_fd = -1;
+    if ((ve = make_verify_ctx(&o, &r.vctx)) != QK_OK) {
+        /* Before anything is signed: an unreadable --ca would fail every file. */
+        char *m = qk_msg("loading --ca/--tsa-ca", ve);
+        cli_msg("%s", m);
+        free(m);
+        status = QK_EXIT_FAIL;
+        goto out;
+    }
     if (njobs == 0) {
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
         njobs = ncpu < 1 ? 1 : ncpu > SIGN_DEFAULT_JOBS ? SIGN_DEFAULT_JOBS : (int)ncpu;
@@ -975,8 +943,7 @@ out:
     }
     if (r.o != NULL) {
         pthread_mutex_destroy(&r.mu);
-        if (r.anchor_fd >= 0)
-            close(r.anchor_fd);
+        qk_verify_ctx_free(r.vctx);
     }
     free(ws);
     free(tids);

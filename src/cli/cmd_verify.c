@@ -19,6 +19,9 @@
 
 typedef struct config {
     qk_verify_opts opts;
+    qk_verify_ctx *ctx; /* the trust stores, loaded once for every file */
+    qk_err ctx_rc;      /* why ctx is NULL: reported for each file, as before */
+    char *ctx_err;
     int json;
     const char *detached; /* signature file, or NULL for PE mode */
 } config;
@@ -26,7 +29,7 @@ typedef struct config {
 static void help(void)
 {
     printf("Usage: qwick verify [--ca PEM] [--tsa-ca PEM] [--json] FILE...\n"
-           "       qwick verify [--ca PEM] [--json] --detached SIG FILE\n\n"
+           "       qwick verify [--ca PEM] [--tsa-ca PEM] [--json] --detached SIG FILE\n\n"
            "Verifies every Authenticode signature of each PE file (nested ones too):\n"
            "image digest, message digest, signature, timestamp and certificate chain.\n"
            "With --detached, verifies the detached CMS signature SIG (DER or PEM) of FILE.\n"
@@ -209,15 +212,17 @@ static int verify_one(const config *cfg, const char *path, const qk_buf *sig, js
     qk_err rc;
     int valid = 0;
 
-    if (cfg->detached != NULL) {
-        rc = qk_verify_detached((qk_slice){sig->data, sig->len}, path, &cfg->opts, &r);
+    if (cfg->ctx == NULL) {
+        rc = cfg->ctx_rc;
+    } else if (cfg->detached != NULL) {
+        rc = qk_verify_detached_ctx((qk_slice){sig->data, sig->len}, path, cfg->ctx, &r);
     } else {
         rc = qk_pe_open(path, &pe);
         if (rc == QK_OK)
-            rc = qk_verify_pe(pe, &cfg->opts, &r);
+            rc = qk_verify_pe_ctx(pe, cfg->ctx, &r);
     }
     if (rc != QK_OK) {
-        reason = err_text(rc);
+        reason = cfg->ctx == NULL ? xstrdup(cfg->ctx_err) : err_text(rc);
         if (!cfg->json)
             fprintf(stderr, "%s: %s: %s\n", qk_progname, path, reason);
     } else {
@@ -312,9 +317,13 @@ int cmd_verify(int argc, char **argv)
                 jcheck(NULL);
         }
     } else {
+        if ((cfg.ctx_rc = qk_verify_ctx_new(&cfg.opts, &cfg.ctx)) != QK_OK)
+            cfg.ctx_err = err_text(cfg.ctx_rc);
         for (int i = optind; i < argc; i++)
             if (!verify_one(&cfg, argv[i], &sig, files))
                 status = QK_EXIT_FAIL;
+        qk_verify_ctx_free(cfg.ctx);
+        free(cfg.ctx_err);
     }
     if (cfg.json) {
         if (json_dumpf(root, stdout, JSON_INDENT(2)) != 0 || fputc('\n', stdout) == EOF)

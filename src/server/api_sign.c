@@ -284,11 +284,13 @@ static void sign_job_done(sign_job *j)
     http_resume(req);
 }
 
-static void commit_run(void *arg)
+/* The outcome of the group commit holding the job's rows: the 200 with the
+ * signature only if they are durable. Runs on the store's writer thread
+ * (request_record_async) or on a commit thread. */
+static void commit_done(void *arg, qk_err rc, const char *detail)
 {
     sign_job *j = arg;
     http_req *req = j->req;
-    qk_err rc = STORE_CALL(req->srv->store, request_record, &j->row, &j->audit);
     if (rc == QK_OK) {
         http_bytes(req, 200, "application/json", j->response, j->response_len);
         j->response = NULL;
@@ -296,11 +298,19 @@ static void commit_run(void *arg)
                           sign_format_name(j->in.format));
     } else {
         log_kv(LOG_ERROR, "request record failed", "request_id", req->id, "detail",
-               qk_error_detail(), NULL);
+               detail != NULL ? detail : "-", NULL);
         http_error(req, 500, "audit_failed",
                    "the signature could not be recorded, so it is not returned");
     }
     sign_job_done(j);
+}
+
+/* For a store without request_record_async: a commit thread waits. */
+static void commit_run(void *arg)
+{
+    sign_job *j = arg;
+    qk_err rc = STORE_CALL(j->req->srv->store, request_record, &j->row, &j->audit);
+    commit_done(j, rc, rc == QK_OK ? NULL : qk_error_detail());
 }
 
 /* On a signing thread: the RSA work, then the hand-off to a commit thread. */
@@ -345,7 +355,13 @@ static void sign_run(void *arg)
     row->signature = sig;
     sig = (qk_buf){NULL, 0};
     cached_release(cs);
-    if (workq_push(srv->commits, commit_run, j) != 0)
+    if (srv->store->ops->request_record_async != NULL) {
+        rc = srv->store->ops->request_record_async(srv->store, &j->row, &j->audit, commit_done, j);
+        if (rc != QK_OK)
+            commit_done(j, rc, qk_error_detail());
+        return;
+    }
+    if (srv->commits == NULL || workq_push(srv->commits, commit_run, j) != 0)
         commit_run(j); /* no commit thread (shutting down): wait on this one */
     return;
 done:

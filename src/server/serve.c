@@ -391,7 +391,9 @@ int cmd_serve(int argc, char **argv)
         long n = sysconf(_SC_NPROCESSORS_ONLN);
         threads = n > 0 ? (unsigned)n : 1;
     }
-    if ((srv.commits = workq_new(SERVE_COMMIT_THREADS)) == NULL ||
+    /* Commit threads only for a store that cannot report commits itself. */
+    if ((srv.store->ops->request_record_async == NULL &&
+         (srv.commits = workq_new(SERVE_COMMIT_THREADS)) == NULL) ||
         (srv.signq = workq_new(threads)) == NULL)
         goto out;
     hctx = (http_ctx){.srv = &srv,
@@ -468,6 +470,9 @@ int cmd_serve(int argc, char **argv)
      * the queue (refusing) and commits on its own thread. */
     workq_stop(srv.signq);
     workq_stop(srv.commits);
+    /* Commits still queued resume their connections from the store's
+     * thread: let them finish while the daemon is alive. */
+    store_sqlite_flush(srv.store);
     MHD_stop_daemon(d);
     d = NULL;
     log_kv(LOG_INFO, "stopped", NULL);

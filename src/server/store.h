@@ -92,6 +92,9 @@ typedef struct store_sign_request {
     int64_t completed_at;
 } store_sign_request;
 
+/* Completion of an asynchronous store write (see request_record_async). */
+typedef void (*store_done_fn)(void *arg, qk_err rc, const char *detail);
+
 typedef enum audit_outcome { AUDIT_ALLOWED = 0, AUDIT_DENIED = 1, AUDIT_FAILED = 2 } audit_outcome;
 
 const char *audit_outcome_name(audit_outcome o);
@@ -165,6 +168,14 @@ typedef struct store_ops {
     qk_err (*org_find)(qk_store *s, const char *name, int64_t *id, int *found);
     /* One key of an org by id (revoke/list output); key material is never stored. */
     qk_err (*apikey_get)(qk_store *s, int64_t org, int64_t id, store_apikey *out, int *found);
+
+    /* request_record without a waiting thread: done(arg, rc, detail) runs
+     * once the batch holding both rows has committed durably (rc QK_OK) or
+     * failed (detail says why), on a thread of the store's own; `req` and
+     * `audit` must stay valid until then. A non-OK return means `done` will
+     * not be called. Optional (NULL): callers fall back to request_record. */
+    qk_err (*request_record_async)(qk_store *s, const store_sign_request *req,
+                                   const store_audit *audit, store_done_fn done, void *arg);
 } store_ops;
 
 struct qk_store {
@@ -193,6 +204,10 @@ void store_sqlite_fail_commits(qk_store *s, int n);
 /* Group-commit counters since open: transactions committed and writes they
  * carried (writes / commits is the average batch size; for /metrics). */
 void store_sqlite_stats(qk_store *s, uint64_t *commits, uint64_t *writes);
+/* Returns once every write queued before the call has committed (or failed)
+ * and its completion callback has returned: shutdown calls it before the
+ * HTTP daemon that those callbacks resume is stopped. */
+void store_sqlite_flush(qk_store *s);
 
 /* The store vtable called through its pointer, for readability at call sites:
  * STORE_CALL(s, profile_get, org, "default", &p, &found). */

@@ -231,8 +231,15 @@ struct wjob {
     wjob *next;
     wjob_fn fn;
     void *arg;
-    int detached; /* fire-and-forget: nobody waits, the writer frees it */
+    int detached; /* nobody waits: the writer frees it (after calling `done`) */
+    store_done_fn on_done; /* detached jobs: told the outcome once the batch ends */
+    void *on_done_arg;
     int done;     /* set under the queue mutex once the batch committed or failed */
+    /* The waiter's own condition: the writer wakes exactly the callers of a
+     * finished batch. One shared condition broadcast woke every waiting
+     * caller (up to the commit pool, 32 threads) for each batch, most of
+     * them only to sleep again: ~3 futile context switches per request. */
+    pthread_cond_t cv;
     qk_err rc;
     char detail[256];
 };
@@ -251,7 +258,6 @@ struct sq_store {
     int thread_started;
     pthread_mutex_t wmu; /* job queue */
     pthread_cond_t wcv;  /* jobs arrived / stop */
-    pthread_cond_t dcv;  /* a batch finished */
     wjob *head, *tail;
     int stopping;
     atomic_int fail_commits;
@@ -531,15 +537,23 @@ static void *writer_main(void *arg)
 
         run_batch(s, batch);
 
+        /* Completions first and without the lock (they resume connections
+         * and may take other locks); a waiter queued behind them (flush)
+         * therefore returns only after they have run. */
+        for (wjob *j = batch; j != NULL; j = j->next)
+            if (j->on_done != NULL)
+                j->on_done(j->on_done_arg, j->rc, j->rc == QK_OK ? NULL : j->detail);
+
         pthread_mutex_lock(&s->wmu);
         for (wjob *j = batch, *next; j != NULL; j = next) {
             next = j->next; /* a woken caller may free its job right away */
-            if (j->detached)
+            if (j->detached) {
                 free(j);
-            else
+            } else {
                 j->done = 1;
+                pthread_cond_signal(&j->cv);
+            }
         }
-        pthread_cond_broadcast(&s->dcv);
     }
     pthread_mutex_unlock(&s->wmu);
     return NULL;
@@ -563,15 +577,18 @@ static qk_err submit(sq_store *s, wjob_fn fn, void *arg)
     memset(&j, 0, sizeof(j));
     j.fn = fn;
     j.arg = arg;
+    pthread_cond_init(&j.cv, NULL);
     pthread_mutex_lock(&s->wmu);
     if (s->stopping) {
         pthread_mutex_unlock(&s->wmu);
+        pthread_cond_destroy(&j.cv);
         return qk_fail(QK_ERR_IO, "store is closing");
     }
     enqueue(s, &j);
     while (!j.done)
-        pthread_cond_wait(&s->dcv, &s->wmu);
+        pthread_cond_wait(&j.cv, &s->wmu);
     pthread_mutex_unlock(&s->wmu);
+    pthread_cond_destroy(&j.cv);
     if (j.rc != QK_OK)
         return qk_fail(j.rc, "%s", j.detail);
     return QK_OK;
@@ -1108,10 +1125,8 @@ static qk_err job_request_record(conn *c, wjob *j)
     return rc;
 }
 
-static qk_err sq_request_record(qk_store *base, const store_sign_request *req,
-                                const store_audit *audit)
+static qk_err check_request(const store_sign_request *req, const store_audit *audit)
 {
-    request_record_arg a = {req, audit};
     qk_err rc;
     if (req->id[0] == '\0' || memchr(req->id, '\0', sizeof(req->id)) == NULL)
         return qk_fail(QK_ERR_INVALID_ARG, "request id missing or unterminated");
@@ -1134,7 +1149,53 @@ static qk_err sq_request_record(qk_store *base, const store_sign_request *req,
         if (audit->org_id != req->org_id)
             return qk_fail(QK_ERR_INVALID_ARG, "audit row and request belong to different orgs");
     }
+    return QK_OK;
+}
+
+static qk_err sq_request_record(qk_store *base, const store_sign_request *req,
+                                const store_audit *audit)
+{
+    request_record_arg a = {req, audit};
+    qk_err rc = check_request(req, audit);
+    if (rc != QK_OK)
+        return rc;
     return submit((sq_store *)base, job_request_record, &a);
+}
+
+typedef struct record_job {
+    wjob j;
+    request_record_arg a;
+} record_job;
+
+/* The signing path's write: queued like any other, but nobody blocks on it.
+ * A thread parked per in-flight request (waiting on a condition, woken after
+ * the commit, then resuming the connection) cost two context switches and a
+ * thread hop per request; the writer now reports the outcome itself. */
+static qk_err sq_request_record_async(qk_store *base, const store_sign_request *req,
+                                      const store_audit *audit, store_done_fn done, void *arg)
+{
+    sq_store *s = (sq_store *)base;
+    record_job *r;
+    qk_err rc = check_request(req, audit);
+    if (rc != QK_OK)
+        return rc;
+    if ((r = calloc(1, sizeof(*r))) == NULL)
+        return qk_fail(QK_ERR_NOMEM, "request record");
+    r->a = (request_record_arg){req, audit};
+    r->j.fn = job_request_record;
+    r->j.arg = &r->a;
+    r->j.detached = 1;
+    r->j.on_done = done;
+    r->j.on_done_arg = arg;
+    pthread_mutex_lock(&s->wmu);
+    if (s->stopping) {
+        pthread_mutex_unlock(&s->wmu);
+        free(r);
+        return qk_fail(QK_ERR_IO, "store is closing");
+    }
+    enqueue(s, &r->j);
+    pthread_mutex_unlock(&s->wmu);
+    return QK_OK;
 }
 
 /* ---- reads ------------------------------------------------------------ */
@@ -1577,7 +1638,6 @@ static void sq_close(qk_store *base)
     pthread_cond_destroy(&s->rcv);
     pthread_mutex_destroy(&s->wmu);
     pthread_cond_destroy(&s->wcv);
-    pthread_cond_destroy(&s->dcv);
     free(s->db_path);
     free(s);
 }
@@ -1602,6 +1662,7 @@ static const store_ops sqlite_ops = {
     .audit_count = sq_audit_count,
     .org_find = sq_org_find,
     .apikey_get = sq_apikey_get,
+    .request_record_async = sq_request_record_async,
 };
 
 qk_err store_sqlite_open(const char *data_dir, qk_store **out)
@@ -1622,7 +1683,6 @@ qk_err store_sqlite_open(const char *data_dir, qk_store **out)
     pthread_cond_init(&s->rcv, NULL);
     pthread_mutex_init(&s->wmu, NULL);
     pthread_cond_init(&s->wcv, NULL);
-    pthread_cond_init(&s->dcv, NULL);
     atomic_init(&s->fail_commits, 0);
     atomic_init(&s->commits, 0);
     atomic_init(&s->writes, 0);
@@ -1657,6 +1717,20 @@ void store_sqlite_stats(qk_store *base, uint64_t *commits, uint64_t *writes)
     sq_store *s = (sq_store *)base;
     *commits = atomic_load(&s->commits);
     *writes = atomic_load(&s->writes);
+}
+
+static qk_err job_nothing(conn *c, wjob *j)
+{
+    (void)c;
+    (void)j;
+    return QK_OK;
+}
+
+void store_sqlite_flush(qk_store *base)
+{
+    /* The queue is FIFO and the writer runs a batch's completions before it
+     * wakes the batch's waiters: when this job is done, so is all before it. */
+    (void)submit((sq_store *)base, job_nothing, NULL);
 }
 
 void store_sqlite_fail_commits(qk_store *base, int n)

@@ -10,88 +10,24 @@
 #    --out with two inputs (usage), killed CLI (original byte-identical).
 set -eu
 : "${QWICK:?}" "${QWICKD:?}" "${SRC_ROOT:?}"
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/qwick-cli-sign.XXXXXX")
-pid=""
-cleanup() {
-    if [ -n "$pid" ]; then
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-fails=0
-checks=0
-ok() { checks=$((checks + 1)); echo "ok: $*"; }
-fail() { checks=$((checks + 1)); fails=$((fails + 1)); echo "FAIL: $*"; }
-# expect DESCRIPTION COMMAND...: the command must succeed.
-expect() {
-    d=$1
-    shift
-    if "$@" >"$tmp/last.out" 2>&1; then ok "$d"; else
-        fail "$d (exit $?)"
-        sed 's/^/    /' "$tmp/last.out" | tail -n 20
-    fi
-}
-jget() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+. "$SRC_ROOT/tests/integration/lib.sh"
+t_init cli_sign
 
 # --- server ---------------------------------------------------------------
-"$QWICKD" init --data "$tmp/data" --json >"$tmp/init.json"
-QWICK_API_KEY=$(jget "$tmp/init.json" api_key)
-root=$(jget "$tmp/init.json" root_ca)
-tsaroot=$(jget "$tmp/init.json" tsa_root_ca)
-tlsca=$(jget "$tmp/init.json" tls_ca)
-"$QWICKD" serve --data "$tmp/data" --listen 127.0.0.1:0 --port-file "$tmp/port" \
-    2>"$tmp/server.log" &
-pid=$!
-i=0
-while [ ! -s "$tmp/port" ]; do
-    i=$((i + 1))
-    if [ "$i" -gt 100 ] || ! kill -0 "$pid" 2>/dev/null; then
-        echo "FAIL: qwickd serve did not start"
-        cat "$tmp/server.log"
-        exit 1
-    fi
-    sleep 0.1
-done
-sleep 0.1
-port=$(sed 's/.*://' "$tmp/port" | tr -d ' \n')
-QWICK_SERVER="https://127.0.0.1:$port"
-QWICK_CACERT=$tlsca
-export QWICK_API_KEY QWICK_SERVER QWICK_CACERT
+start_qwickd "$tmp/data"
+qwick_env
+root=$QWICKD_ROOT_CA
+tsaroot=$QWICKD_TSA_ROOT_CA
+tlsca=$QWICKD_TLS_CA
 # No config file from the machine running the tests.
 XDG_CONFIG_HOME=$tmp/xdg
 export XDG_CONFIG_HOME
 
 # --- fixtures -------------------------------------------------------------
-x86_64-w64-mingw32-gcc -O2 -o "$tmp/pe64.exe" "$SRC_ROOT/demo/hello.c"
-i686-w64-mingw32-gcc -O2 -o "$tmp/pe32.exe" "$SRC_ROOT/demo/hello.c"
+build_pe "$tmp/pe64.exe" x64
+build_pe "$tmp/pe32.exe" x86
 
-# The code-signing leaf out of a signed file, for sbverify.
-leaf_of() { # FILE OUT
-    rm -f "$tmp/sig.der"
-    osslsigncode extract-signature -in "$1" -out "$tmp/sig.der" >/dev/null 2>&1 || return 1
-    openssl pkcs7 -inform DER -in "$tmp/sig.der" -print_certs -out "$tmp/certs.pem" || return 1
-    rm -f "$tmp"/cert-*.pem
-    awk -v d="$tmp" '/BEGIN CERT/{n++} n{print > (d "/cert-" n ".pem")}' "$tmp/certs.pem"
-    for c in "$tmp"/cert-*.pem; do
-        if openssl x509 -in "$c" -noout -ext extendedKeyUsage 2>/dev/null | grep -q "Code Signing"; then
-            cp "$c" "$2"
-            return 0
-        fi
-    done
-    return 1
-}
-
-osslverify() { # FILE [EXPECTED_SIGNATURE_COUNT]
-    osslsigncode verify -CAfile "$root" -TSA-CAfile "$tsaroot" -in "$1" >"$tmp/ossl.out" 2>&1 ||
-        { cat "$tmp/ossl.out"; return 1; }
-    grep -q "Number of verified signatures: ${2:-1}\$" "$tmp/ossl.out" || { cat "$tmp/ossl.out"; return 1; }
-}
-
+osslverify() { ossl_verify "$root" "$tsaroot" "$@"; } # FILE [EXPECTED_SIGNATURE_COUNT]
 qverify() { "$QWICK" verify --ca "$root" --tsa-ca "$tsaroot" "$@"; }
 
 # --- every architecture x algorithm ---------------------------------------
@@ -99,12 +35,12 @@ for arch in pe32 pe64; do
     for alg in sha256 sha384 sha512; do
         f=$tmp/$arch-$alg.exe
         cp "$tmp/$arch.exe" "$f"
-        expect "$arch $alg: sign" "$QWICK" sign --alg "$alg" --description "cli_sign test" "$f"
-        expect "$arch $alg: qwick verify" qverify "$f"
-        expect "$arch $alg: osslsigncode verify" osslverify "$f"
+        check "$arch $alg: sign" "$QWICK" sign --alg "$alg" --description "cli_sign test" "$f"
+        check "$arch $alg: qwick verify" qverify "$f"
+        check "$arch $alg: osslsigncode verify" osslverify "$f"
         if [ "$alg" = sha256 ]; then
-            if leaf_of "$f" "$tmp/leaf.pem"; then
-                expect "$arch $alg: sbverify --cert leaf" sbverify --cert "$tmp/leaf.pem" "$f"
+            if signing_leaf "$f" "$tmp/leaf.pem"; then
+                check "$arch $alg: sbverify --cert leaf" sbverify --cert "$tmp/leaf.pem" "$f"
             else
                 fail "$arch $alg: could not extract the signing leaf"
             fi
@@ -114,84 +50,99 @@ done
 
 # --- re-sign replaces, --append nests ------------------------------------
 f=$tmp/pe64-sha256.exe
-expect "re-sign a signed file" "$QWICK" sign "$f"
-expect "re-signed: one signature, osslsigncode accepts" osslverify "$f" 1
+check "re-sign a signed file" "$QWICK" sign "$f"
+check "re-signed: one signature, osslsigncode accepts" osslverify "$f" 1
 "$QWICK" verify --json --ca "$root" --tsa-ca "$tsaroot" "$f" >"$tmp/v.json" 2>&1 || true
-n=$(python3 -c '
-import json,sys
+# The objects with a "nested" member: one per signature.
+walk='
 def walk(o):
     if isinstance(o, dict):
         if "nested" in o: yield o
         for v in o.values(): yield from walk(v)
     elif isinstance(o, list):
         for v in o: yield from walk(v)
-print(len(list(walk(json.load(open(sys.argv[1]))))))' "$tmp/v.json" 2>/dev/null || echo "?")
-[ "$n" = 1 ] && ok "re-signed: qwick verify sees one signature" ||
-    fail "re-signed: qwick verify sees '$n' signatures"
+'
+check_py "re-signed: qwick verify sees one signature" "$tmp/v.json" "$walk
+n = len(list(walk(d)))
+assert n == 1, n"
 
-expect "--append sha512" "$QWICK" sign --append --alg sha512 "$f"
-expect "appended: osslsigncode sees 2 signatures" osslverify "$f" 2
-expect "appended: qwick verify" qverify "$f"
+check "--append sha512" "$QWICK" sign --append --alg sha512 "$f"
+check "appended: osslsigncode sees 2 signatures" osslverify "$f" 2
+check "appended: qwick verify" qverify "$f"
 qverify --json "$f" >"$tmp/v.json" 2>&1 || true
-if python3 -c '
-import json,sys
-def walk(o):
-    if isinstance(o, dict):
-        if o.get("nested") is True: return True
-        return any(walk(v) for v in o.values())
-    if isinstance(o, list): return any(walk(v) for v in o)
-    return False
-sys.exit(0 if walk(json.load(open(sys.argv[1]))) else 1)' "$tmp/v.json"; then
-    ok "appended: qwick verify --json shows nested:true"
-else
-    fail "appended: no nested:true in qwick verify --json"
-    cat "$tmp/v.json"
-fi
+check_py "appended: qwick verify --json shows nested:true" "$tmp/v.json" "$walk
+assert any(s['nested'] is True for s in walk(d)), d"
 
 # --- parallel batch, quoted glob, --json ----------------------------------
 mkdir "$tmp/batch"
 for i in $(seq 1 20); do cp "$tmp/pe64.exe" "$tmp/batch/app$i.exe"; done
-if "$QWICK" sign -j 4 --json "$tmp/batch/*.exe" >"$tmp/batch.json" 2>"$tmp/batch.err"; then
-    s=$(jget "$tmp/batch.json" signed)
-    [ "$s" = 20 ] && ok "-j 4: 20 files signed" || fail "-j 4: signed=$s"
-else
-    fail "-j 4 over 20 files (exit $?)"
-    cat "$tmp/batch.err"
-fi
+check_status 0 "-j 4 over 20 files" "$QWICK" sign -j 4 --json "$tmp/batch/*.exe"
+cp "$tmp/out" "$tmp/batch.json"
+check_eq "-j 4: 20 files signed" "$(json_get "$tmp/batch.json" signed 2>/dev/null)" 20
 bad=0
 for i in $(seq 1 20); do osslverify "$tmp/batch/app$i.exe" >/dev/null || bad=$((bad + 1)); done
-[ "$bad" = 0 ] && ok "-j 4: all 20 verify" || fail "-j 4: $bad files do not verify"
-python3 -c '
-import json,sys
-d=json.load(open(sys.argv[1]))
+check_eq "-j 4: all 20 verify (files that do not)" "$bad" 0
+check_py "--json shape" "$tmp/batch.json" '
 assert d["failed"] == 0 and len(d["files"]) == 20
 for f in d["files"]:
     assert f["ok"] is True and f["error"] is None and isinstance(f["requestId"], str), f
-' "$tmp/batch.json" && ok "--json shape" || fail "--json shape"
+'
 
 # --- --out ------------------------------------------------------------------
 cp "$tmp/pe32.exe" "$tmp/orig.exe"
 cp "$tmp/orig.exe" "$tmp/orig.copy"
-expect "--out" "$QWICK" sign --out "$tmp/out.exe" "$tmp/orig.exe"
-cmp -s "$tmp/orig.exe" "$tmp/orig.copy" && ok "--out leaves the input alone" || fail "--out changed the input"
-expect "--out result verifies" osslverify "$tmp/out.exe"
-set +e
-"$QWICK" sign --out "$tmp/x.exe" "$tmp/orig.exe" "$tmp/pe64.exe" >/dev/null 2>&1
-rc=$?
-set -e
-[ "$rc" = 2 ] && ok "--out with two inputs: exit 2" || fail "--out with two inputs: exit $rc"
+check "--out" "$QWICK" sign --out "$tmp/out.exe" "$tmp/orig.exe"
+check "--out leaves the input alone" cmp "$tmp/orig.exe" "$tmp/orig.copy"
+check "--out result verifies" osslverify "$tmp/out.exe"
+check_status 2 "--out with two inputs: exit 2" "$QWICK" sign --out "$tmp/x.exe" "$tmp/orig.exe" "$tmp/pe64.exe"
 
 # --- detached ----------------------------------------------------------------
 printf 'release notes\nnot a PE file at all\n' >"$tmp/notes.txt"
-expect "--detached" "$QWICK" sign --detached "$tmp/notes.txt"
-expect "openssl cms -verify accepts the .p7s" openssl cms -verify -binary -inform DER \
-    -in "$tmp/notes.txt.p7s" -content "$tmp/notes.txt" -CAfile "$root" -purpose any -out /dev/null
-expect "qwick verify --detached" qverify --detached "$tmp/notes.txt.p7s" "$tmp/notes.txt"
+cms_verify() {
+    openssl cms -verify -binary -inform DER -in "$tmp/notes.txt.p7s" -content "$tmp/notes.txt" \
+        -CAfile "$root" -purpose any -out /dev/null
+}
+check "--detached" "$QWICK" sign --detached "$tmp/notes.txt"
+check "openssl cms -verify accepts the .p7s" cms_verify
+check "qwick verify --detached" qverify --detached "$tmp/notes.txt.p7s" "$tmp/notes.txt"
+# The timestamp: RFC 3161 Appendix A's id-aa-timeStampToken, found and checked
+# by qwick verify, and a token openssl ts accepts over the signature value.
+qverify --json --detached "$tmp/notes.txt.p7s" "$tmp/notes.txt" >"$tmp/det.json" 2>&1 || true
+check_py "qwick verify --detached --json: timestamp ok" "$tmp/det.json" \
+    't = d["files"][0]["signatures"][0]["timestamp"]; assert d["files"][0]["valid"] and t["ok"] and t["time"], t'
+det_token() { # P7S TOKEN SIGVALUE: the id-aa-timeStampToken and the signature it covers
+    python3 - "$@" <<'EOF'
+import sys
+d = open(sys.argv[1], "rb").read()
+def kids(s, e):  # (tag, start, content start, end) of each DER element in [s, e)
+    out = []
+    while s < e:
+        t, n, c = d[s], d[s + 1], s + 2
+        if n & 0x80:
+            n, c = int.from_bytes(d[c:c + (n & 0x7f)], "big"), c + (n & 0x7f)
+        out.append((t, s, c, c + n))
+        s = c + n
+    return out
+ci = kids(0, len(d))[0]
+sd = kids(*kids(*kids(ci[2], ci[3])[1][2:])[0][2:])
+si = kids(*kids(*sd[-1][2:])[0][2:])
+sig = [x for x in si if x[0] == 0x04][-1]
+assert si[-1][0] == 0xA1, "no unsigned attributes"
+for a in kids(*si[-1][2:]):
+    oid, vals = kids(*a[2:])
+    if d[oid[2]:oid[3]] == bytes.fromhex("2a864886f70d010910020e"):
+        tok = kids(*vals[2:])[0]
+        open(sys.argv[2], "wb").write(d[tok[1]:tok[3]])
+        open(sys.argv[3], "wb").write(d[sig[2]:sig[3]])
+        sys.exit(0)
+sys.exit("no id-aa-timeStampToken")
+EOF
+}
+check "token under id-aa-timeStampToken" det_token "$tmp/notes.txt.p7s" "$tmp/det.tok" "$tmp/det.sig"
+check "openssl ts -verify accepts the token" openssl ts -verify -token_in -in "$tmp/det.tok" \
+    -data "$tmp/det.sig" -CAfile "$tsaroot"
 echo tampered >>"$tmp/notes.txt"
-if openssl cms -verify -binary -inform DER -in "$tmp/notes.txt.p7s" -content "$tmp/notes.txt" \
-    -CAfile "$root" -purpose any -out /dev/null >/dev/null 2>&1; then
-    fail "openssl cms accepted a changed file"
-else ok "changed content rejected"; fi
+check_fails "changed content rejected by openssl cms" cms_verify
 
 # --- settings: config file, then env, flags first ---------------------------
 mkdir -p "$XDG_CONFIG_HOME/qwick"
@@ -200,41 +151,33 @@ printf '{"server":"%s","api_key":"%s","cacert":"tls-ca.pem","profile":"default"}
     "$QWICK_SERVER" "$QWICK_API_KEY" >"$XDG_CONFIG_HOME/qwick/config.json"
 chmod 600 "$XDG_CONFIG_HOME/qwick/config.json"
 cp "$tmp/pe64.exe" "$tmp/cfg.exe"
-expect "settings from the config file alone" env -u QWICK_SERVER -u QWICK_API_KEY -u QWICK_CACERT \
+check "settings from the config file alone" env -u QWICK_SERVER -u QWICK_API_KEY -u QWICK_CACERT \
     "$QWICK" sign "$tmp/cfg.exe"
 cp "$tmp/pe64.exe" "$tmp/cfg.exe"
-expect "--api-key beats a bad QWICK_API_KEY" env QWICK_API_KEY=qk_wrong \
+check "--api-key beats a bad QWICK_API_KEY" env QWICK_API_KEY=qk_wrong \
     "$QWICK" sign --api-key "$QWICK_API_KEY" "$tmp/cfg.exe"
 rm -rf "$XDG_CONFIG_HOME/qwick"
 
 # --- failures ----------------------------------------------------------------
 cp "$tmp/pe64.exe" "$tmp/bad.exe"
 cp "$tmp/bad.exe" "$tmp/bad.copy"
-set +e
-QWICK_API_KEY=qk_notarealkey00000000000000000000 "$QWICK" sign "$tmp/bad.exe" >"$tmp/o" 2>"$tmp/e"
-rc=$?
-set -e
-[ "$rc" = 1 ] && ok "bad API key: exit 1" || fail "bad API key: exit $rc"
-grep -q "bad.exe: server: " "$tmp/e" && ok "bad API key: server error shown" ||
-    { fail "bad API key: message"; cat "$tmp/e"; }
-grep -q "qk_notarealkey" "$tmp/e" "$tmp/o" && fail "the API key was printed" || ok "API key not printed"
-cmp -s "$tmp/bad.exe" "$tmp/bad.copy" && ok "bad API key: file unchanged" || fail "bad API key: file changed"
+check_status 1 "bad API key: exit 1" env QWICK_API_KEY=qk_notarealkey00000000000000000000 \
+    "$QWICK" sign "$tmp/bad.exe"
+check_grep "bad API key: server error shown" "bad.exe: server: " "$tmp/err"
+check_fails "API key not printed" grep -q "qk_notarealkey" "$tmp/err" "$tmp/out"
+check "bad API key: file unchanged" cmp "$tmp/bad.exe" "$tmp/bad.copy"
 
 cp "$tmp/pe32.exe" "$tmp/good1.exe"
 cp "$tmp/pe64.exe" "$tmp/good2.exe"
-set +e
-"$QWICK" sign "$tmp/good1.exe" "$tmp/notes.txt" "$tmp/good2.exe" >"$tmp/o" 2>"$tmp/e"
-rc=$?
-set -e
-[ "$rc" = 1 ] && ok "non-PE input: exit 1" || fail "non-PE input: exit $rc"
-grep -q "notes.txt: .*PE" "$tmp/e" && ok "non-PE input: clear error" || { fail "non-PE message"; cat "$tmp/e"; }
-grep -q "signed 2, failed 1" "$tmp/o" && ok "non-PE input: summary" || { fail "summary"; cat "$tmp/o"; }
-expect "non-PE input: the others are signed" osslverify "$tmp/good1.exe"
-expect "non-PE input: the others are signed (2)" osslverify "$tmp/good2.exe"
+check_status 1 "non-PE input: exit 1" "$QWICK" sign "$tmp/good1.exe" "$tmp/notes.txt" "$tmp/good2.exe"
+check_grep "non-PE input: clear error" "notes.txt: .*PE" "$tmp/err"
+check_grep "non-PE input: summary" "signed 2, failed 1" "$tmp/out"
+check "non-PE input: the others are signed" osslverify "$tmp/good1.exe"
+check "non-PE input: the others are signed (2)" osslverify "$tmp/good2.exe"
 
 # --- client behaviour against a scripted server (plain http on loopback) -----
 # 503 + Retry-After, then 429, then a JSON error; then an oversize body.
-cat >"$tmp/mock.py" <<'EOF'
+cat >"$tmp/mock.py" <<'PYEOF'
 import http.server, json, sys, time
 hits = []
 class H(http.server.BaseHTTPRequestHandler):
@@ -261,45 +204,30 @@ class H(http.server.BaseHTTPRequestHandler):
             return self.send(403, b'{"error":{"code":"forbidden","message":"profile not allowed"}}')
         return self.send(200, b'{"signature":"' + b"A" * (2 * 1024 * 1024) + b'"}')
 s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-open(sys.argv[1], "w").write(str(s.server_address[1]))
+open(sys.argv[1] + ".tmp", "w").write(str(s.server_address[1]))
+import os; os.replace(sys.argv[1] + ".tmp", sys.argv[1])
 s.serve_forever()
-EOF
-python3 "$tmp/mock.py" "$tmp/mock.port" "$tmp/mock.log" 2>/dev/null &
+PYEOF
+python3 "$tmp/mock.py" "$tmp/mock.port" "$tmp/mock.log" 2>"$tmp/mock.err" &
 mpid=$!
-i=0
-while [ ! -s "$tmp/mock.port" ] && [ "$i" -lt 50 ]; do i=$((i + 1)); sleep 0.1; done
-mport=$(cat "$tmp/mock.port")
+track_pid "$mpid"
+wait_port "$mpid" "$tmp/mock.port" "the scripted server" "$tmp/mock.err"
+mock="http://127.0.0.1:$port"
 cp "$tmp/pe64.exe" "$tmp/retry.exe"
-set +e
 t0=$(date +%s)
-"$QWICK" sign --server "http://127.0.0.1:$mport" --profile rel "$tmp/retry.exe" >"$tmp/o" 2>"$tmp/e"
-rc=$?
+check_status 1 "scripted: exit 1" "$QWICK" sign --server "$mock" --profile rel "$tmp/retry.exe"
 t1=$(date +%s)
-set -e
-[ "$rc" = 1 ] && ok "scripted: exit 1" || fail "scripted: exit $rc"
-grep -q "retry.exe: server: forbidden: profile not allowed" "$tmp/e" && ok "scripted: error surfaced" ||
-    { fail "scripted: message"; cat "$tmp/e"; }
-[ "$(wc -l <"$tmp/mock.log")" = 3 ] && ok "scripted: retried 503 and 429, then stopped" ||
-    { fail "scripted: $(wc -l <"$tmp/mock.log") requests"; cat "$tmp/mock.log"; }
+check_grep "scripted: error surfaced" "retry.exe: server: forbidden: profile not allowed" "$tmp/err"
+check_eq "scripted: retried 503 and 429, then stopped (requests)" "$(wc -l <"$tmp/mock.log")" 3
 [ $((t1 - t0)) -ge 2 ] && ok "scripted: Retry-After honoured" || fail "scripted: no wait"
-grep -q "^Bearer qk_ authenticode-pe rel$" "$tmp/mock.log" && ok "scripted: bearer, format, profile" ||
-    { fail "scripted: request shape"; cat "$tmp/mock.log"; }
+check_grep "scripted: bearer, format, profile" "^Bearer qk_ authenticode-pe rel$" "$tmp/mock.log"
 cp "$tmp/pe64.exe" "$tmp/huge.exe"
-set +e
-"$QWICK" sign --server "http://127.0.0.1:$mport" "$tmp/huge.exe" >"$tmp/o" 2>"$tmp/e"
-rc=$?
-set -e
-[ "$rc" = 1 ] && grep -q "larger than" "$tmp/e" && ok "scripted: oversize response refused" ||
-    { fail "scripted: oversize ($rc)"; cat "$tmp/e"; }
-cmp -s "$tmp/huge.exe" "$tmp/pe64.exe" && ok "scripted: file untouched" || fail "scripted: file changed"
-kill "$mpid" 2>/dev/null || true
-wait "$mpid" 2>/dev/null || true
-set +e
-"$QWICK" sign --server "http://192.0.2.1:8080" "$tmp/huge.exe" >/dev/null 2>"$tmp/e"
-rc=$?
-set -e
-[ "$rc" = 2 ] && grep -q "https" "$tmp/e" && ok "plain http off loopback refused" ||
-    { fail "plain http off loopback: exit $rc"; cat "$tmp/e"; }
+check_status 1 "scripted: oversize response: exit 1" "$QWICK" sign --server "$mock" "$tmp/huge.exe"
+check_grep "scripted: oversize response refused" "larger than" "$tmp/err"
+check "scripted: file untouched" cmp "$tmp/huge.exe" "$tmp/pe64.exe"
+stop_pid "$mpid"
+check_status 2 "plain http off loopback: exit 2" "$QWICK" sign --server "http://192.0.2.1:8080" "$tmp/huge.exe"
+check_grep "plain http off loopback refused" "https" "$tmp/err"
 
 # --- a killed CLI leaves the original intact ----------------------------------
 # ~200 MiB (an overlay is hashed like the rest), killed at several points of
@@ -308,12 +236,16 @@ mkdir "$tmp/big"
 cp "$tmp/pe64.exe" "$tmp/big/big.exe"
 head -c 200000000 /dev/urandom >>"$tmp/big/big.exe"
 cp "$tmp/big/big.exe" "$tmp/big.copy"
-for delay in 0.05 0.2 0.4 0.7 1.0 1.5; do
+# kill_sign SIGNAL DELAY: qwick sign big.exe, sent SIGNAL after DELAY seconds.
+kill_sign() {
     "$QWICK" sign "$tmp/big/big.exe" >/dev/null 2>&1 &
     cpid=$!
-    sleep "$delay"
-    kill -9 "$cpid" 2>/dev/null || true
+    sleep "$2"
+    kill "-$1" "$cpid" 2>/dev/null || true
     wait "$cpid" 2>/dev/null || true
+}
+for delay in 0.05 0.2 0.4 0.7 1.0 1.5; do
+    kill_sign KILL "$delay"
     if cmp -s "$tmp/big/big.exe" "$tmp/big.copy"; then
         ok "SIGKILL after ${delay}s: original intact"
     elif osslverify "$tmp/big/big.exe" >/dev/null; then
@@ -334,16 +266,10 @@ for delay in 0.05 0.2 0.4 0.7 1.0 1.5; do
     done
 done
 # SIGTERM is handled: the run stops, the temporary is removed.
-"$QWICK" sign "$tmp/big/big.exe" >/dev/null 2>&1 &
-cpid=$!
-sleep 0.3
-kill -TERM "$cpid" 2>/dev/null || true
-wait "$cpid" 2>/dev/null || true
+kill_sign TERM 0.3
 if cmp -s "$tmp/big/big.exe" "$tmp/big.copy" || osslverify "$tmp/big/big.exe" >/dev/null; then
     ok "SIGTERM: file intact or completely signed"
 else fail "SIGTERM: file damaged"; fi
-left=$(find "$tmp/big" -name '.big.exe.qwick-*' | wc -l)
-[ "$left" = 0 ] && ok "SIGTERM: no temporary left" || fail "SIGTERM: $left temporaries left"
+check_eq "SIGTERM: temporaries left" "$(find "$tmp/big" -name '.big.exe.qwick-*' | wc -l)" 0
 
-echo "$((checks - fails)) of $checks checks passed"
-[ "$fails" -eq 0 ]
+t_done

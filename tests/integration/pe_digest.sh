@@ -5,69 +5,44 @@
 # reference (tests/fixtures/peref.py).
 #
 # Environment (from tests/integration/meson.build): QWICK, BUILD_ROOT, SRC_ROOT.
-set -u
+set -eu
 : "${QWICK:?}" "${BUILD_ROOT:?}" "${SRC_ROOT:?}"
+. "$SRC_ROOT/tests/integration/lib.sh"
+t_init pe_digest
 
 FIX=$BUILD_ROOT/fixtures
 RESTRIP=$BUILD_ROOT/tests/fixtures/pe-restrip
 PEREF=$SRC_ROOT/tests/fixtures/peref.py
 
-for tool in osslsigncode openssl python3 cmp; do
-    command -v "$tool" >/dev/null 2>&1 || { echo "pe_digest: $tool not found (run scripts/setup.sh)" >&2; exit 1; }
-done
-[ -x "$RESTRIP" ] || { echo "pe_digest: $RESTRIP not built" >&2; exit 1; }
+need osslsigncode openssl python3 cmp
+[ -x "$RESTRIP" ] || die "$RESTRIP not built"
 
-W=$(mktemp -d "${TMPDIR:-/tmp}/qk-pe-digest.XXXXXX")
-trap 'rm -rf "$W"' EXIT INT TERM
-
-checks=0
-fails=0
-pass() { checks=$((checks + 1)); }
-fail() { checks=$((checks + 1)); fails=$((fails + 1)); echo "FAIL: $*" >&2; }
-expect_eq() { # what got want
-    if [ "$2" = "$3" ]; then pass; else fail "$1: got '$2', want '$3'"; fi
-}
-
-sh "$SRC_ROOT/tests/fixtures/gen.sh" "$FIX" || { echo "pe_digest: fixture generation failed" >&2; exit 1; }
+sh "$SRC_ROOT/tests/fixtures/gen.sh" "$FIX" || die "fixture generation failed"
 set -- "$FIX"/*.exe "$FIX"/*.dll
-[ $# -ge 20 ] || { echo "pe_digest: only $# fixtures in $FIX" >&2; exit 1; }
+[ $# -ge 20 ] || die "only $# fixtures in $FIX"
 
 # A throwaway code-signing certificate; verify against it as the only root.
-openssl req -x509 -newkey rsa:2048 -nodes -keyout "$W/key.pem" -out "$W/cert.pem" -days 2 \
-    -subj "/CN=qwick pe_digest test" -addext extendedKeyUsage=codeSigning >/dev/null 2>&1 ||
-    { echo "pe_digest: cannot create a test key" >&2; exit 1; }
-
-osl_sign() { # alg in out
-    osslsigncode sign -certs "$W/cert.pem" -key "$W/key.pem" -h "$1" -in "$2" -out "$3" >"$W/osl.log" 2>&1
-}
-# Prints osslsigncode's "Calculated message digest" in lowercase; fails unless
-# the whole verification succeeded (so the digest is also the signed one).
-osl_digest() { # file
-    osslsigncode verify -CAfile "$W/cert.pem" -in "$1" >"$W/verify.log" 2>&1 || return 1
-    sed -n 's/^Calculated message digest *: *\([0-9A-Fa-f]*\).*/\1/p' "$W/verify.log" | head -n 1 |
-        tr 'A-F' 'a-f'
-}
-qdigest() { # alg file
-    "$QWICK" digest --alg "$1" "$2" | cut -d ' ' -f 1
-}
+make_cert "$tmp/cert" "qwick pe_digest test"
+osl_digest() { ossl_digest "$1" -CAfile "$tmp/cert.pem"; } # FILE: fails unless verification succeeds
 
 # --- 1. digests vs osslsigncode, every fixture, every algorithm ---------------
 for f in "$@"; do
     b=$(basename "$f")
     for alg in sha256 sha1 sha384 sha512; do
-        s=$W/$alg-$b
-        if ! osl_sign "$alg" "$f" "$s"; then
-            fail "osslsigncode sign -h $alg $b: $(cat "$W/osl.log")"
+        s=$tmp/$alg-$b
+        if ! osslsigncode sign -certs "$tmp/cert.pem" -key "$tmp/cert.key" -h "$alg" -in "$f" -out "$s" \
+            >"$tmp/osl.log" 2>&1; then
+            fail "osslsigncode sign -h $alg $b: $(cat "$tmp/osl.log")"
             continue
         fi
-        want=$(osl_digest "$s") || { fail "osslsigncode verify $alg $b: $(cat "$W/verify.log")"; continue; }
+        want=$(osl_digest "$s") || { fail "osslsigncode verify $alg $b: $(cat "$tmp/ossl.out")"; continue; }
         [ -n "$want" ] || { fail "no calculated digest for $alg $b"; continue; }
         # The signed file: digest up to the table.
-        expect_eq "qwick digest --alg $alg (signed) $b" "$(qdigest "$alg" "$s")" "$want"
+        check_eq "qwick digest --alg $alg (signed) $b" "$(qdigest "$alg" "$s")" "$want"
         # The unsigned file: the signer's zero padding to 8 is hashed too.
-        expect_eq "qwick digest --alg $alg (unsigned) $b" "$(qdigest "$alg" "$f")" "$want"
+        check_eq "qwick digest --alg $alg (unsigned) $b" "$(qdigest "$alg" "$f")" "$want"
         if [ "$alg" = sha256 ]; then
-            expect_eq "peref digest $alg $b" "$(python3 "$PEREF" digest "$alg" "$f")" "$want"
+            check_eq "peref digest $alg $b" "$(python3 "$PEREF" digest "$alg" "$f")" "$want"
         fi
     done
 done
@@ -75,45 +50,63 @@ done
 # --- 2. files written by the library ------------------------------------------
 for f in "$@"; do
     b=$(basename "$f")
-    s=$W/sha256-$b
+    s=$tmp/sha256-$b
     [ -f "$s" ] || continue
     want=$(qdigest sha256 "$f")
-    osslsigncode extract-signature -in "$s" -out "$W/$b.p7" >/dev/null 2>&1 ||
+    osslsigncode extract-signature -in "$s" -out "$tmp/$b.p7" >/dev/null 2>&1 ||
         { fail "extract-signature $b"; continue; }
-    osslsigncode extract-signature -in "$W/sha1-$b" -out "$W/$b.sha1.p7" >/dev/null 2>&1 ||
+    osslsigncode extract-signature -in "$tmp/sha1-$b" -out "$tmp/$b.sha1.p7" >/dev/null 2>&1 ||
         { fail "extract-signature sha1 $b"; continue; }
 
     # Signing the unsigned file with osslsigncode's own signature gives
     # osslsigncode's file, byte for byte (padding, dwLength, directory, checksum).
-    "$RESTRIP" "$f" "$W/r1" "$W/$b.p7" || { fail "pe-restrip sign $b"; continue; }
-    if cmp -s "$W/r1" "$s"; then pass; else fail "pe-restrip output differs from osslsigncode's for $b"; fi
-    if python3 "$PEREF" check-signed "$W/r1" "$W/$b.p7"; then pass; else fail "layout of signed $b"; fi
-    expect_eq "osslsigncode digest of library-signed $b" "$(osl_digest "$W/r1")" "$want"
+    "$RESTRIP" "$f" "$tmp/r1" "$tmp/$b.p7" || { fail "pe-restrip sign $b"; continue; }
+    check "pe-restrip output equals osslsigncode's for $b" cmp "$tmp/r1" "$s"
+    check "layout of signed $b" python3 "$PEREF" check-signed "$tmp/r1" "$tmp/$b.p7"
+    check_eq "osslsigncode digest of library-signed $b" "$(osl_digest "$tmp/r1")" "$want"
 
     # Re-signing a signed file truncates at the old table.
-    "$RESTRIP" "$W/sha1-$b" "$W/r2" "$W/$b.p7" || { fail "pe-restrip re-sign $b"; continue; }
-    if cmp -s "$W/r2" "$s"; then pass; else fail "re-signed $b differs from a fresh signature"; fi
+    "$RESTRIP" "$tmp/sha1-$b" "$tmp/r2" "$tmp/$b.p7" || { fail "pe-restrip re-sign $b"; continue; }
+    check "re-signed $b equals a fresh signature" cmp "$tmp/r2" "$s"
 
     # Two entries in one table: layout and digest (osslsigncode reads one only).
-    "$RESTRIP" "$f" "$W/r3" "$W/$b.p7" "$W/$b.sha1.p7" || { fail "pe-restrip two entries $b"; continue; }
-    if python3 "$PEREF" check-signed "$W/r3" "$W/$b.p7" "$W/$b.sha1.p7"; then pass; else fail "layout of two-entry $b"; fi
-    expect_eq "qwick digest of two-entry $b" "$(qdigest sha256 "$W/r3")" "$want"
+    "$RESTRIP" "$f" "$tmp/r3" "$tmp/$b.p7" "$tmp/$b.sha1.p7" || { fail "pe-restrip two entries $b"; continue; }
+    check "layout of two-entry $b" python3 "$PEREF" check-signed "$tmp/r3" "$tmp/$b.p7" "$tmp/$b.sha1.p7"
+    check_eq "qwick digest of two-entry $b" "$(qdigest sha256 "$tmp/r3")" "$want"
 
     # Stripping (n = 0): directory cleared, checksum recomputed, digest kept;
     # what is left is the unsigned file padded to 8.
-    "$RESTRIP" "$s" "$W/r4" || { fail "pe-restrip strip $b"; continue; }
-    if python3 "$PEREF" check-unsigned "$W/r4"; then pass; else fail "stripped $b"; fi
-    expect_eq "qwick digest of stripped $b" "$(qdigest sha256 "$W/r4")" "$want"
+    "$RESTRIP" "$s" "$tmp/r4" || { fail "pe-restrip strip $b"; continue; }
+    check "stripped $b" python3 "$PEREF" check-unsigned "$tmp/r4"
+    check_eq "qwick digest of stripped $b" "$(qdigest sha256 "$tmp/r4")" "$want"
     len=$(wc -c <"$f")
-    expect_eq "size of stripped $b" "$(wc -c <"$W/r4" | tr -d ' ')" "$(( (len + 7) / 8 * 8 ))"
-    rm -f "$W/r1" "$W/r2" "$W/r3" "$W/r4"
+    check_eq "size of stripped $b" "$(wc -c <"$tmp/r4" | tr -d ' ')" "$(((len + 7) / 8 * 8))"
+    rm -f "$tmp/r1" "$tmp/r2" "$tmp/r3" "$tmp/r4"
 done
 
 # The unmodified linker output: GNU ld's checksum equals the Python reference.
 for f in "$FIX"/x86-hello.exe "$FIX"/x64-hello.exe "$FIX"/x86-dll.dll "$FIX"/x64-dll.dll \
     "$FIX"/x86-bigdata.exe "$FIX"/x64-bigdata.exe; do
     set -- $(python3 "$PEREF" checksum "$f")
-    expect_eq "ld checksum vs reference, $(basename "$f")" "$1" "$2"
+    check_eq "ld checksum vs reference, $(basename "$f")" "${1:-}" "${2:-}"
+done
+
+# --- 2b. ARM64: clang + lld-link, no CRT (gen.sh) -----------------------------
+# Digests are covered above with every fixture; here the machine type, and a
+# signature made by libqwick (qk-testsign) that qwick verify and osslsigncode
+# accept.
+A64=$FIX/arm64-nocrt.dll
+machine=$(python3 -c 'import struct, sys
+d = open(sys.argv[1], "rb").read()
+print(hex(struct.unpack_from("<H", d, struct.unpack_from("<I", d, 0x3C)[0] + 4)[0]))' "$A64")
+check_eq "arm64-nocrt.dll machine" "$machine" 0xaa64
+for f in "$A64" "$FIX/arm64-nocrt-oddlen7.dll"; do
+    b=$(basename "$f")
+    check "qk-testsign $b" "$BUILD_ROOT/tests/tools/qk-testsign" --key "$tmp/cert.key" \
+        --cert "$tmp/cert.pem" --chain "$tmp/cert.pem" "$f" "$tmp/lib-$b"
+    check "qwick verify of library-signed $b" "$QWICK" verify --ca "$tmp/cert.pem" "$tmp/lib-$b"
+    check_eq "osslsigncode digest of library-signed $b" "$(osl_digest "$tmp/lib-$b")" \
+        "$(qdigest sha256 "$f")"
 done
 
 # --- 3. the command line contract ---------------------------------------------
@@ -121,63 +114,52 @@ A=$FIX/x64-hello.exe
 B=$FIX/x86-dll-oddlen7.dll
 da=$(qdigest sha256 "$A")
 db=$(qdigest sha256 "$B")
-expect_eq "sha256 length" "${#da}" 64
+check_eq "sha256 length" "${#da}" 64
 
-out=$("$QWICK" digest "$A" "$B")
-rc=$?
-expect_eq "two files: exit" "$rc" 0
-expect_eq "two files: output like sha256sum" "$out" "$(printf '%s  %s\n%s  %s' "$da" "$A" "$db" "$B")"
+check_status 0 "two files: exit" "$QWICK" digest "$A" "$B"
+check_eq "two files: output like sha256sum" "$(cat "$tmp/out")" "$(printf '%s  %s\n%s  %s' "$da" "$A" "$db" "$B")"
 
 # A relative name is printed as given.
-out=$(cd "$FIX" && "$QWICK" digest x64-hello.exe)
-expect_eq "relative name" "$out" "$da  x64-hello.exe"
+check_eq "relative name" "$(cd "$FIX" && "$QWICK" digest x64-hello.exe)" "$da  x64-hello.exe"
 
-printf 'MZ but not much else' >"$W/notpe.exe"
-"$QWICK" digest "$A" "$W/notpe.exe" "$B" >"$W/out" 2>"$W/err"
-rc=$?
-expect_eq "non-PE among valid files: exit" "$rc" 1
-expect_eq "non-PE among valid files: stdout" "$(cat "$W/out")" \
+printf 'MZ but not much else' >"$tmp/notpe.exe"
+check_status 1 "non-PE among valid files: exit" "$QWICK" digest "$A" "$tmp/notpe.exe" "$B"
+check_eq "non-PE among valid files: stdout" "$(cat "$tmp/out")" \
     "$(printf '%s  %s\n%s  %s' "$da" "$A" "$db" "$B")"
-expect_eq "non-PE: one stderr line" "$(wc -l <"$W/err" | tr -d ' ')" 1
-case $(cat "$W/err") in
-"qwick: $W/notpe.exe: "?*) pass ;;
-*) fail "non-PE stderr: $(cat "$W/err")" ;;
+check_eq "non-PE: one stderr line" "$(wc -l <"$tmp/err" | tr -d ' ')" 1
+case $(cat "$tmp/err") in
+"qwick: $tmp/notpe.exe: "?*) ok "non-PE stderr names the file" ;;
+*) fail "non-PE stderr: $(cat "$tmp/err")" ;;
 esac
 
-"$QWICK" digest "$W/missing.exe" "$A" >"$W/out" 2>"$W/err"
-expect_eq "missing file: exit" "$?" 1
-expect_eq "missing file: stdout" "$(cat "$W/out")" "$da  $A"
-case $(cat "$W/err") in
-"qwick: $W/missing.exe: "?*) pass ;;
-*) fail "missing file stderr: $(cat "$W/err")" ;;
+check_status 1 "missing file: exit" "$QWICK" digest "$tmp/missing.exe" "$A"
+check_eq "missing file: stdout" "$(cat "$tmp/out")" "$da  $A"
+case $(cat "$tmp/err") in
+"qwick: $tmp/missing.exe: "?*) ok "missing file stderr names the file" ;;
+*) fail "missing file stderr: $(cat "$tmp/err")" ;;
 esac
 
 for pair in sha1:40 sha256:64 sha384:96 sha512:128 SHA-256:64; do
     alg=${pair%%:*}
     n=${pair#*:}
-    d=$("$QWICK" digest --alg "$alg" "$A" | cut -d ' ' -f 1)
-    expect_eq "--alg $alg length" "${#d}" "$n"
-    case $d in *[!0-9a-f]*) fail "--alg $alg: not lowercase hex: $d" ;; *) pass ;; esac
+    d=$(qdigest "$alg" "$A")
+    check_eq "--alg $alg length" "${#d}" "$n"
+    case $d in *[!0-9a-f]*) fail "--alg $alg: not lowercase hex: $d" ;; *) ok "--alg $alg: lowercase hex" ;; esac
 done
-expect_eq "-a sha256 equals the default" "$("$QWICK" digest -a sha256 "$A")" "$da  $A"
-expect_eq "--alg=sha256 equals the default" "$("$QWICK" digest --alg=sha256 "$A")" "$da  $A"
-expect_eq "SHA-256 alias" "$(qdigest SHA-256 "$A")" "$da"
+check_eq "-a sha256 equals the default" "$("$QWICK" digest -a sha256 "$A")" "$da  $A"
+check_eq "--alg=sha256 equals the default" "$("$QWICK" digest --alg=sha256 "$A")" "$da  $A"
+check_eq "SHA-256 alias" "$(qdigest SHA-256 "$A")" "$da"
 
-"$QWICK" digest --alg md5 "$A" >"$W/out" 2>"$W/err"
-expect_eq "unknown alg: exit" "$?" 2
-expect_eq "unknown alg: no stdout" "$(cat "$W/out")" ""
-[ -s "$W/err" ] && pass || fail "unknown alg: no message on stderr"
+check_status 2 "unknown alg: exit" "$QWICK" digest --alg md5 "$A"
+check_eq "unknown alg: no stdout" "$(cat "$tmp/out")" ""
+[ -s "$tmp/err" ] && ok "unknown alg: message on stderr" || fail "unknown alg: no message on stderr"
 
-"$QWICK" digest --bogus "$A" >/dev/null 2>&1
-expect_eq "unknown option: exit" "$?" 2
+check_status 2 "unknown option: exit" "$QWICK" digest --bogus "$A"
 
-"$QWICK" digest --help >"$W/out" 2>&1
-expect_eq "--help: exit" "$?" 0
-grep -q '^Usage: qwick digest' "$W/out" && pass || fail "--help: no usage line"
+check_status 0 "--help: exit" "$QWICK" digest --help
+check_grep "--help: usage line" '^Usage: qwick digest' "$tmp/out"
 
-"$QWICK" digest >"$W/out" 2>"$W/err"
-expect_eq "no args: exit" "$?" 2
-expect_eq "no args: no stdout" "$(cat "$W/out")" ""
+check_status 2 "no args: exit" "$QWICK" digest
+check_eq "no args: no stdout" "$(cat "$tmp/out")" ""
 
-echo "pe_digest: $checks checks, $fails failed"
-[ "$fails" -eq 0 ]
+t_done

@@ -14,77 +14,21 @@
 #  - plain HTTP refused off loopback, allowed on it with --plain-http.
 set -eu
 : "${QWICK:?}" "${QWICKD:?}" "${SRC_ROOT:?}"
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/qwick-server-api.XXXXXX")
-pid=""
-cleanup() {
-    if [ -n "$pid" ]; then
-        kill -TERM "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-fails=0
-checks=0
-ok() { checks=$((checks + 1)); echo "ok: $*"; }
-fail() { checks=$((checks + 1)); fails=$((fails + 1)); echo "FAIL: $*"; }
-check() { # DESCRIPTION COMMAND...: the command must succeed
-    _what=$1
-    shift
-    if "$@" >"$tmp/last.out" 2>&1; then ok "$_what"; else
-        fail "$_what (exit $?)"
-        sed 's/^/    /' "$tmp/last.out" | tail -n 20
-    fi
-}
-# jget FILE KEY.PATH: a member of a JSON file ("error.code", "certificateChain.0").
-jget() {
-    python3 - "$1" "$2" <<'EOF'
-import json, sys
-v = json.load(open(sys.argv[1]))
-for k in sys.argv[2].split("."):
-    v = v[int(k)] if isinstance(v, list) else v[k]
-print(v if not isinstance(v, (dict, list)) else json.dumps(v))
-EOF
-}
+. "$SRC_ROOT/tests/integration/lib.sh"
+t_init server_api
 b64file() { base64 -w0 "$1"; }
 
 # --- server ---------------------------------------------------------------
 data="$tmp/data"
-"$QWICKD" init --data "$data" --json >"$tmp/init.json"
-admin_key=$(jget "$tmp/init.json" api_key)
-root=$(jget "$tmp/init.json" root_ca)
-tsaroot=$(jget "$tmp/init.json" tsa_root_ca)
-tlsca=$(jget "$tmp/init.json" tls_ca)
+qwickd_init "$data"
+admin_key=$QWICKD_API_KEY
+root=$QWICKD_ROOT_CA
+tsaroot=$QWICKD_TSA_ROOT_CA
+tlsca=$QWICKD_TLS_CA
 db="$data/qwick.db"
 
-start_server() { # extra serve args...
-    rm -f "$tmp/port"
-    "$QWICKD" serve --data "$data" --port-file "$tmp/port" "$@" 2>>"$tmp/server.log" &
-    pid=$!
-    i=0
-    while [ ! -s "$tmp/port" ]; do
-        i=$((i + 1))
-        if [ "$i" -gt 100 ] || ! kill -0 "$pid" 2>/dev/null; then
-            echo "FAIL: qwickd serve did not start"
-            cat "$tmp/server.log"
-            exit 1
-        fi
-        sleep 0.1
-    done
-    port=$(cat "$tmp/port")
-}
-stop_server() { # sets $stopped to the exit status
-    kill -TERM "$pid"
-    stopped=0
-    wait "$pid" || stopped=$?
-    pid=""
-}
-
-start_server --listen 127.0.0.1:0
-base="https://127.0.0.1:$port"
+start_qwickd "$data"
+base=$QWICKD_URL
 echo "qwickd on $base"
 
 # call METHOD PATH KEY [curl args...]: body in $tmp/body, status in $tmp/status,
@@ -106,8 +50,8 @@ sign_json() { # KEY JSON-BODY
 # expect_error STATUS CODE DESCRIPTION: last response is that JSON error.
 expect_error() {
     st=$(cat "$tmp/status")
-    code=$(jget "$tmp/body" error.code 2>/dev/null || echo "?")
-    msg=$(jget "$tmp/body" error.message 2>/dev/null || echo "")
+    code=$(json_get "$tmp/body" error.code 2>/dev/null || echo "?")
+    msg=$(json_get "$tmp/body" error.message 2>/dev/null || echo "")
     ct=$(cat "$tmp/ctype")
     if [ "$st" = "$1" ] && [ "$code" = "$2" ] && [ -n "$msg" ] &&
         [ "$ct" = "application/json" ]; then
@@ -117,9 +61,22 @@ expect_error() {
     fi
 }
 
+# expect_status STATUS DESCRIPTION: the last response had that HTTP status.
+expect_status() {
+    if [ "$(cat "$tmp/status")" = "$1" ]; then ok "$2"; else
+        fail "$2: want $1, got $(cat "$tmp/status"): $(head -c 300 "$tmp/body")"
+    fi
+}
+# new_key JSON: POST /api/v1/keys as admin; sets $key and $key_id.
+new_key() {
+    call POST /api/v1/keys "$admin_key" -H 'Content-Type: application/json' --data-binary "$1"
+    key=$(json_get "$tmp/body" key 2>/dev/null || true)
+    key_id=$(json_get "$tmp/body" id 2>/dev/null || true)
+}
+
 # --- health and metrics ------------------------------------------------------
 call GET /healthz -
-if [ "$(cat "$tmp/status")" = 200 ] && [ "$(jget "$tmp/body" status)" = ok ]; then
+if [ "$(cat "$tmp/status")" = 200 ] && [ "$(json_get "$tmp/body" status)" = ok ]; then
     ok "healthz"
 else fail "healthz: $(cat "$tmp/status") $(cat "$tmp/body")"; fi
 if grep -qi '^x-content-type-options: nosniff' "$tmp/headers" &&
@@ -140,10 +97,10 @@ for alg in sha256 sha384 sha512; do
             continue
         fi
         cp "$tmp/body" "$tmp/signed-$alg-$fmt.json"
-        jget "$tmp/body" signature | base64 -d >"$tmp/sig.der"
-        jget "$tmp/body" certificateChain.0 | base64 -d >"$tmp/leaf.der"
-        st=$(jget "$tmp/body" status)
-        tsurl=$(jget "$tmp/body" timestampUrl)
+        json_get "$tmp/body" signature | base64 -d >"$tmp/sig.der"
+        json_get "$tmp/body" certificateChain.0 | base64 -d >"$tmp/leaf.der"
+        st=$(json_get "$tmp/body" status)
+        tsurl=$(json_get "$tmp/body" timestampUrl)
         [ "$st" = SIGNED ] && [ "$tsurl" = "$base/tsa" ] || fail "sign $alg $fmt: status $st url $tsurl"
         case $fmt in
         authenticode-pe)
@@ -173,15 +130,14 @@ done
 # the default format is authenticode-pe and the default profile "default"
 d=$(b64file "$tmp/digest.bin")
 sign_json "$admin_key" "{\"digest\":\"$d\",\"algorithm\":\"sha512\"}"
-if [ "$(cat "$tmp/status")" = 200 ]; then ok "defaults (format, profile, no metadata)"; else
-    fail "defaults: $(cat "$tmp/status") $(cat "$tmp/body")"; fi
+expect_status 200 "defaults (format, profile, no metadata)"
 
 # --- a request by id, and its audit row -------------------------------------------
-rid=$(jget "$tmp/signed-sha384-cms.json" requestId)
+rid=$(json_get "$tmp/signed-sha384-cms.json" requestId)
 call GET "/api/v1/sign/requests/$rid" "$admin_key"
-if [ "$(cat "$tmp/status")" = 200 ] && [ "$(jget "$tmp/body" status)" = SIGNED ] &&
-    [ "$(jget "$tmp/body" signature)" = "$(jget "$tmp/signed-sha384-cms.json" signature)" ] &&
-    [ "$(jget "$tmp/body" metadata.filename)" = content.bin ]; then
+if [ "$(cat "$tmp/status")" = 200 ] && [ "$(json_get "$tmp/body" status)" = SIGNED ] &&
+    [ "$(json_get "$tmp/body" signature)" = "$(json_get "$tmp/signed-sha384-cms.json" signature)" ] &&
+    [ "$(json_get "$tmp/body" metadata.filename)" = content.bin ]; then
     ok "GET request by id"
 else fail "GET request by id: $(cat "$tmp/status") $(head -c 300 "$tmp/body")"; fi
 n=$(sqlite3 "$db" "SELECT count(*) FROM audit WHERE request_id = '$rid' AND outcome = 0 AND action = 'sign.digest' AND algorithm = 'sha384' AND filename = 'content.bin' AND client_ip = '127.0.0.1'")
@@ -204,11 +160,9 @@ expect_error 401 unknown_api_key "unknown key"
 sign_json "not-a-key" "$body"
 expect_error 401 unknown_api_key "malformed key"
 
-call POST /api/v1/keys "$admin_key" -H 'Content-Type: application/json' \
-    --data-binary '{"name":"viewer","role":"viewer"}'
-if [ "$(cat "$tmp/status")" = 201 ]; then ok "create viewer key through the API"; else
-    fail "create viewer key: $(cat "$tmp/status") $(cat "$tmp/body")"; fi
-viewer_key=$(jget "$tmp/body" key)
+new_key '{"name":"viewer","role":"viewer"}'
+expect_status 201 "create viewer key through the API"
+viewer_key=$key
 sign_json "$viewer_key" "$body"
 expect_error 403 forbidden "viewer key signs"
 n=$(sqlite3 "$db" "SELECT count(*) FROM audit WHERE outcome = 1 AND detail LIKE '%role%'")
@@ -216,44 +170,38 @@ n=$(sqlite3 "$db" "SELECT count(*) FROM audit WHERE outcome = 1 AND detail LIKE 
 call GET /api/v1/keys "$viewer_key"
 expect_error 403 forbidden "viewer lists keys"
 call GET "/api/v1/sign/requests/$rid" "$viewer_key"
-[ "$(cat "$tmp/status")" = 200 ] && ok "viewer reads a request" || fail "viewer read: $(cat "$tmp/status")"
+expect_status 200 "viewer reads a request"
 
-call POST /api/v1/keys "$admin_key" -H 'Content-Type: application/json' \
-    --data-binary '{"name":"ci","role":"signer"}'
-signer_key=$(jget "$tmp/body" key)
-signer_id=$(jget "$tmp/body" id)
+new_key '{"name":"ci","role":"signer"}'
+signer_key=$key
+signer_id=$key_id
 sign_json "$signer_key" "$body"
-[ "$(cat "$tmp/status")" = 200 ] && ok "new signer key signs" || fail "signer key: $(cat "$tmp/status")"
+expect_status 200 "new signer key signs"
 call GET /api/v1/keys "$admin_key"
 if [ "$(cat "$tmp/status")" = 200 ] && grep -q '"name":"ci"' "$tmp/body" &&
     ! grep -q "$signer_key" "$tmp/body"; then
     ok "list keys (no key material)"
 else fail "list keys: $(head -c 300 "$tmp/body")"; fi
 call DELETE "/api/v1/keys/$signer_id" "$admin_key"
-[ "$(cat "$tmp/status")" = 200 ] && ok "revoke through the API" || fail "revoke: $(cat "$tmp/body")"
+expect_status 200 "revoke through the API"
 sign_json "$signer_key" "$body"
 expect_error 401 revoked_api_key "revoked key (API), at once"
 call DELETE /api/v1/keys/999999 "$admin_key"
 expect_error 404 not_found "revoke unknown key"
 
 # revocation by the CLI, in another process, is seen at once too
-call POST /api/v1/keys "$admin_key" -H 'Content-Type: application/json' \
-    --data-binary '{"name":"ci2"}'
-k2=$(jget "$tmp/body" key)
-k2id=$(jget "$tmp/body" id)
-sign_json "$k2" "$body"
-[ "$(cat "$tmp/status")" = 200 ] && ok "second signer key signs" || fail "k2: $(cat "$tmp/status")"
-"$QWICKD" apikey revoke --data "$data" "$k2id" >/dev/null
-sign_json "$k2" "$body"
+new_key '{"name":"ci2"}'
+sign_json "$key" "$body"
+expect_status 200 "second signer key signs"
+"$QWICKD" apikey revoke --data "$data" "$key_id" >/dev/null
+sign_json "$key" "$body"
 expect_error 401 revoked_api_key "revoked key (CLI), at once"
 
 # expired: a key that expires in 3 s
 exp=$(($(date +%s) + 3))
-call POST /api/v1/keys "$admin_key" -H 'Content-Type: application/json' \
-    --data-binary "{\"name\":\"short\",\"expiresAt\":$exp}"
-k3=$(jget "$tmp/body" key)
+new_key "{\"name\":\"short\",\"expiresAt\":$exp}"
 while [ "$(date +%s)" -le "$exp" ]; do sleep 0.5; done
-sign_json "$k3" "$body"
+sign_json "$key" "$body"
 expect_error 401 expired_api_key "expired key"
 
 # --- malformed requests ---------------------------------------------------------
@@ -314,7 +262,7 @@ expect_error 415 unsupported_media_type "TSA with a JSON body"
 # --- tenancy: another org's request ---------------------------------------------
 sqlite3 "$db" "INSERT INTO orgs(name, created_at) VALUES('other', 0)"
 "$QWICKD" apikey create --data "$data" --org other --role admin --json >"$tmp/other.json"
-other_key=$(jget "$tmp/other.json" key 2>/dev/null || jget "$tmp/other.json" api_key)
+other_key=$(json_get "$tmp/other.json" key 2>/dev/null || json_get "$tmp/other.json" api_key)
 call GET "/api/v1/sign/requests/$rid" "$other_key"
 expect_error 404 not_found "another org's request id"
 sign_json "$other_key" "{\"digest\":\"$d32\",\"algorithm\":\"sha256\"}"
@@ -355,7 +303,7 @@ done
 
 # --- one signature embedded by the CLI, accepted by osslsigncode ---------------------
 if command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1; then
-    x86_64-w64-mingw32-gcc -O2 -o "$tmp/hello.exe" "$SRC_ROOT/tests/fixtures/src/hello.c"
+    build_pe "$tmp/hello.exe" x64 "$SRC_ROOT/tests/fixtures/src/hello.c"
     check "qwick sign through the API" "$QWICK" sign --server "$base" --api-key "$admin_key" \
         --cacert "$tlsca" --ca "$root" --tsa-ca "$tsaroot" "$tmp/hello.exe"
     check "osslsigncode accepts it" osslsigncode verify -CAfile "$root" \
@@ -373,7 +321,7 @@ seq 1 200 | xargs -P 50 -I{} sh -c 'curl -s --cacert "$1" -o "$2/$3.json" -w "%{
     "$admin_key" "$tmp/load.json" "$base" || true
 n200=$(cat "$tmp/load"/*.code | grep -c '^200$' || true)
 [ "$n200" = 200 ] && ok "200 concurrent requests all 200" || fail "concurrent: $n200 of 200 got 200"
-for f in "$tmp/load"/*.json; do jget "$f" requestId; done 2>/dev/null | sort -u >"$tmp/load.ids"
+for f in "$tmp/load"/*.json; do json_get "$f" requestId; done 2>/dev/null | sort -u >"$tmp/load.ids"
 [ "$(wc -l <"$tmp/load.ids")" = 200 ] && ok "200 distinct request ids" ||
     fail "distinct ids: $(wc -l <"$tmp/load.ids")"
 sqlite3 "$db" "SELECT request_id FROM audit WHERE action = 'sign.digest' AND filename = 'load.bin' GROUP BY request_id HAVING count(*) = 1" |
@@ -406,7 +354,7 @@ while [ "$(cat "$tmp/term"/*.code 2>/dev/null | grep -c '^200$' || true)" -lt 20
     sleep 0.1
     i=$((i + 1))
 done
-stop_server
+stop_qwickd
 wait "$loadpid" || true
 [ "$stopped" = 0 ] && ok "SIGTERM under load: exit 0" || fail "SIGTERM: exit $stopped"
 acked=0
@@ -414,7 +362,7 @@ lost=0
 for c in "$tmp/term"/*.code; do
     [ "$(cat "$c")" = 200 ] || continue
     acked=$((acked + 1))
-    id=$(jget "${c%.code}.json" requestId)
+    id=$(json_get "${c%.code}.json" requestId)
     n=$(sqlite3 "$db" "SELECT (SELECT count(*) FROM sign_requests WHERE id = '$id' AND status = 3) + (SELECT count(*) FROM audit WHERE request_id = '$id')")
     [ "$n" = 2 ] || lost=$((lost + 1))
 done
@@ -425,16 +373,16 @@ grep -q 'msg=stopped' "$tmp/server.log" && ok "graceful stop logged" || fail "no
 
 # --- plain HTTP --------------------------------------------------------------------------
 st=0
-"$QWICKD" serve --data "$data" --listen 0.0.0.0:0 --plain-http --port-file "$tmp/p2" \
+timeout 10 "$QWICKD" serve --data "$data" --listen 0.0.0.0:0 --plain-http --port-file "$tmp/p2" \
     2>"$tmp/plain.err" || st=$?
 if [ "$st" != 0 ] && [ ! -e "$tmp/p2" ] && grep -q loopback "$tmp/plain.err"; then
     ok "plain HTTP refused on 0.0.0.0"
 else fail "plain HTTP on 0.0.0.0: exit $st"; fi
-start_server --listen 127.0.0.1:0 --plain-http
-if [ "$(curl -s "http://127.0.0.1:$port/healthz")" = '{"status":"ok"}' ]; then
+start_qwickd "$data" --plain-http
+if [ "$(curl -s "$QWICKD_URL/healthz")" = '{"status":"ok"}' ]; then
     ok "plain HTTP on loopback with --plain-http"
 else fail "plain HTTP on loopback"; fi
-stop_server
+stop_qwickd
 [ "$stopped" = 0 ] && ok "plain server stops cleanly" || fail "plain server exit $stopped"
 
 # every log line is logfmt with the request fields
@@ -450,5 +398,4 @@ if grep -q 'runtime error\|Sanitizer' "$tmp/server.log"; then
     grep -A 20 'runtime error\|Sanitizer' "$tmp/server.log" | head -n 40
 else ok "no sanitizer reports"; fi
 
-echo "$checks checks, $fails failed"
-[ "$fails" -eq 0 ]
+t_done

@@ -12,56 +12,23 @@
 #   - negative: a tampered byte, an untrusted root, TSA failures.
 #
 # Environment (from meson): BUILD_ROOT, SRC_ROOT. Only 127.0.0.1 is used.
-# Exits non-zero on the first failed check.
+# Exits non-zero when any check failed.
 set -eu
-
 : "${BUILD_ROOT:?BUILD_ROOT not set}"
 : "${SRC_ROOT:?SRC_ROOT not set}"
+. "$SRC_ROOT/tests/integration/lib.sh"
 SIGN=$BUILD_ROOT/tests/tools/qk-testsign
-TOOLS=$SRC_ROOT/tests/tools
 
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/qk-sign-interop.XXXXXX")
-pids=""
-cleanup() {
-    for p in $pids; do
-        kill -TERM "$p" 2>/dev/null || true
-        wait "$p" 2>/dev/null || true
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-checks=0
-ok() {
-    checks=$((checks + 1))
-    echo "ok    $*"
-}
-fail() {
-    echo "FAIL  $*" >&2
-    exit 1
-}
-# run LOG CMD...: runs CMD with its output in LOG; shows LOG when it fails.
-run() {
-    log=$1
-    shift
-    if ! "$@" >"$log" 2>&1; then
-        cat "$log" >&2
-        return 1
-    fi
-}
-
-for t in osslsigncode sbverify openssl python3 x86_64-w64-mingw32-gcc i686-w64-mingw32-gcc; do
-    command -v "$t" >/dev/null 2>&1 || fail "required tool '$t' is not installed"
-done
-[ -x "$SIGN" ] || fail "$SIGN not built"
+t_init sign_interop
+need osslsigncode sbverify openssl python3 x86_64-w64-mingw32-gcc i686-w64-mingw32-gcc
+[ -x "$SIGN" ] || die "$SIGN not built"
 
 # --- PKI, sample PEs, TSA ------------------------------------------------------
-sh "$TOOLS/mkpki.sh" "$tmp/pki" || fail "mkpki.sh"
 P=$tmp/pki
-echo "info  test PKI in $P"
+make_pki "$P"
+echo "info: test PKI in $P"
 
-cat >"$tmp/app.c" <<'EOF'
+cat >"$tmp/app.c" <<'CEOF'
 #include <stdio.h>
 static const char banner[] = "qwick sign interop sample";
 int main(int argc, char **argv)
@@ -70,45 +37,31 @@ int main(int argc, char **argv)
     printf("%s %d\n", banner, argc);
     return 0;
 }
-EOF
-x86_64-w64-mingw32-gcc -O2 -o "$tmp/app64.exe" "$tmp/app.c" || fail "mingw x86_64 build"
-i686-w64-mingw32-gcc -O2 -o "$tmp/app32.exe" "$tmp/app.c" || fail "mingw i686 build"
-echo "info  built PE32+ app64.exe and PE32 app32.exe"
+CEOF
+build_pe "$tmp/app64.exe" x64 "$tmp/app.c"
+build_pe "$tmp/app32.exe" x86 "$tmp/app.c"
+echo "info: built PE32+ app64.exe and PE32 app32.exe"
 
-# start_tsa NAME [ARGS...]: starts tsa_server.py and sets $tsa_url.
-start_tsa() {
-    name=$1
-    shift
-    python3 "$TOOLS/tsa_server.py" --pki "$P" --port-file "$tmp/$name.port" "$@" \
-        2>>"$tmp/$name.log" &
-    pids="$pids $!"
-    i=0
-    while [ ! -s "$tmp/$name.port" ]; do
-        i=$((i + 1))
-        [ "$i" -le 100 ] || { cat "$tmp/$name.log" >&2; fail "TSA $name did not start"; }
-        sleep 0.1
-    done
-    tsa_url="http://127.0.0.1:$(tr -d ' \n' <"$tmp/$name.port")/"
-}
-start_tsa tsa
-TSA=$tsa_url
-echo "info  TSA at $TSA"
+start_tsa "$P"
+TSA=$TSA_URL/
+echo "info: TSA at $TSA"
 
 key_of() { if [ "$1" = rsa ]; then echo "$P/leaf"; else echo "$P/ec-leaf"; fi; }
-
-# verify_ossl FILE [WANT_TS] [NSIGS]
-verify_ossl() {
-    f=$1
-    want_ts=${2:-no}
-    nsigs=${3:-1}
-    run "$f.ossl" osslsigncode verify -CAfile "$P/root.pem" -TSA-CAfile "$P/tsa-root.pem" \
-        -in "$f" || return 1
-    grep -q "^Signature verification: ok" "$f.ossl" || return 1
-    if [ "$want_ts" = yes ]; then
-        grep -q "Timestamp Server Signature verification: ok" "$f.ossl" || return 1
+verify_ossl() { ossl_verify "$P/root.pem" "$P/tsa-root.pem" "$1" "${3:-1}" "${2:-no}"; } # FILE [WANT_TS] [NSIGS]
+# sign_verify DESC OUT WANT_TS NSIGS qk-testsign-ARGS...: signs into OUT, then
+# the result must pass osslsigncode verify with NSIGS signatures.
+sign_verify() {
+    _what=$1
+    _out=$2
+    _ts=$3
+    _nsigs=$4
+    shift 4
+    if "$SIGN" "$@" >"$_out.sign" 2>&1; then
+        check "$_what" verify_ossl "$_out" "$_ts" "$_nsigs"
+    else
+        fail "$_what: qk-testsign failed"
+        _show "$_out.sign"
     fi
-    n=$(grep -c "^Signature verification: ok" "$f.ossl")
-    [ "$n" -eq "$nsigs" ] || { echo "expected $nsigs signatures, osslsigncode verified $n" >&2; return 1; }
 }
 
 # --- the matrix ------------------------------------------------------------------
@@ -121,16 +74,11 @@ for bits in 32 64; do
                 set -- --key "$k.key" --cert "$k.pem" --chain "$P/chain.pem" --alg "$alg" \
                     --name "Qwick interop" --url "https://example.invalid/qwick"
                 [ "$ts" = yes ] && set -- "$@" --tsa "$TSA"
-                run "$out.sign" "$SIGN" "$@" "$tmp/app$bits.exe" "$out" ||
-                    fail "qk-testsign PE$bits $kt $alg timestamp=$ts"
-                verify_ossl "$out" "$ts" ||
-                    fail "osslsigncode verify PE$bits $kt $alg timestamp=$ts"
-                ok "PE$bits $kt $alg timestamp=$ts: osslsigncode verify"
+                sign_verify "PE$bits $kt $alg timestamp=$ts: osslsigncode verify" "$out" "$ts" 1 \
+                    "$@" "$tmp/app$bits.exe" "$out"
                 # sbverify knows only SHA-256 image digests.
                 if [ "$bits" = 64 ] && [ "$alg" = sha256 ]; then
-                    run "$out.sbv" sbverify --cert "$k.pem" "$out" ||
-                        fail "sbverify PE$bits $kt $alg timestamp=$ts"
-                    ok "PE$bits $kt $alg timestamp=$ts: sbverify --cert"
+                    check "PE$bits $kt $alg timestamp=$ts: sbverify --cert" sbverify --cert "$k.pem" "$out"
                 fi
             done
         done
@@ -142,59 +90,47 @@ for bits in 32 64; do
     base=$tmp/s$bits-rsa-sha256-tsyes.exe
     n1=$tmp/n$bits-1.exe
     n2=$tmp/n$bits-2.exe
-    run "$n1.sign" "$SIGN" --key "$P/ec-leaf.key" --cert "$P/ec-leaf.pem" --chain "$P/chain.pem" \
-        --alg sha384 --tsa "$TSA" --append "$base" "$n1" || fail "append to PE$bits"
-    verify_ossl "$n1" yes 2 || fail "osslsigncode verify nested PE$bits (2 signatures)"
-    ok "PE$bits nested: outer rsa/sha256 + appended ec/sha384, both timestamped"
-    run "$n2.sign" "$SIGN" --key "$P/leaf.key" --cert "$P/leaf.pem" --chain "$P/chain.pem" \
-        --alg sha512 --append "$n1" "$n2" || fail "second append to PE$bits"
-    verify_ossl "$n2" yes 3 || fail "osslsigncode verify nested PE$bits (3 signatures)"
-    ok "PE$bits nested: a third signature joins the same nested attribute"
+    sign_verify "PE$bits nested: outer rsa/sha256 + appended ec/sha384, both timestamped" "$n1" yes 2 \
+        --key "$P/ec-leaf.key" --cert "$P/ec-leaf.pem" --chain "$P/chain.pem" \
+        --alg sha384 --tsa "$TSA" --append "$base" "$n1"
+    sign_verify "PE$bits nested: a third signature joins the same nested attribute" "$n2" yes 3 \
+        --key "$P/leaf.key" --cert "$P/leaf.pem" --chain "$P/chain.pem" \
+        --alg sha512 --append "$n1" "$n2"
 done
-run "$tmp/n64-2.sbv" sbverify --cert "$P/leaf.pem" "$tmp/n64-2.exe" ||
-    fail "sbverify on a file with nested signatures"
-ok "PE64 nested: sbverify still accepts the outer signature"
-# Appending to an unsigned file is refused.
-if "$SIGN" --key "$P/leaf.key" --cert "$P/leaf.pem" --append "$tmp/app64.exe" "$tmp/x.exe" \
-    >"$tmp/x.log" 2>&1; then
-    fail "--append on an unsigned file succeeded"
-fi
-ok "append to an unsigned file is refused"
+check "PE64 nested: sbverify still accepts the outer signature" sbverify --cert "$P/leaf.pem" "$tmp/n64-2.exe"
+check_fails "append to an unsigned file is refused" \
+    "$SIGN" --key "$P/leaf.key" --cert "$P/leaf.pem" --append "$tmp/app64.exe" "$tmp/x.exe"
 
 # --- re-signing replaces the old signature ------------------------------------------
-resigned=$tmp/resigned.exe
-run "$resigned.sign" "$SIGN" --key "$P/ec-leaf.key" --cert "$P/ec-leaf.pem" \
-    --chain "$P/chain.pem" "$tmp/n64-2.exe" "$resigned" || fail "re-signing a signed PE"
-verify_ossl "$resigned" no 1 || fail "osslsigncode verify after re-signing"
-ok "re-signing a file with nested signatures leaves exactly one"
+sign_verify "re-signing a file with nested signatures leaves exactly one" "$tmp/resigned.exe" no 1 \
+    --key "$P/ec-leaf.key" --cert "$P/ec-leaf.pem" --chain "$P/chain.pem" "$tmp/n64-2.exe" "$tmp/resigned.exe"
 
 # --- detached CMS -------------------------------------------------------------------
 head -c 100000 "$tmp/app64.exe" >"$tmp/payload.bin"
+cms_verify() { # P7S
+    openssl cms -verify -binary -inform DER -in "$1" -content "$tmp/payload.bin" \
+        -CAfile "$P/root.pem" -purpose any -out /dev/null
+}
 for kt in rsa ec; do
     k=$(key_of $kt)
     for alg in sha256 sha512; do
         p7=$tmp/payload-$kt-$alg.p7s
-        run "$p7.sign" "$SIGN" --format cms --key "$k.key" --cert "$k.pem" \
-            --chain "$P/chain.pem" --alg "$alg" --tsa "$TSA" "$tmp/payload.bin" "$p7" ||
+        if "$SIGN" --format cms --key "$k.key" --cert "$k.pem" --chain "$P/chain.pem" --alg "$alg" \
+            --tsa "$TSA" "$tmp/payload.bin" "$p7" >"$p7.sign" 2>&1; then
+            check "detached CMS $kt $alg: openssl cms -verify" cms_verify "$p7"
+        else
             fail "qk-testsign --format cms $kt $alg"
-        run "$p7.verify" openssl cms -verify -binary -inform DER -in "$p7" \
-            -content "$tmp/payload.bin" -CAfile "$P/root.pem" -purpose any -out /dev/null ||
-            fail "openssl cms -verify $kt $alg"
-        ok "detached CMS $kt $alg: openssl cms -verify"
+            _show "$p7.sign"
+        fi
     done
 done
 printf 'x' >>"$tmp/payload.bin"
-if openssl cms -verify -binary -inform DER -in "$tmp/payload-rsa-sha256.p7s" \
-    -content "$tmp/payload.bin" -CAfile "$P/root.pem" -purpose any -out /dev/null \
-    >"$tmp/cms-bad.log" 2>&1; then
-    fail "openssl cms -verify accepted changed content"
-fi
-ok "detached CMS: changed content is rejected"
+check_fails "detached CMS: changed content is rejected" cms_verify "$tmp/payload-rsa-sha256.p7s"
 
 # --- negative cases -------------------------------------------------------------------
 for f in s64-rsa-sha256-tsyes s32-ec-sha384-tsno; do
     cp "$tmp/$f.exe" "$tmp/$f-tampered.exe"
-    python3 - "$tmp/$f-tampered.exe" <<'EOF'
+    python3 - "$tmp/$f-tampered.exe" <<'PYEOF'
 import sys
 # Flip one byte in the first section's raw data (after the headers).
 with open(sys.argv[1], "r+b") as fh:
@@ -202,49 +138,40 @@ with open(sys.argv[1], "r+b") as fh:
     b = fh.read(1)
     fh.seek(0x420)
     fh.write(bytes([b[0] ^ 0x5a]))
-EOF
-    if osslsigncode verify -CAfile "$P/root.pem" -TSA-CAfile "$P/tsa-root.pem" \
-        -in "$tmp/$f-tampered.exe" >"$tmp/$f-tampered.log" 2>&1; then
-        fail "osslsigncode accepted a tampered $f"
-    fi
-    ok "$f with one byte changed: osslsigncode verify fails"
+PYEOF
+    check_fails "$f with one byte changed: osslsigncode verify fails" \
+        osslsigncode verify -CAfile "$P/root.pem" -TSA-CAfile "$P/tsa-root.pem" -in "$tmp/$f-tampered.exe"
 done
 
-run "$tmp/untrusted.sign" "$SIGN" --key "$P/other-leaf.key" --cert "$P/other-leaf.pem" \
-    --chain "$P/other-root.pem" "$tmp/app64.exe" "$tmp/untrusted.exe" || fail "signing (untrusted)"
-if osslsigncode verify -CAfile "$P/root.pem" -in "$tmp/untrusted.exe" >"$tmp/untrusted.log" 2>&1; then
-    fail "osslsigncode accepted a signature from an untrusted root"
+if "$SIGN" --key "$P/other-leaf.key" --cert "$P/other-leaf.pem" --chain "$P/other-root.pem" \
+    "$tmp/app64.exe" "$tmp/untrusted.exe" >"$tmp/untrusted.sign" 2>&1; then
+    check_fails "signature under another root: osslsigncode verify fails against root.pem" \
+        osslsigncode verify -CAfile "$P/root.pem" -in "$tmp/untrusted.exe"
+else
+    fail "signing (untrusted)"
+    _show "$tmp/untrusted.sign"
 fi
-ok "signature under another root: osslsigncode verify fails against root.pem"
 
 # A key that does not match the certificate never produces a signature.
-if "$SIGN" --key "$P/ec-leaf.key" --cert "$P/leaf.pem" "$tmp/app64.exe" "$tmp/mismatch.exe" \
-    >"$tmp/mismatch.log" 2>&1; then
-    fail "signing with a key that does not match the certificate succeeded"
-fi
-[ ! -e "$tmp/mismatch.exe" ] || fail "a file was written for a mismatched key"
-ok "key/certificate mismatch is refused before anything is written"
+check_fails "key/certificate mismatch is refused" \
+    "$SIGN" --key "$P/ec-leaf.key" --cert "$P/leaf.pem" "$tmp/app64.exe" "$tmp/mismatch.exe"
+[ ! -e "$tmp/mismatch.exe" ] && ok "key/certificate mismatch: nothing is written" ||
+    fail "a file was written for a mismatched key"
 
 # --- TSA transport behaviour ------------------------------------------------------------
-start_tsa flaky --fail-first 2
-run "$tmp/flaky.sign" "$SIGN" --key "$P/leaf.key" --cert "$P/leaf.pem" --chain "$P/chain.pem" \
-    --tsa "$tsa_url" "$tmp/app64.exe" "$tmp/flaky.exe" || fail "TSA retry after two 503s"
-verify_ossl "$tmp/flaky.exe" yes || fail "verify after TSA retries"
-ok "TSA answering 503 twice: retried with backoff, then timestamped"
+start_tsa "$P" flaky --fail-first 2
+sign_verify "TSA answering 503 twice: retried with backoff, then timestamped" "$tmp/flaky.exe" yes 1 \
+    --key "$P/leaf.key" --cert "$P/leaf.pem" --chain "$P/chain.pem" \
+    --tsa "$TSA_URL/" "$tmp/app64.exe" "$tmp/flaky.exe"
 
 # Port 1 on loopback refuses connections: the next URL is used.
-run "$tmp/fallback.sign" "$SIGN" --key "$P/leaf.key" --cert "$P/leaf.pem" --chain "$P/chain.pem" \
-    --tsa "http://127.0.0.1:1/" --tsa "$TSA" "$tmp/app64.exe" "$tmp/fallback.exe" ||
-    fail "TSA fallback to the second URL"
-verify_ossl "$tmp/fallback.exe" yes || fail "verify after TSA fallback"
-ok "first TSA URL refusing connections: the second one is used"
+sign_verify "first TSA URL refusing connections: the second one is used" "$tmp/fallback.exe" yes 1 \
+    --key "$P/leaf.key" --cert "$P/leaf.pem" --chain "$P/chain.pem" \
+    --tsa "http://127.0.0.1:1/" --tsa "$TSA" "$tmp/app64.exe" "$tmp/fallback.exe"
 
-start_tsa badtype --bad-content-type
-if "$SIGN" --key "$P/leaf.key" --cert "$P/leaf.pem" --tsa "$tsa_url" "$tmp/app64.exe" \
-    "$tmp/badtype.exe" >"$tmp/badtype.log" 2>&1; then
-    fail "a TSA reply with the wrong content type was accepted"
-fi
-grep -q "content type" "$tmp/badtype.log" || { cat "$tmp/badtype.log" >&2; fail "no content-type message"; }
-ok "TSA reply that is not application/timestamp-reply is refused"
+start_tsa "$P" badtype --bad-content-type
+check_fails "TSA reply that is not application/timestamp-reply is refused" \
+    "$SIGN" --key "$P/leaf.key" --cert "$P/leaf.pem" --tsa "$TSA_URL/" "$tmp/app64.exe" "$tmp/badtype.exe"
+check_grep "TSA reply with the wrong content type: message" "content type" "$tmp/last.out"
 
-echo "sign_interop: all $checks checks passed"
+t_done

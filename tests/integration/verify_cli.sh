@@ -10,83 +10,18 @@
 #  - --detached over `openssl cms -sign -binary` signatures (DER and PEM).
 set -eu
 : "${QWICK:?}" "${SRC_ROOT:?}"
-
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/qwick-verify-cli.XXXXXX")
-tsapid=""
-cleanup() {
-    if [ -n "$tsapid" ]; then
-        kill -TERM "$tsapid" 2>/dev/null || true
-        wait "$tsapid" 2>/dev/null || true
-    fi
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-fails=0
-checks=0
-ok() { checks=$((checks + 1)); echo "ok: $*"; }
-fail() { checks=$((checks + 1)); fails=$((fails + 1)); echo "FAIL: $*"; }
-# status WANT DESCRIPTION COMMAND...: the command must exit with WANT; its
-# stdout is kept in $tmp/out, its stderr in $tmp/err.
-status() {
-    want=$1
-    d=$2
-    shift 2
-    set +e
-    "$@" >"$tmp/out" 2>"$tmp/err"
-    got=$?
-    set -e
-    if [ "$got" -eq "$want" ]; then ok "$d"; else
-        fail "$d (exit $got, want $want)"
-        tail -n 20 "$tmp/out" "$tmp/err" | sed 's/^/    /'
-    fi
-}
-# pycheck DESCRIPTION FILE PYTHON: runs PYTHON with `d` = the JSON in FILE;
-# the check passes when it raises nothing.
-pycheck() {
-    if python3 -c "import json,re,sys
-d = json.load(open(sys.argv[1]))
-$3" "$2" >"$tmp/py.err" 2>&1; then ok "$1"; else
-        fail "$1"
-        sed 's/^/    /' "$tmp/py.err" | tail -n 15
-    fi
-}
-grepcheck() {
-    if grep -q -- "$2" "$3"; then ok "$1"; else
-        fail "$1 ('$2' not in $3)"
-        sed 's/^/    /' "$3" | tail -n 15
-    fi
-}
-
-for t in osslsigncode openssl python3 x86_64-w64-mingw32-gcc; do
-    if ! command -v "$t" >/dev/null 2>&1; then
-        echo "SKIP: $t not installed"
-        exit 77
-    fi
-done
+. "$SRC_ROOT/tests/integration/lib.sh"
+skip_unless osslsigncode openssl python3 x86_64-w64-mingw32-gcc
+t_init verify_cli
 
 # --- PKI, TSA ------------------------------------------------------------
 pki="$tmp/pki"
-sh "$SRC_ROOT/tests/tools/mkpki.sh" "$pki"
+make_pki "$pki"
 cat "$pki/leaf.pem" "$pki/inter.pem" >"$tmp/leaf-chain.pem"
 cat "$pki/ec-leaf.pem" "$pki/inter.pem" >"$tmp/ec-chain.pem"
 cat "$pki/root.pem" "$pki/tsa-root.pem" >"$tmp/both-roots.pem"
-
-python3 "$SRC_ROOT/tests/tools/tsa_server.py" --pki "$pki" --port-file "$tmp/tsa.port" \
-    2>"$tmp/tsa.log" &
-tsapid=$!
-i=0
-while [ ! -s "$tmp/tsa.port" ]; do
-    i=$((i + 1))
-    if [ "$i" -gt 100 ] || ! kill -0 "$tsapid" 2>/dev/null; then
-        echo "FAIL: tsa_server.py did not start"
-        cat "$tmp/tsa.log"
-        exit 1
-    fi
-    sleep 0.1
-done
-tsa="http://127.0.0.1:$(cat "$tmp/tsa.port")"
+start_tsa "$pki"
+tsa=$TSA_URL
 
 # --- fixtures -------------------------------------------------------------
 cat >"$tmp/hello.c" <<'EOF'
@@ -94,10 +29,10 @@ cat >"$tmp/hello.c" <<'EOF'
 static const char banner[] = "qwick verify fixture";
 int main(void) { puts(banner); return 0; }
 EOF
-x86_64-w64-mingw32-gcc -O2 -s -o "$tmp/hello64.exe" "$tmp/hello.c"
+build_pe "$tmp/hello64.exe" x64 "$tmp/hello.c" -s
 pes="hello64"
 if command -v i686-w64-mingw32-gcc >/dev/null 2>&1; then
-    i686-w64-mingw32-gcc -O2 -s -o "$tmp/hello32.exe" "$tmp/hello.c"
+    build_pe "$tmp/hello32.exe" x86 "$tmp/hello.c" -s
     pes="hello64 hello32"
 fi
 
@@ -128,32 +63,32 @@ EOF
 echo "not a PE file" >"$tmp/notpe.txt"
 
 # The fixtures are sound by an independent verifier's standard.
-status 0 "osslsigncode accepts the timestamped fixture" \
+check_status 0 "osslsigncode accepts the timestamped fixture" \
     osslsigncode verify -CAfile "$pki/root.pem" -TSA-CAfile "$pki/tsa-root.pem" -in "$tmp/nested.exe"
 
 CA="--ca $pki/root.pem --tsa-ca $pki/tsa-root.pem"
 
 # --- usage ----------------------------------------------------------------
-status 2 "no arguments is a usage error" "$QWICK" verify
-status 2 "unknown option is a usage error" "$QWICK" verify --bogus "$tmp/ts.exe"
-status 2 "--ca without its argument is a usage error" "$QWICK" verify --ca
-status 2 "--detached takes exactly one file" "$QWICK" verify --detached "$tmp/x" "$tmp/a" "$tmp/b"
-status 0 "--help" "$QWICK" verify --help
-grepcheck "--help prints usage" "Usage: qwick verify" "$tmp/out"
+check_status 2 "no arguments is a usage error" "$QWICK" verify
+check_status 2 "unknown option is a usage error" "$QWICK" verify --bogus "$tmp/ts.exe"
+check_status 2 "--ca without its argument is a usage error" "$QWICK" verify --ca
+check_status 2 "--detached takes exactly one file" "$QWICK" verify --detached "$tmp/x" "$tmp/a" "$tmp/b"
+check_status 0 "--help" "$QWICK" verify --help
+check_grep "--help prints usage" "Usage: qwick verify" "$tmp/out"
 
 # --- valid files ------------------------------------------------------------
 for p in $pes; do
-    status 0 "$p: signed + timestamped verifies" $QWICK verify $CA "$tmp/$p-signed.exe"
-    grepcheck "$p: verdict valid" "verdict: valid" "$tmp/out"
-    grepcheck "$p: timestamp shown" "timestamp: *20[0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-9:]*Z" "$tmp/out"
+    check_status 0 "$p: signed + timestamped verifies" $QWICK verify $CA "$tmp/$p-signed.exe"
+    check_grep "$p: verdict valid" "verdict: valid" "$tmp/out"
+    check_grep "$p: timestamp shown" "timestamp: *20[0-9][0-9]-[01][0-9]-[0-3][0-9]T[0-9:]*Z" "$tmp/out"
 done
-status 0 "sha1 and sha512 signatures verify" $QWICK verify $CA "$tmp/sha1.exe" "$tmp/sha512.exe"
-status 0 "one CA file holding both roots is enough" \
+check_status 0 "sha1 and sha512 signatures verify" $QWICK verify $CA "$tmp/sha1.exe" "$tmp/sha512.exe"
+check_status 0 "one CA file holding both roots is enough" \
     "$QWICK" verify --ca "$tmp/both-roots.pem" "$tmp/ts.exe"
 
-status 0 "nested: --json" $QWICK verify $CA --json "$tmp/nested.exe"
+check_status 0 "nested: --json" $QWICK verify $CA --json "$tmp/nested.exe"
 cp "$tmp/out" "$tmp/nested.json"
-pycheck "nested: JSON schema and values" "$tmp/nested.json" '
+check_py "nested: JSON schema and values" "$tmp/nested.json" '
 assert set(d) == {"files"}, d.keys()
 assert len(d["files"]) == 1
 f = d["files"][0]
@@ -174,36 +109,36 @@ for i, s in enumerate(sigs):
 assert sigs[0]["nested"] is False and sigs[0]["digest_algorithm"] == "sha256"
 assert sigs[1]["nested"] is True and sigs[1]["digest_algorithm"] == "sha384"
 '
-status 0 "nested: text output" $QWICK verify $CA "$tmp/nested.exe"
-grepcheck "nested: text marks the nested signature" "signature #1 (nested)" "$tmp/out"
-grepcheck "nested: text shows the digest algorithm" "digest: *sha384" "$tmp/out"
+check_status 0 "nested: text output" $QWICK verify $CA "$tmp/nested.exe"
+check_grep "nested: text marks the nested signature" "signature #1 (nested)" "$tmp/out"
+check_grep "nested: text shows the digest algorithm" "digest: *sha384" "$tmp/out"
 
 # --- invalid files ----------------------------------------------------------
-status 1 "unknown root fails" $QWICK verify $CA --json "$tmp/other.exe"
+check_status 1 "unknown root fails" $QWICK verify $CA --json "$tmp/other.exe"
 cp "$tmp/out" "$tmp/other.json"
-pycheck "unknown root: digest and signature ok, chain not" "$tmp/other.json" '
+check_py "unknown root: digest and signature ok, chain not" "$tmp/other.json" '
 s = d["files"][0]["signatures"][0]
 assert d["files"][0]["valid"] is False
 assert s["digest_ok"] and s["message_digest_ok"] and s["signature_ok"], s
 assert s["chain_ok"] is False and s["timestamp"] is None, s
 assert "certificate chain" in d["files"][0]["error"], d["files"][0]["error"]
 '
-status 1 "TSA root not trusted: timestamp fails" \
+check_status 1 "TSA root not trusted: timestamp fails" \
     "$QWICK" verify --ca "$pki/root.pem" --json "$tmp/ts.exe"
 cp "$tmp/out" "$tmp/tsa.json"
-pycheck "untrusted TSA: timestamp.ok false, the rest ok" "$tmp/tsa.json" '
+check_py "untrusted TSA: timestamp.ok false, the rest ok" "$tmp/tsa.json" '
 s = d["files"][0]["signatures"][0]
 assert s["timestamp"]["ok"] is False and s["timestamp"]["time"], s
 assert s["digest_ok"] and s["signature_ok"] and s["chain_ok"], s
 '
-status 1 "unreadable CA file fails" "$QWICK" verify --ca "$tmp/nope.pem" "$tmp/ts.exe"
-grepcheck "unreadable CA file is named" "nope.pem" "$tmp/err"
+check_status 1 "unreadable CA file fails" "$QWICK" verify --ca "$tmp/nope.pem" "$tmp/ts.exe"
+check_grep "unreadable CA file is named" "nope.pem" "$tmp/err"
 
 # Mixed: every file is still processed, in order.
-status 1 "mixed good and bad files (json)" $QWICK verify $CA --json "$tmp/ts.exe" \
+check_status 1 "mixed good and bad files (json)" $QWICK verify $CA --json "$tmp/ts.exe" \
     "$tmp/tampered.exe" "$tmp/notpe.txt" "$tmp/hello64.exe" "$tmp/missing.exe" "$tmp/nested.exe"
 cp "$tmp/out" "$tmp/mixed.json"
-pycheck "mixed: one entry per file with the right verdicts" "$tmp/mixed.json" '
+check_py "mixed: one entry per file with the right verdicts" "$tmp/mixed.json" '
 fs = d["files"]
 assert [f["file"].rsplit("/", 1)[-1] for f in fs] == ["ts.exe", "tampered.exe", "notpe.txt",
     "hello64.exe", "missing.exe", "nested.exe"], fs
@@ -215,12 +150,12 @@ assert fs[2]["error"].startswith("not a PE file") and fs[2]["signatures"] == []
 assert fs[3]["error"] == "file is not signed" and fs[3]["signatures"] == []
 assert "No such file" in fs[4]["error"]
 '
-status 1 "mixed good and bad files (text)" $QWICK verify $CA "$tmp/ts.exe" "$tmp/notpe.txt" \
+check_status 1 "mixed good and bad files (text)" $QWICK verify $CA "$tmp/ts.exe" "$tmp/notpe.txt" \
     "$tmp/tampered.exe"
-grepcheck "mixed: non-PE reported on stderr" "^qwick: $tmp/notpe.txt: not a PE file" "$tmp/err"
-grepcheck "mixed: tampered file verdict" "verdict: INVALID (signature #0: image digest mismatch)" "$tmp/out"
-grepcheck "mixed: good file still verified" "verdict: valid" "$tmp/out"
-grepcheck "mixed: failed check marked" "image digest:    FAILED" "$tmp/out"
+check_grep "mixed: non-PE reported on stderr" "^qwick: $tmp/notpe.txt: not a PE file" "$tmp/err"
+check_grep "mixed: tampered file verdict" "verdict: INVALID (signature #0: image digest mismatch)" "$tmp/out"
+check_grep "mixed: good file still verified" "verdict: valid" "$tmp/out"
+check_grep "mixed: failed check marked" "image digest:    FAILED" "$tmp/out"
 
 # --- detached CMS -------------------------------------------------------------
 head -c 300000 /dev/urandom >"$tmp/blob.bin"
@@ -229,12 +164,12 @@ openssl cms -sign -binary -outform DER -in "$tmp/blob.bin" -signer "$pki/leaf.pe
 openssl cms -sign -binary -outform PEM -md sha512 -in "$tmp/blob.bin" \
     -signer "$pki/ec-leaf.pem" -inkey "$pki/ec-leaf.key" -certfile "$pki/inter.pem" \
     -out "$tmp/blob.pem"
-status 0 "detached DER verifies" "$QWICK" verify --ca "$pki/root.pem" --detached "$tmp/blob.p7s" "$tmp/blob.bin"
-grepcheck "detached: verdict valid" "verdict: valid" "$tmp/out"
-status 0 "detached PEM verifies (json)" "$QWICK" verify --ca "$pki/root.pem" --json \
+check_status 0 "detached DER verifies" "$QWICK" verify --ca "$pki/root.pem" --detached "$tmp/blob.p7s" "$tmp/blob.bin"
+check_grep "detached: verdict valid" "verdict: valid" "$tmp/out"
+check_status 0 "detached PEM verifies (json)" "$QWICK" verify --ca "$pki/root.pem" --json \
     --detached "$tmp/blob.pem" "$tmp/blob.bin"
 cp "$tmp/out" "$tmp/det.json"
-pycheck "detached: JSON" "$tmp/det.json" '
+check_py "detached: JSON" "$tmp/det.json" '
 f = d["files"][0]
 assert f["valid"] is True and len(f["signatures"]) == 1, f
 s = f["signatures"][0]
@@ -243,16 +178,15 @@ assert "Qwick Test Signer ECDSA" in s["signer"]
 '
 cp "$tmp/blob.bin" "$tmp/blob2.bin"
 printf x >>"$tmp/blob2.bin"
-status 1 "detached: changed content fails" "$QWICK" verify --ca "$pki/root.pem" --json \
+check_status 1 "detached: changed content fails" "$QWICK" verify --ca "$pki/root.pem" --json \
     --detached "$tmp/blob.p7s" "$tmp/blob2.bin"
 cp "$tmp/out" "$tmp/det2.json"
-pycheck "detached: digest false, signature true" "$tmp/det2.json" '
+check_py "detached: digest false, signature true" "$tmp/det2.json" '
 s = d["files"][0]["signatures"][0]
 assert s["digest_ok"] is False and s["signature_ok"] is True and s["chain_ok"] is True, s
 '
-status 1 "detached: unknown root fails" "$QWICK" verify --ca "$pki/other-root.pem" \
+check_status 1 "detached: unknown root fails" "$QWICK" verify --ca "$pki/other-root.pem" \
     --detached "$tmp/blob.p7s" "$tmp/blob.bin"
-status 1 "detached: missing signature file" "$QWICK" verify --detached "$tmp/none.p7s" "$tmp/blob.bin"
+check_status 1 "detached: missing signature file" "$QWICK" verify --detached "$tmp/none.p7s" "$tmp/blob.bin"
 
-echo "$checks checks, $fails failed"
-[ "$fails" -eq 0 ]
+t_done

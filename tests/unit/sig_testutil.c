@@ -213,6 +213,15 @@ static BIO *tampered_request(const uint8_t *req, size_t len, const tk_reply_opts
     return b;
 }
 
+/* genTime from tk_reply_opts.gen_time instead of the clock. */
+static int fixed_time(TS_RESP_CTX *ctx, void *data, long *sec, long *usec)
+{
+    (void)ctx;
+    *sec = (long)*(const int64_t *)data;
+    *usec = 0;
+    return 1;
+}
+
 qk_buf tk_tsa_reply(const tk_tsa *t, const uint8_t *req, size_t len, const tk_reply_opts *o)
 {
     static const tk_reply_opts none = {0};
@@ -232,6 +241,8 @@ qk_buf tk_tsa_reply(const tk_tsa *t, const uint8_t *req, size_t len, const tk_re
         CHECK(TS_RESP_CTX_add_md(ctx, EVP_sha384()));
         CHECK(TS_RESP_CTX_add_md(ctx, EVP_sha512()));
     }
+    if (o->gen_time > 0)
+        TS_RESP_CTX_set_time_cb(ctx, fixed_time, (void *)&o->gen_time);
     BIO *in = tampered_request(req, len, o);
     TS_RESP *resp = TS_RESP_create_response(ctx, in);
     CHECK(resp != NULL);

@@ -44,6 +44,7 @@ typedef struct tk_reply_opts {
     int no_cert;       /* answer a request with certReq FALSE (token without certificate) */
     int bad_signature; /* flip a bit in the token's signature value */
     int status;        /* when > 0: overwrite the status of the reply (1: grantedWithMods) */
+    int64_t gen_time;  /* when > 0: the token's genTime (seconds since the epoch) */
 } tk_reply_opts;
 
 /* The DER TimeStampResp `t` gives to `req`, tampered as `o` says. */

@@ -768,8 +768,12 @@ static void check_same_signed_part(const qk_buf *a, const qk_buf *b)
     assert_int_equal(ea.len, eb.len);
     assert_memory_equal(ea.data, eb.data, ea.len);
     assert_int_equal(ASN1_STRING_cmp(sa->enc_digest, sb->enc_digest), 0);
-    assert_int_equal(ASN1_TYPE_cmp(pa->d.sign->contents->d.other, pb->d.sign->contents->d.other),
-                     0);
+    assert_int_equal(OBJ_cmp(pa->d.sign->contents->type, pb->d.sign->contents->type), 0);
+    if (PKCS7_type_is_data(pa->d.sign->contents)) /* detached: no content at all */
+        assert_true(PKCS7_get_detached(pa) && PKCS7_get_detached(pb));
+    else
+        assert_int_equal(
+            ASN1_TYPE_cmp(pa->d.sign->contents->d.other, pb->d.sign->contents->d.other), 0);
     assert_int_equal(sk_X509_num(pa->d.sign->cert), sk_X509_num(pb->d.sign->cert));
     qk_buf_free(&ea);
     qk_buf_free(&eb);
@@ -843,6 +847,102 @@ static void test_add_timestamp(void **state)
     qk_buf_free(&tok2);
     qk_buf_free(&ts1);
     qk_buf_free(&ts2);
+    qk_buf_free(&sig);
+    signer_cleanup(&s);
+    tk_tsa_cleanup(&tsa);
+}
+
+typedef struct tsa_ctx {
+    const tk_tsa *tsa;
+} tsa_ctx;
+
+static qk_err tsa_send(void *ctx, qk_slice req, qk_buf *reply)
+{
+    *reply = tk_tsa_reply(((const tsa_ctx *)ctx)->tsa, req.data, req.len, NULL);
+    return QK_OK;
+}
+
+/* Detached CMS gets RFC 3161 Appendix A's id-aa-timeStampToken, which CMS
+ * tools read, not Microsoft's attribute; Authenticode keeps Microsoft's. */
+static void test_cms_timestamp_attr(void **state)
+{
+    (void)state;
+    static const char content[] = "detached content with a timestamp\n";
+    tk_tsa tsa;
+    tk_tsa_init(&tsa);
+    tsa_ctx tc = {&tsa};
+    signer s;
+    signer_init(&s, tk_rsa_key(), "Unit RSA Signer");
+    uint8_t dg[QK_HASH_MAX_SIZE];
+    hash(QK_HASH_SHA256, (const uint8_t *)content, strlen(content), dg);
+    qk_sign_request req = {.format = QK_FORMAT_CMS_DETACHED,
+                           .alg = QK_HASH_SHA256,
+                           .digest = {dg, 32},
+                           .signing_time = 1700000000};
+    qk_slice chain = sl(&s.der);
+    qk_buf sig = {0}, ts1 = {0}, ts2 = {0};
+    assert_int_equal(qk_sign(&req, qk_evp_sign_fn, s.key, &chain, 1, &sig), QK_OK);
+
+    assert_int_equal(qk_timestamp(sl(&sig), QK_HASH_SHA256, tsa_send, &tc, &ts1), QK_OK);
+    check_same_signed_part(&sig, &ts1);
+    PKCS7 *p7 = parse_p7(&ts1);
+    int count = 0;
+    const ASN1_TYPE *v = attr_value(first_si(p7)->unauth_attr, QK_OID_AA_TIMESTAMP_TOKEN, &count);
+    assert_int_equal(count, 1);
+    assert_int_equal(v->type, V_ASN1_SEQUENCE);
+    assert_false(has_attr(first_si(p7)->unauth_attr, QK_OID_SPC_RFC3161_TIMESTAMP));
+    assert_int_equal(X509at_get_attr_count(first_si(p7)->unauth_attr), 1);
+    /* OpenSSL knows it by name: the standard attribute. */
+    assert_true(X509at_get_attr_by_NID(first_si(p7)->unauth_attr,
+                                       NID_id_smime_aa_timeStampToken, -1) >= 0);
+    /* The token inside is a TSTInfo SignedData whose imprint is the hash of
+     * the signature value. */
+    const unsigned char *p = ASN1_STRING_get0_data(v->value.sequence);
+    PKCS7 *tok = d2i_PKCS7(NULL, &p, ASN1_STRING_length(v->value.sequence));
+    assert_non_null(tok);
+    TS_TST_INFO *tst = PKCS7_to_TS_TST_INFO(tok);
+    assert_non_null(tst);
+    const ASN1_OCTET_STRING *imp = TS_MSG_IMPRINT_get_msg(TS_TST_INFO_get_msg_imprint(tst));
+    uint8_t h[32];
+    const ASN1_OCTET_STRING *sv = first_si(p7)->enc_digest;
+    hash(QK_HASH_SHA256, ASN1_STRING_get0_data(sv), (size_t)ASN1_STRING_length(sv), h);
+    assert_int_equal(ASN1_STRING_length(imp), 32);
+    assert_memory_equal(ASN1_STRING_get0_data(imp), h, 32);
+    TS_TST_INFO_free(tst);
+    PKCS7_free(tok);
+    PKCS7_free(p7);
+
+    /* OpenSSL's CMS verifier still accepts the signature over the content. */
+    p = ts1.data;
+    CMS_ContentInfo *cms = d2i_CMS_ContentInfo(NULL, &p, (long)ts1.len);
+    assert_non_null(cms);
+    BIO *in = BIO_new_mem_buf(content, (int)strlen(content));
+    assert_non_null(in);
+    assert_int_equal(
+        CMS_verify(cms, NULL, NULL, in, NULL, CMS_NO_SIGNER_CERT_VERIFY | CMS_BINARY), 1);
+    BIO_free(in);
+    CMS_ContentInfo_free(cms);
+
+    /* Re-timestamping replaces the token. */
+    assert_int_equal(qk_timestamp(sl(&ts1), QK_HASH_SHA384, tsa_send, &tc, &ts2), QK_OK);
+    check_same_signed_part(&sig, &ts2);
+    p7 = parse_p7(&ts2);
+    (void)attr_value(first_si(p7)->unauth_attr, QK_OID_AA_TIMESTAMP_TOKEN, NULL);
+    assert_int_equal(X509at_get_attr_count(first_si(p7)->unauth_attr), 1);
+    PKCS7_free(p7);
+    qk_buf_free(&ts2);
+
+    /* Authenticode content keeps Microsoft's attribute. */
+    qk_buf pe = sign_with(&s, QK_FORMAT_AUTHENTICODE_PE, QK_HASH_SHA256, NULL, NULL, NULL);
+    assert_int_equal(qk_timestamp(sl(&pe), QK_HASH_SHA256, tsa_send, &tc, &ts2), QK_OK);
+    p7 = parse_p7(&ts2);
+    (void)attr_value(first_si(p7)->unauth_attr, QK_OID_SPC_RFC3161_TIMESTAMP, NULL);
+    assert_false(has_attr(first_si(p7)->unauth_attr, QK_OID_AA_TIMESTAMP_TOKEN));
+    PKCS7_free(p7);
+
+    qk_buf_free(&pe);
+    qk_buf_free(&ts2);
+    qk_buf_free(&ts1);
     qk_buf_free(&sig);
     signer_cleanup(&s);
     tk_tsa_cleanup(&tsa);
@@ -1050,6 +1150,7 @@ int main(void)
         cmocka_unit_test(test_evp_signer),
         cmocka_unit_test(test_sig_value),
         cmocka_unit_test(test_add_timestamp),
+        cmocka_unit_test(test_cms_timestamp_attr),
         cmocka_unit_test(test_nest),
         cmocka_unit_test(test_hostile_inputs),
     };

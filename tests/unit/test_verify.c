@@ -21,8 +21,11 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "qwick/authenticode.h"
 #include "qwick/pe.h"
+#include "qwick/tsp.h"
 #include "qwick/verify.h"
+#include "sig_testutil.h"
 
 static char dir[64];
 static int have_tools;
@@ -952,6 +955,326 @@ static void test_detached(void **state)
     free(s.data);
 }
 
+/* --- detached CMS with timestamps ------------------------------------------- */
+
+typedef struct test_tsa {
+    tk_tsa tsa;
+    tk_reply_opts o;
+} test_tsa;
+
+static qk_err test_tsa_send(void *ctx, qk_slice req, qk_buf *reply)
+{
+    test_tsa *t = ctx;
+    *reply = tk_tsa_reply(&t->tsa, req.data, req.len, &t->o);
+    return QK_OK;
+}
+
+/* OUT: a detached DER CMS signature of content.bin by NAME.pem/NAME.key,
+ * timestamped through libqwick by `tsa` (as qwick sign --detached does). */
+static void make_ts_detached(const char *name, test_tsa *tsa, const char *out)
+{
+    qk_buf plain, ts = {0};
+    assert_int_equal(run("openssl cms -sign -binary -outform DER -in content.bin -signer %s.pem "
+                         "-inkey %s.key -out %s.plain",
+                         name, name, out),
+                     0);
+    char file[128];
+    snprintf(file, sizeof(file), "%s.plain", out);
+    load(file, &plain);
+    qk_err rc = qk_timestamp((qk_slice){plain.data, plain.len}, QK_HASH_SHA256, test_tsa_send, tsa,
+                             &ts);
+    if (rc != QK_OK)
+        fail_msg("qk_timestamp: %s: %s", qk_strerror(rc), qk_error_detail());
+    save(out, ts.data, ts.len);
+    free(plain.data);
+    qk_buf_free(&ts);
+}
+
+static qk_verify_report *verify_detached_opts(const char *sig, const qk_verify_opts *o)
+{
+    qk_buf s;
+    qk_verify_report *r = NULL;
+    load(sig, &s);
+    qk_err rc = qk_verify_detached((qk_slice){s.data, s.len}, path("content.bin"), o, &r);
+    if (rc != QK_OK)
+        fail_msg("qk_verify_detached(%s): %s: %s", sig, qk_strerror(rc), qk_error_detail());
+    assert_non_null(r);
+    free(s.data);
+    /* Same invariant as for PE: error is NULL exactly when fully valid. */
+    for (size_t i = 0; i < r->nsigs; i++) {
+        const qk_sig_result *g = &r->sigs[i];
+        int ok = g->digest_ok && g->message_digest_ok && g->signature_ok &&
+                 (g->chain_ok || !g->chain_checked) && (g->timestamp == NULL || g->timestamp->ok);
+        assert_int_equal(ok, g->error == NULL);
+    }
+    return r;
+}
+
+/* Writes the unit TSA's self-signed certificate as a trust anchor file. */
+static void save_cert(const char *name, X509 *x)
+{
+    FILE *f = fopen(path(name), "w");
+    assert_non_null(f);
+    assert_int_equal(PEM_write_X509(f, x), 1);
+    assert_int_equal(fclose(f), 0);
+}
+
+/* Removes the SignerInfo's id-aa-timeStampToken and puts the same token under
+ * Microsoft's attribute, as qwick wrote detached signatures before. */
+static void move_token_to_ms_attr(const char *in, const char *out)
+{
+    qk_buf b;
+    load(in, &b);
+    const unsigned char *p = b.data;
+    PKCS7 *p7 = d2i_PKCS7(NULL, &p, (long)b.len);
+    assert_non_null(p7);
+    PKCS7_SIGNER_INFO *si = sk_PKCS7_SIGNER_INFO_value(p7->d.sign->signer_info, 0);
+    int i = X509at_get_attr_by_NID(si->unauth_attr, NID_id_smime_aa_timeStampToken, -1);
+    assert_true(i >= 0);
+    X509_ATTRIBUTE *a = X509at_delete_attr(si->unauth_attr, i);
+    ASN1_OBJECT *ms = OBJ_txt2obj("1.3.6.1.4.1.311.3.3.1", 1);
+    assert_non_null(ms);
+    ASN1_TYPE *t = X509_ATTRIBUTE_get0_type(a, 0);
+    assert_non_null(X509at_add1_attr_by_OBJ(&si->unauth_attr, ms, V_ASN1_SEQUENCE,
+                                            t->value.sequence->data, t->value.sequence->length));
+    unsigned char *der = NULL;
+    int n = i2d_PKCS7(p7, &der);
+    assert_true(n > 0);
+    save(out, der, (size_t)n);
+    OPENSSL_free(der);
+    ASN1_OBJECT_free(ms);
+    X509_ATTRIBUTE_free(a);
+    PKCS7_free(p7);
+    free(b.data);
+}
+
+static void test_detached_timestamp(void **state)
+{
+    (void)state;
+    NEED_TOOLS();
+    static const uint8_t content[] = "timestamped release notes\n";
+    save("content.bin", content, sizeof(content));
+    test_tsa tsa = {0};
+    tk_tsa_init(&tsa.tsa);
+    save_cert("unit-tsa.pem", tsa.tsa.cert);
+    const int64_t now = (int64_t)time(NULL);
+
+    /* path() reuses its buffers: keep the option strings in our own. */
+    char root_pem[256], tsa_pem[256], other_pem[256];
+    snprintf(root_pem, sizeof(root_pem), "%s", path("root.pem"));
+    snprintf(tsa_pem, sizeof(tsa_pem), "%s", path("unit-tsa.pem"));
+    snprintf(other_pem, sizeof(other_pem), "%s", path("other-root.pem"));
+
+    make_ts_detached("leaf", &tsa, "ts.p7s");
+    qk_verify_opts o = {root_pem, tsa_pem, 0, 0};
+    qk_verify_report *r = verify_detached_opts("ts.p7s", &o);
+    assert_true(r->valid);
+    assert_all_ok(&r->sigs[0]);
+    assert_true(r->sigs[0].chain_checked);
+    const qk_ts_result *ts = r->sigs[0].timestamp;
+    assert_non_null(ts);
+    assert_true(ts->ok);
+    assert_true(ts->chain_checked);
+    assert_null(ts->error);
+    assert_true(ts->time > now - 3600 && ts->time <= now + 60);
+    assert_int_equal(strlen(ts->time_str), 20);
+    qk_verify_report_free(r);
+
+    /* The TSA is not trusted by the code-signing roots alone. */
+    qk_verify_opts no_tsa = {root_pem, NULL, 0, 0};
+    r = verify_detached_opts("ts.p7s", &no_tsa);
+    assert_false(r->valid);
+    assert_false(r->sigs[0].timestamp->ok);
+    assert_true(r->sigs[0].digest_ok && r->sigs[0].signature_ok && r->sigs[0].chain_ok);
+    assert_non_null(strstr(r->sigs[0].error, "timestamp: timestamp certificate chain"));
+    qk_verify_report_free(r);
+
+    /* Integrity only: no store, no chain, the token's signature and imprint. */
+    qk_verify_opts integ = {NULL, NULL, 1, 1};
+    r = verify_detached_opts("ts.p7s", &integ);
+    assert_true(r->valid);
+    assert_null(r->sigs[0].error);
+    assert_false(r->sigs[0].chain_checked);
+    assert_false(r->sigs[0].chain_ok);
+    assert_true(r->sigs[0].timestamp->ok);
+    assert_false(r->sigs[0].timestamp->chain_checked);
+    qk_verify_report_free(r);
+    /* Only the TSA chain: against roots that do not hold the TSA. */
+    integ.skip_ts_chain = 0;
+    integ.tsa_ca_file = other_pem;
+    r = verify_detached_opts("ts.p7s", &integ);
+    assert_false(r->valid);
+    assert_true(r->sigs[0].timestamp->chain_checked);
+    assert_false(r->sigs[0].timestamp->ok);
+    qk_verify_report_free(r);
+
+    /* A signature from before the change: the token under Microsoft's OID. */
+    move_token_to_ms_attr("ts.p7s", "ts-ms.p7s");
+    r = verify_detached_opts("ts-ms.p7s", &o);
+    assert_true(r->valid);
+    assert_true(r->sigs[0].timestamp->ok);
+    qk_verify_report_free(r);
+
+    /* Re-timestamping it moves the token to the standard attribute. */
+    qk_buf ms, re = {0};
+    load("ts-ms.p7s", &ms);
+    assert_int_equal(
+        qk_timestamp((qk_slice){ms.data, ms.len}, QK_HASH_SHA384, test_tsa_send, &tsa, &re), QK_OK);
+    {
+        const unsigned char *p = re.data;
+        PKCS7 *p7 = d2i_PKCS7(NULL, &p, (long)re.len);
+        assert_non_null(p7);
+        PKCS7_SIGNER_INFO *si = sk_PKCS7_SIGNER_INFO_value(p7->d.sign->signer_info, 0);
+        assert_int_equal(X509at_get_attr_count(si->unauth_attr), 1);
+        assert_true(X509at_get_attr_by_NID(si->unauth_attr, NID_id_smime_aa_timeStampToken, -1) >=
+                    0);
+        PKCS7_free(p7);
+    }
+    free(ms.data);
+    qk_buf_free(&re);
+
+    /* A token for another signature: the imprint does not match. */
+    qk_buf a, b, tok_sig = {0};
+    make_ts_detached("ecleaf", &tsa, "ts-ec.p7s");
+    load("ts.p7s.plain", &a);
+    load("ts-ec.p7s", &b);
+    {
+        const unsigned char *p = b.data;
+        PKCS7 *p7 = d2i_PKCS7(NULL, &p, (long)b.len);
+        assert_non_null(p7);
+        PKCS7_SIGNER_INFO *si = sk_PKCS7_SIGNER_INFO_value(p7->d.sign->signer_info, 0);
+        X509_ATTRIBUTE *at = X509at_get_attr(
+            si->unauth_attr,
+            X509at_get_attr_by_NID(si->unauth_attr, NID_id_smime_aa_timeStampToken, -1));
+        ASN1_TYPE *t = X509_ATTRIBUTE_get0_type(at, 0);
+        qk_slice tok = {t->value.sequence->data, (size_t)t->value.sequence->length};
+        assert_int_equal(qk_sig_add_timestamp((qk_slice){a.data, a.len}, tok, &tok_sig), QK_OK);
+        PKCS7_free(p7);
+    }
+    save("ts-wrong.p7s", tok_sig.data, tok_sig.len);
+    r = verify_detached_opts("ts-wrong.p7s", &o);
+    assert_false(r->valid);
+    assert_false(r->sigs[0].timestamp->ok);
+    assert_true(r->sigs[0].signature_ok && r->sigs[0].chain_ok);
+    assert_non_null(strstr(r->sigs[0].timestamp->error, "imprint does not match"));
+    qk_verify_report_free(r);
+    free(a.data);
+    free(b.data);
+    qk_buf_free(&tok_sig);
+
+    /* The point of it: a signer certificate that has expired since, with a
+     * token from while it was valid, is judged at the token's time. */
+    /* (The roots made by `openssl req` above start now: backdate one too.) */
+    const int64_t y = 365 * 86400LL;
+    EVP_PKEY *rk = NULL, *lk = NULL;
+    X509 *root = backdated_cert("gone-root", "Gone Root", NULL, NULL, now - 2 * y, now + y, NULL,
+                                &rk);
+    X509 *leaf = backdated_cert("gone-leaf", "Gone Leaf", root, rk, now - y, now - 3600,
+                                "codeSigning", &lk);
+    char gone_root_pem[256];
+    snprintf(gone_root_pem, sizeof(gone_root_pem), "%s", path("gone-root.pem"));
+    qk_verify_opts og = {gone_root_pem, tsa_pem, 0, 0};
+    tsa.o.gen_time = now - 7200;
+    make_ts_detached("gone-leaf", &tsa, "gone.p7s");
+    r = verify_detached_opts("gone.p7s", &og);
+    assert_true(r->valid);
+    assert_int_equal(r->sigs[0].timestamp->time, now - 7200);
+    qk_verify_report_free(r);
+    r = verify_detached_opts("gone.p7s.plain", &og);
+    assert_false(r->valid);
+    assert_null(r->sigs[0].timestamp);
+    assert_string_equal(r->sigs[0].error, "certificate chain: certificate has expired");
+    qk_verify_report_free(r);
+    X509_free(leaf);
+    X509_free(root);
+    EVP_PKEY_free(rk);
+    EVP_PKEY_free(lk);
+    tk_tsa_cleanup(&tsa.tsa);
+}
+
+/* A context loads its stores once and gives the same answers as the one-shot
+ * calls; skip_chain leaves chains unevaluated. */
+static void test_verify_ctx(void **state)
+{
+    (void)state;
+    NEED_TOOLS();
+    qk_verify_ctx *ctx = NULL;
+    qk_verify_opts o = {path("root.pem"), NULL, 0, 0};
+    assert_int_equal(qk_verify_ctx_new(&o, &ctx), QK_OK);
+    const char *files[] = {"rsa256.exe", "ec256.exe", "other.exe", "ts.exe"};
+    const int valid[] = {1, 1, 0, 1};
+    for (size_t i = 0; i < 4; i++) {
+        qk_buf b;
+        qk_pe *pe = NULL;
+        qk_verify_report *r = NULL;
+        load(files[i], &b);
+        assert_int_equal(qk_pe_parse_mem(b.data, b.len, &pe), QK_OK);
+        assert_int_equal(qk_verify_pe_ctx(pe, ctx, &r), QK_OK);
+        assert_int_equal(r->valid, valid[i]);
+        assert_true(r->sigs[0].chain_checked);
+        qk_verify_report_free(r);
+        qk_pe_free(pe);
+        free(b.data);
+    }
+    qk_verify_ctx_free(ctx);
+    qk_verify_ctx_free(NULL);
+
+    /* Integrity only: a signature from an unknown root is valid... */
+    qk_verify_opts integ = {NULL, NULL, 1, 1};
+    assert_int_equal(qk_verify_ctx_new(&integ, &ctx), QK_OK);
+    qk_verify_report *r = verify_file("other.exe", NULL, NULL);
+    assert_false(r->valid); /* (the system store does not know it) */
+    qk_verify_report_free(r);
+    qk_buf b;
+    qk_pe *pe = NULL;
+    load("other.exe", &b);
+    assert_int_equal(qk_pe_parse_mem(b.data, b.len, &pe), QK_OK);
+    assert_int_equal(qk_verify_pe_ctx(pe, ctx, &r), QK_OK);
+    assert_true(r->valid);
+    assert_false(r->sigs[0].chain_checked);
+    assert_false(r->sigs[0].chain_ok);
+    assert_null(r->sigs[0].error);
+    qk_verify_report_free(r);
+    qk_pe_free(pe);
+    free(b.data);
+    /* ...but a tampered image is not. */
+    load("rsa256.exe", &b);
+    b.data[0x210] ^= 1;
+    assert_int_equal(qk_pe_parse_mem(b.data, b.len, &pe), QK_OK);
+    assert_int_equal(qk_verify_pe_ctx(pe, ctx, &r), QK_OK);
+    assert_false(r->valid);
+    assert_false(r->sigs[0].digest_ok);
+    qk_verify_report_free(r);
+    qk_pe_free(pe);
+    free(b.data);
+    /* The timestamp token is still checked, its chain is not. */
+    load("ts.exe", &b);
+    assert_int_equal(qk_pe_parse_mem(b.data, b.len, &pe), QK_OK);
+    assert_int_equal(qk_verify_pe_ctx(pe, ctx, &r), QK_OK);
+    assert_true(r->valid);
+    assert_true(r->sigs[0].timestamp->ok);
+    assert_false(r->sigs[0].timestamp->chain_checked);
+    qk_verify_report_free(r);
+    qk_pe_free(pe);
+    free(b.data);
+    qk_verify_ctx_free(ctx);
+
+    /* Bad arguments and an unreadable CA file. */
+    assert_int_equal(qk_verify_ctx_new(&o, NULL), QK_ERR_INVALID_ARG);
+    qk_verify_opts bad = {path("missing.pem"), NULL, 0, 0};
+    ctx = (qk_verify_ctx *)1;
+    assert_int_equal(qk_verify_ctx_new(&bad, &ctx), QK_ERR_IO);
+    assert_null(ctx);
+    bad.skip_chain = 1; /* the CA file is still the TSA roots */
+    assert_int_equal(qk_verify_ctx_new(&bad, &ctx), QK_ERR_IO);
+    bad.skip_ts_chain = 1; /* nothing to load */
+    assert_int_equal(qk_verify_ctx_new(&bad, &ctx), QK_OK);
+    qk_verify_ctx_free(ctx);
+    r = (qk_verify_report *)1;
+    assert_int_equal(qk_verify_pe_ctx(NULL, NULL, &r), QK_ERR_INVALID_ARG);
+    assert_null(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -971,6 +1294,8 @@ int main(void)
         cmocka_unit_test(test_bitflips),
         cmocka_unit_test(test_args),
         cmocka_unit_test(test_detached),
+        cmocka_unit_test(test_detached_timestamp),
+        cmocka_unit_test(test_verify_ctx),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -1,0 +1,296 @@
+# tests/integration/lib.sh: what the shell tests, the benchmarks and the demo
+# share. POSIX sh; source it after setting SRC_ROOT (and QWICK/QWICKD where a
+# server or the CLI is used):
+#
+#     . "$SRC_ROOT/tests/integration/lib.sh"
+#     t_init NAME              # $tmp, and a trap that stops every server
+#
+# Checks (each counted; a failure is reported and counted, the run goes on):
+#   ok DESC / fail DESC        count a passed / failed check
+#   check DESC CMD...          CMD must succeed (its output is shown on failure)
+#   check_status WANT DESC CMD...  CMD must exit WANT; stdout in $tmp/out,
+#                              stderr in $tmp/err
+#   check_fails DESC CMD...    CMD must fail (any non-zero status)
+#   check_eq DESC GOT WANT     the two strings must be equal
+#   check_grep DESC PATTERN FILE   FILE must contain PATTERN (grep, BRE)
+#   check_py DESC FILE CODE    python3 CODE, with `d` the JSON in FILE, raises nothing
+#   t_done                     prints "NAME: N checks, N failures"; exits 1 on failure
+#   die MSG [LOG]              a fatal setup error: shows LOG, exits 1 (scripts
+#                              with their own way of failing redefine it)
+#   need TOOL... / skip_unless TOOL...   a missing tool is fatal / skips (exit 77)
+# Processes (every one of them stopped by the trap, also on failure):
+#   track_pid PID / stop_pid PID   stop_pid sends SIGTERM, waits, sets $stopped
+#   stop_all                   stops every tracked process
+#   wait_port PID FILE WHAT [LOG]  waits (10 s at most) for PID to write its port
+#                              into FILE; sets $port (dies when PID exits first)
+#   make_pki DIR               the test PKI (tests/tools/mkpki.sh)
+#   start_tsa PKI [NAME [ARGS...]]  tests/tools/tsa_server.py on 127.0.0.1;
+#                              sets TSA_URL (no trailing slash) and TSA_PID
+#   qwickd_init DATA           `qwickd init --json` into $tmp/init.json; sets
+#                              QWICKD_API_KEY, QWICKD_ROOT_CA, QWICKD_TSA_ROOT_CA,
+#                              QWICKD_TLS_CA
+#   start_qwickd DATA [SERVE-ARGS...]  init (when not yet done), then `qwickd
+#                              serve --listen 127.0.0.1:0`; sets QWICKD_PORT,
+#                              QWICKD_URL, QWICKD_PID; log in $tmp/server.log
+#   stop_qwickd                SIGTERM and wait; sets $stopped to its exit status
+#   qwick_env                  exports QWICK_SERVER, QWICK_API_KEY, QWICK_CACERT
+# Files:
+#   json_get FILE PATH         a member of a JSON file: "api_key", "files.0.requestId"
+#   build_pe OUT [x86|x64] [SRC [CFLAGS...]]  mingw-w64 build (default x64,
+#                              demo/hello.c, -O2)
+#   make_cert PREFIX CN        throwaway self-signed code-signing cert: PREFIX.key, .pem
+#   ossl_verify CA TSA_CA FILE [NSIGS [yes]]  osslsigncode verify: NSIGS (1)
+#                              signatures, timestamped with "yes"; output in
+#                              $tmp/ossl.out, shown on failure
+#   ossl_digest FILE [VERIFY-ARGS...]  osslsigncode's calculated digest (lowercase);
+#                              the status is osslsigncode verify's
+#   qdigest ALG FILE           qwick digest's hex digest
+#   signing_leaf FILE OUT      the code-signing leaf of a signed PE as PEM
+
+# shellcheck disable=SC2034 # the variables set here are read by the scripts
+t_name=qwick-test
+tmp=""
+t_checks=0
+t_fails=0
+t_pids=""
+
+t_init() { # NAME
+    t_name=$1
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/qwick-$1.XXXXXX")
+    trap t_cleanup EXIT
+    trap 'exit 1' INT TERM HUP
+}
+t_cleanup() {
+    stop_all
+    [ -z "$tmp" ] || rm -rf "$tmp"
+}
+
+# --- checks --------------------------------------------------------------------
+ok() {
+    t_checks=$((t_checks + 1))
+    echo "ok: $*"
+}
+fail() {
+    t_checks=$((t_checks + 1))
+    t_fails=$((t_fails + 1))
+    echo "FAIL: $*"
+}
+# _show FILE...: the last lines of FILE, indented, after a failure.
+_show() { tail -n 20 "$@" | sed 's/^/    /'; }
+
+check() { # DESC CMD...
+    _d=$1
+    shift
+    _rc=0
+    "$@" >"$tmp/last.out" 2>&1 || _rc=$?
+    if [ "$_rc" -eq 0 ]; then ok "$_d"; else
+        fail "$_d (exit $_rc)"
+        _show "$tmp/last.out"
+    fi
+}
+check_status() { # WANT DESC CMD...
+    _want=$1
+    _d=$2
+    shift 2
+    _rc=0
+    "$@" >"$tmp/out" 2>"$tmp/err" || _rc=$?
+    if [ "$_rc" -eq "$_want" ]; then ok "$_d"; else
+        fail "$_d (exit $_rc, want $_want)"
+        _show "$tmp/out" "$tmp/err"
+    fi
+}
+check_fails() { # DESC CMD...
+    _d=$1
+    shift
+    if "$@" >"$tmp/last.out" 2>&1; then
+        fail "$_d (succeeded)"
+        _show "$tmp/last.out"
+    else ok "$_d"; fi
+}
+check_eq() { # DESC GOT WANT
+    if [ "$2" = "$3" ]; then ok "$1"; else fail "$1: got '$2', want '$3'"; fi
+}
+check_grep() { # DESC PATTERN FILE
+    if grep -q -- "$2" "$3"; then ok "$1"; else
+        fail "$1 ('$2' not in $3)"
+        _show "$3"
+    fi
+}
+check_py() { # DESC FILE CODE
+    if python3 -c "import json,re,sys
+d = json.load(open(sys.argv[1]))
+$3" "$2" >"$tmp/py.err" 2>&1; then ok "$1"; else
+        fail "$1"
+        _show "$tmp/py.err"
+    fi
+}
+t_done() {
+    echo "$t_name: $t_checks checks, $t_fails failures"
+    [ "$t_fails" -eq 0 ] || exit 1
+    exit 0
+}
+die() { # MSG [LOG]
+    echo "FAIL: $t_name: $1" >&2
+    [ -z "${2:-}" ] || [ ! -s "$2" ] || _show "$2" >&2
+    exit 1
+}
+need() { # TOOL...
+    for _t in "$@"; do
+        command -v "$_t" >/dev/null 2>&1 || die "$_t is not installed (make setup installs it)"
+    done
+}
+skip_unless() { # TOOL...
+    for _t in "$@"; do
+        if ! command -v "$_t" >/dev/null 2>&1; then
+            echo "SKIP: $_t not installed"
+            exit 77
+        fi
+    done
+}
+
+# --- processes ------------------------------------------------------------------
+track_pid() { t_pids="$t_pids $1"; }
+stop_pid() { # PID: SIGTERM, wait; $stopped is its exit status
+    _rest=""
+    for _p in $t_pids; do [ "$_p" = "$1" ] || _rest="$_rest $_p"; done
+    t_pids=$_rest
+    kill -TERM "$1" 2>/dev/null || true
+    stopped=0
+    wait "$1" 2>/dev/null || stopped=$?
+}
+stop_all() {
+    for _p in $t_pids; do
+        kill -TERM "$_p" 2>/dev/null || true
+        wait "$_p" 2>/dev/null || true
+    done
+    t_pids=""
+    QWICKD_PID=""
+}
+wait_port() { # PID FILE WHAT [LOG]
+    _i=0
+    while [ ! -s "$2" ]; do
+        _i=$((_i + 1))
+        if [ "$_i" -gt 100 ] || ! kill -0 "$1" 2>/dev/null; then
+            die "$3 did not start" "${4:-}"
+        fi
+        sleep 0.1
+    done
+    port=$(tr -d ' \n' <"$2")
+}
+
+make_pki() { sh "$SRC_ROOT/tests/tools/mkpki.sh" "$1" || die "mkpki.sh $1"; }
+
+start_tsa() { # PKI [NAME [tsa_server.py ARGS...]]
+    _pki=$1
+    _n=${2:-tsa}
+    [ $# -lt 2 ] || shift
+    shift
+    rm -f "$tmp/$_n.port"
+    python3 "$SRC_ROOT/tests/tools/tsa_server.py" --pki "$_pki" --port-file "$tmp/$_n.port" "$@" \
+        2>>"$tmp/$_n.log" &
+    TSA_PID=$!
+    track_pid "$TSA_PID"
+    wait_port "$TSA_PID" "$tmp/$_n.port" "tsa_server.py ($_n)" "$tmp/$_n.log"
+    TSA_URL="http://127.0.0.1:$port"
+}
+
+qwickd_init() { # DATA
+    "$QWICKD" init --data "$1" --json >"$tmp/init.json" 2>"$tmp/init.log" ||
+        die "qwickd init" "$tmp/init.log"
+    QWICKD_DATA=$1
+    QWICKD_API_KEY=$(json_get "$tmp/init.json" api_key)
+    QWICKD_ROOT_CA=$(json_get "$tmp/init.json" root_ca)
+    QWICKD_TSA_ROOT_CA=$(json_get "$tmp/init.json" tsa_root_ca)
+    QWICKD_TLS_CA=$(json_get "$tmp/init.json" tls_ca)
+}
+start_qwickd() { # DATA [serve ARGS...]
+    [ "${QWICKD_DATA:-}" = "$1" ] || qwickd_init "$1"
+    shift
+    rm -f "$tmp/port"
+    "$QWICKD" serve --data "$QWICKD_DATA" --listen 127.0.0.1:0 --port-file "$tmp/port" "$@" \
+        2>>"$tmp/server.log" &
+    QWICKD_PID=$!
+    track_pid "$QWICKD_PID"
+    wait_port "$QWICKD_PID" "$tmp/port" "qwickd serve" "$tmp/server.log"
+    QWICKD_PORT=$port
+    case " $* " in
+    *" --plain-http "*) QWICKD_URL="http://127.0.0.1:$QWICKD_PORT" ;;
+    *) QWICKD_URL="https://127.0.0.1:$QWICKD_PORT" ;;
+    esac
+}
+stop_qwickd() {
+    [ -n "${QWICKD_PID:-}" ] || return 0
+    stop_pid "$QWICKD_PID"
+    QWICKD_PID=""
+}
+qwick_env() {
+    QWICK_SERVER=$QWICKD_URL
+    QWICK_API_KEY=$QWICKD_API_KEY
+    QWICK_CACERT=$QWICKD_TLS_CA
+    export QWICK_SERVER QWICK_API_KEY QWICK_CACERT
+}
+
+# --- files -----------------------------------------------------------------------
+json_get() { # FILE PATH
+    python3 - "$1" "$2" <<'EOF'
+import json, sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."):
+    v = v[int(k)] if isinstance(v, list) else v[k]
+print(v if not isinstance(v, (dict, list)) else json.dumps(v))
+EOF
+}
+
+build_pe() { # OUT [x86|x64] [SRC [CFLAGS...]]
+    _out=$1
+    _cc=x86_64-w64-mingw32-gcc
+    [ "${2:-x64}" = x64 ] || _cc=i686-w64-mingw32-gcc
+    _src=${3:-$SRC_ROOT/demo/hello.c}
+    if [ $# -gt 3 ]; then shift 3; else set --; fi
+    "$_cc" -O2 "$@" -o "$_out" "$_src" || die "$_cc: building $_out"
+}
+
+make_cert() { # PREFIX CN
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$1.key" -out "$1.pem" -days 2 \
+        -subj "/CN=$2" -addext extendedKeyUsage=codeSigning >/dev/null 2>&1 ||
+        die "cannot create a test certificate"
+}
+
+ossl_verify() { # CA TSA_CA FILE [NSIGS [yes]]
+    _n=${4:-1}
+    if osslsigncode verify -CAfile "$1" -TSA-CAfile "$2" -in "$3" >"$tmp/ossl.out" 2>&1 &&
+        grep -q "Number of verified signatures: $_n\$" "$tmp/ossl.out" &&
+        [ "$(grep -c '^Signature verification: ok' "$tmp/ossl.out")" -eq "$_n" ] &&
+        { [ "${5:-no}" != yes ] ||
+            grep -q "Timestamp Server Signature verification: ok" "$tmp/ossl.out"; }; then
+        return 0
+    fi
+    cat "$tmp/ossl.out"
+    return 1
+}
+ossl_digest() { # FILE [osslsigncode verify ARGS...]
+    _f=$1
+    shift
+    _rc=0
+    osslsigncode verify "$@" -in "$_f" >"$tmp/ossl.out" 2>&1 || _rc=$?
+    sed -n 's/^Calculated message digest *: *\([0-9A-Fa-f]*\).*/\1/p' "$tmp/ossl.out" |
+        head -n 1 | tr 'A-F' 'a-f'
+    return "$_rc"
+}
+qdigest() { "$QWICK" digest --alg "$1" "$2" | cut -d ' ' -f 1; }
+
+signing_leaf() { # FILE OUT
+    rm -rf "$tmp/leaf.d"
+    mkdir "$tmp/leaf.d"
+    osslsigncode extract-signature -in "$1" -out "$tmp/leaf.d/sig.der" >/dev/null 2>&1 || return 1
+    openssl pkcs7 -inform DER -in "$tmp/leaf.d/sig.der" -print_certs -out "$tmp/leaf.d/certs.pem" ||
+        return 1
+    awk -v d="$tmp/leaf.d" '/BEGIN CERT/{n++} n{print > (d "/cert-" n ".pem")}' "$tmp/leaf.d/certs.pem"
+    for _c in "$tmp"/leaf.d/cert-*.pem; do
+        if openssl x509 -in "$_c" -noout -ext extendedKeyUsage 2>/dev/null | grep -q "Code Signing"; then
+            cp "$_c" "$2"
+            return 0
+        fi
+    done
+    return 1
+}
