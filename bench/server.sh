@@ -93,8 +93,13 @@ fi
 : >"$tmp/rounds"
 r=1
 while [ "$r" -le "$ROUNDS" ]; do
+    # The client shares the cores: its CPU time is reported so its share of
+    # the machine (taken from the server's) is visible.
+    t0=$(cut -d' ' -f16,17 /proc/$$/stat | awk '{print $1 + $2}')
     wrk -t "$THREADS" -c "$CONNS" -d "${slice}s" --latency -s "$tmp/sign.lua" \
         "https://127.0.0.1:$port/api/v1/sign/digest" >"$tmp/wrk.out" 2>&1
+    t1=$(cut -d' ' -f16,17 /proc/$$/stat | awk '{print $1 + $2}')
+    client_cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$(getconf CLK_TCK)" 'BEGIN {print (b - a) / hz}')
     line=$(grep '^WRK ' "$tmp/wrk.out") || {
         cat "$tmp/wrk.out" >&2
         exit 1
@@ -105,7 +110,7 @@ while [ "$r" -le "$ROUNDS" ]; do
         cat "$tmp/speed.out" >&2
         exit 1
     fi
-    echo "$line sign_s=$sign_s" >>"$tmp/rounds"
+    echo "$line sign_s=$sign_s client_cpu_s=$client_cpu" >>"$tmp/rounds"
     r=$((r + 1))
 done
 
@@ -126,13 +131,16 @@ for i, r in enumerate(rows, 1):
           f"{r['sign_s']:.1f} sign/s, ratio {r['requests'] / r['seconds'] / r['sign_s']:.2f}")
 p50 = sorted(r["p50_ms"] for r in rows)[len(rows) // 2]
 p99 = max(r["p99_ms"] for r in rows)
+ncpu = int(sys.argv[2])
+client = sum(r["client_cpu_s"] for r in rows) / (sec * ncpu)
 print(f"  requests/s   {rps:.1f}  ({int(req)} in {sec:.1f}s, errors {errors}, non-2xx {non2xx})")
 print(f"  latency      p50 {p50:.2f} ms (median round), p99 {p99:.2f} ms (worst round)")
 print(f"  sign/s       {sign:.1f} (openssl speed, mean of rounds)")
+print(f"  client CPU   {100 * client:.1f}% of {ncpu} CPUs (wrk, during the load slices)")
 print(f"ratio server_rps / openssl_sign_per_s = {rps / sign:.2f} (target >= 0.8)")
 print(f"ERRORS {errors} {non2xx}")
 PYEOF
-python3 "$tmp/summary.py" "$tmp/rounds" >"$tmp/summary"
+python3 "$tmp/summary.py" "$tmp/rounds" "$NCPU" >"$tmp/summary"
 grep -v '^ERRORS' "$tmp/summary"
 
 # Every acknowledged request has its audit row (warm-up included).

@@ -1,10 +1,11 @@
 /* `qwickd serve`: the HTTPS API on libmicrohttpd.
  *
  * Threads: MHD's pool (one epoll loop per core) parses HTTP and runs the
- * handlers, which do the CPU work (TLS, JSON, RSA). Signing requests then
- * wait for their durable group commit on a separate set of commit threads
- * (workq), with the connection suspended, so a pool thread never sits idle
- * on an fsync while other clients wait.
+ * handlers (TLS, JSON, auth); the RSA work goes to the signing threads
+ * (workq, one per core). The connection stays suspended until the store's
+ * writer thread reports the durable group commit of the request and audit
+ * rows (request_record_async), so no thread ever sits idle on an fsync. A
+ * store without that op gets a pool of commit threads that wait instead.
  *
  * Shutdown (SIGTERM/SIGINT): stop accepting (quiesce), refuse new requests on
  * open connections with 503 + Connection: close, let admitted requests finish
@@ -38,8 +39,8 @@
 #include "util.h"
 #include "workq.h"
 
-/* Threads that wait on commits: enough to keep a group commit full while the
- * pool threads sign (in-flight commits = throughput x commit latency). */
+/* Threads that wait on commits (stores without request_record_async): enough
+ * to keep a group commit full (in-flight commits = throughput x latency). */
 #define SERVE_COMMIT_THREADS 32
 /* How long admitted requests get to finish after SIGTERM. */
 #define SERVE_DRAIN_TIMEOUT_MS 30000
