@@ -34,6 +34,8 @@ fuzz: setup
 
 bench: build
 	@sh bench/digest.sh $(BUILD)
+	@sh bench/server.sh $(BUILD)
+	@sh bench/batch.sh $(BUILD)
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')

@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "qwick/error.h"
+#include "../common/xalloc.h"
 
 #define QK_EXIT_OK 0
 #define QK_EXIT_FAIL 1
@@ -13,9 +14,6 @@
 
 extern const char *qk_progname;
 
-void *xmalloc(size_t n);
-void *xcalloc(size_t n, size_t m);
-char *xstrdup(const char *s);
 
 /* "qwick: <prefix>: <qk message>[: <detail>]" on stderr. */
 void cli_err(const char *prefix, qk_err err);

@@ -36,20 +36,6 @@ typedef struct resp_body {
     int too_large;
 } resp_body;
 
-char *cli_strdupf(const char *fmt, ...)
-{
-    va_list ap;
-    char *s = NULL;
-    va_start(ap, fmt);
-    int n = vasprintf(&s, fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        fputs("qwick: out of memory\n", stderr);
-        abort();
-    }
-    return s;
-}
-
 static size_t on_write(char *p, size_t size, size_t nmemb, void *ctx)
 {
     resp_body *b = ctx;
@@ -96,13 +82,13 @@ static int check_url(const char *url, char **err)
     if (curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
-        *err = cli_strdupf("invalid server URL '%s'", url);
+        *err = xasprintf("invalid server URL '%s'", url);
         goto out;
     }
     if (strcasecmp(scheme, "https") != 0 &&
         !(strcasecmp(scheme, "http") == 0 && is_loopback(host))) {
         *err =
-            cli_strdupf("server URL '%s': use https (plain http only to a loopback address)", url);
+            xasprintf("server URL '%s': use https (plain http only to a loopback address)", url);
         goto out;
     }
     rc = 0;
@@ -129,7 +115,7 @@ client *client_new(const cli_config *cfg, char **err)
         *err = xstrdup("cannot initialise libcurl");
         goto out;
     }
-    auth = cli_strdupf("Authorization: Bearer %s", cfg->api_key);
+    auth = xasprintf("Authorization: Bearer %s", cfg->api_key);
     /* "Expect:" drops the 100-continue round trip: bodies are tiny. */
     const char *hdrs[] = {auth, "Content-Type: application/json", "Accept: application/json",
                           "Expect:"};
@@ -287,12 +273,12 @@ static char *server_error(long status, json_t *j)
     const char *code = json_string_value(json_object_get(e, "code"));
     const char *msg = json_string_value(json_object_get(e, "message"));
     if (code != NULL && msg != NULL)
-        return cli_strdupf("server: %s: %s", code, msg);
+        return xasprintf("server: %s: %s", code, msg);
     if (code != NULL)
-        return cli_strdupf("server: %s (HTTP %ld)", code, status);
+        return xasprintf("server: %s (HTTP %ld)", code, status);
     if (json_is_string(e))
-        return cli_strdupf("server: %s (HTTP %ld)", json_string_value(e), status);
-    return cli_strdupf("server: HTTP %ld", status);
+        return xasprintf("server: %s (HTTP %ld)", json_string_value(e), status);
+    return xasprintf("server: HTTP %ld", status);
 }
 
 /* Sends one request (body NULL: GET) and parses the JSON answer. Returns 0
@@ -304,7 +290,7 @@ static int exchange(client *c, const char *path, const char *req, long *status, 
     int rc = -1;
     resp_body b = {0};
     json_t *j = NULL;
-    char *url = cli_strdupf("%s%s", c->base, path);
+    char *url = xasprintf("%s%s", c->base, path);
     CURL *k = c->curl;
 
     *resp = NULL;
@@ -330,14 +316,14 @@ static int exchange(client *c, const char *path, const char *req, long *status, 
         }
         if (cc != CURLE_OK) {
             if (b.too_large) {
-                *err = cli_strdupf("server response larger than %u bytes", CLIENT_MAX_RESPONSE);
+                *err = xasprintf("server response larger than %u bytes", CLIENT_MAX_RESPONSE);
                 goto out;
             }
             if (attempt + 1 < CLIENT_MAX_ATTEMPTS && retryable_curl(c, cc)) {
                 nap(c, backoff_ms(c, attempt));
                 continue;
             }
-            *err = cli_strdupf("cannot reach %s: %s", c->base,
+            *err = xasprintf("cannot reach %s: %s", c->base,
                                c->errbuf[0] ? c->errbuf : curl_easy_strerror(cc));
             goto out;
         }
@@ -362,7 +348,7 @@ static int exchange(client *c, const char *path, const char *req, long *status, 
         goto out;
     }
     if (!json_is_object(j)) {
-        *err = cli_strdupf("server: HTTP %ld with a body that is not a JSON object", *status);
+        *err = xasprintf("server: HTTP %ld with a body that is not a JSON object", *status);
         goto out;
     }
     *resp = j;
@@ -394,7 +380,7 @@ static int take_signed(json_t *j, client_sign_res *res, char **err)
     const char *ts = opt_string(j, "timestampUrl");
 
     if (status != NULL && strcmp(status, "SIGNED") != 0) {
-        *err = cli_strdupf("server: request %s ended %s", id ? id : "?", status);
+        *err = xasprintf("server: request %s ended %s", id ? id : "?", status);
         return -1;
     }
     if (sig == NULL) {
@@ -446,7 +432,7 @@ static int poll_request(client *c, const char *id, json_t **done, char **err)
         *err = xstrdup("server: 202 without a usable requestId");
         return -1;
     }
-    path = cli_strdupf("/api/v1/sign/requests/%s", id);
+    path = xasprintf("/api/v1/sign/requests/%s", id);
     for (;;) {
         json_t *j = NULL;
         long status;
@@ -462,7 +448,7 @@ static int poll_request(client *c, const char *id, json_t **done, char **err)
         }
         json_decref(j);
         if (time(NULL) >= deadline) {
-            *err = cli_strdupf("server: request %s still %s after %d s", id, st ? st : "pending",
+            *err = xasprintf("server: request %s still %s after %d s", id, st ? st : "pending",
                                CLIENT_MAX_PENDING_S);
             goto out;
         }

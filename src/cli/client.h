@@ -63,6 +63,5 @@ int client_sign_digest(client *c, const client_sign_req *req, client_sign_res *r
 void client_sign_res_free(client_sign_res *res);
 
 /* printf into a new heap string (aborts on OOM). */
-char *cli_strdupf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif

@@ -124,9 +124,9 @@ static char *qk_msg(const char *what, qk_err e)
 {
     const char *d = qk_error_detail();
     if (d != NULL && d[0] != '\0')
-        return what ? cli_strdupf("%s: %s: %s", what, qk_strerror(e), d)
-                    : cli_strdupf("%s: %s", qk_strerror(e), d);
-    return what ? cli_strdupf("%s: %s", what, qk_strerror(e)) : xstrdup(qk_strerror(e));
+        return what ? xasprintf("%s: %s: %s", what, qk_strerror(e), d)
+                    : xasprintf("%s: %s", qk_strerror(e), d);
+    return what ? xasprintf("%s: %s", what, qk_strerror(e)) : xstrdup(qk_strerror(e));
 }
 
 static const char *base_name(const char *path)
@@ -167,7 +167,7 @@ static int ensure_tsa(worker *w, const char *server_url, char **err)
         return -1;
     }
     url =
-        server_url[0] == '/' ? cli_strdupf("%s%s", o->cfg.server, server_url) : xstrdup(server_url);
+        server_url[0] == '/' ? xasprintf("%s%s", o->cfg.server, server_url) : xstrdup(server_url);
     if (w->tsa != NULL && strcmp(w->tsa_url, url) == 0) {
         free(url);
         return 0;
@@ -197,7 +197,7 @@ static int timestamp_sig(worker *w, client_sign_res *res, qk_buf *out, char **er
     if (e != QK_OK) {
         const char *te = tsa_client_error(w->tsa);
         /* Transport failures are described by the TSA client, the rest by libqwick. */
-        *err = e == QK_ERR_IO && te[0] != '\0' ? cli_strdupf("timestamp: %s", te)
+        *err = e == QK_ERR_IO && te[0] != '\0' ? xasprintf("timestamp: %s", te)
                                                : qk_msg("timestamp", e);
         return -1;
     }
@@ -212,9 +212,9 @@ static int timestamp_sig(worker *w, client_sign_res *res, qk_buf *out, char **er
 static char *check_report(const sign_opts *o, const qk_verify_report *rep, size_t expect_min)
 {
     if (rep->error != NULL)
-        return cli_strdupf("written file does not verify: %s", rep->error);
+        return xasprintf("written file does not verify: %s", rep->error);
     if (rep->nsigs < expect_min || rep->nsigs == 0)
-        return cli_strdupf("written file has %zu signatures, expected %zu", rep->nsigs, expect_min);
+        return xasprintf("written file has %zu signatures, expected %zu", rep->nsigs, expect_min);
     for (size_t i = 0; i < rep->nsigs; i++) {
         const qk_sig_result *s = &rep->sigs[i];
         const char *why = NULL;
@@ -230,12 +230,12 @@ static char *check_report(const sign_opts *o, const qk_verify_report *rep, size_
             why = s->timestamp->chain_checked ? "timestamp not trusted by --tsa-ca"
                                               : "timestamp invalid";
         if (why != NULL)
-            return cli_strdupf("written file does not verify (signature %zu): %s%s%s", i, why,
+            return xasprintf("written file does not verify (signature %zu): %s%s%s", i, why,
                                s->error ? ": " : "", s->error ? s->error : "");
     }
     /* Replacing: exactly our signature; it must carry the token we attached. */
     if (!o->append && !o->detached && rep->nsigs != 1)
-        return cli_strdupf("written file has %zu signatures, expected 1", rep->nsigs);
+        return xasprintf("written file has %zu signatures, expected 1", rep->nsigs);
     if (!o->append && !o->no_timestamp && rep->sigs[0].timestamp == NULL)
         return xstrdup("written file lost its timestamp");
     return NULL;
@@ -384,7 +384,7 @@ static int hash_file(const char *path, qk_hash_alg alg, uint8_t *md, char **err)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            *err = cli_strdupf("read: %s", strerror(errno));
+            *err = xasprintf("read: %s", strerror(errno));
             goto out;
         }
         if (n == 0)
@@ -433,26 +433,26 @@ static char *dir_of(const char *path)
 static int write_temp(const char *dest, qk_slice data, char **tmp, char **err)
 {
     char *dir = dir_of(dest);
-    char *path = cli_strdupf("%s/.%s.qwick-XXXXXX", dir, base_name(dest));
+    char *path = xasprintf("%s/.%s.qwick-XXXXXX", dir, base_name(dest));
     int fd = mkstemp(path), rc = -1;
     mode_t um = umask(0);
 
     umask(um);
     if (fd < 0) {
-        *err = cli_strdupf("creating a temporary file in %s: %s", dir, strerror(errno));
+        *err = xasprintf("creating a temporary file in %s: %s", dir, strerror(errno));
         free(path);
         path = NULL;
         goto out;
     }
     /* A signature is public: the usual file mode, not mkstemp's 0600. */
     if (fchmod(fd, 0666 & ~um) != 0 || write_all(fd, data.data, data.len) != 0 || fsync(fd) != 0) {
-        *err = cli_strdupf("writing %s: %s", path, strerror(errno));
+        *err = xasprintf("writing %s: %s", path, strerror(errno));
         goto out;
     }
     rc = 0;
 out:
     if (fd >= 0 && close(fd) != 0 && rc == 0) {
-        *err = cli_strdupf("writing %s: %s", path, strerror(errno));
+        *err = xasprintf("writing %s: %s", path, strerror(errno));
         rc = -1;
     }
     if (rc != 0 && path != NULL) {
@@ -468,7 +468,7 @@ out:
 static int commit_temp(const char *tmp, const char *dest, char **err)
 {
     if (rename(tmp, dest) != 0) {
-        *err = cli_strdupf("rename to %s: %s", dest, strerror(errno));
+        *err = xasprintf("rename to %s: %s", dest, strerror(errno));
         return -1;
     }
     /* Make the rename itself durable. */
@@ -491,7 +491,7 @@ static int sign_detached(worker *w, job *jb, char **err)
     qk_buf sig = {0};
     qk_verify_report *rep = NULL;
     uint8_t md[QK_HASH_MAX_SIZE];
-    char *dest = o->out != NULL ? xstrdup(o->out) : cli_strdupf("%s.p7s", jb->path);
+    char *dest = o->out != NULL ? xstrdup(o->out) : xasprintf("%s.p7s", jb->path);
     char *tmp = NULL, *why = NULL;
 
     if (hash_file(jb->path, o->alg, md, &why) != 0) {

@@ -6,36 +6,6 @@
 
 const char *qk_progname = "qwick";
 
-static void oom(void)
-{
-    fputs("qwick: out of memory\n", stderr);
-    abort();
-}
-
-void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (p == NULL)
-        oom();
-    return p;
-}
-
-void *xcalloc(size_t n, size_t m)
-{
-    void *p = calloc(n ? n : 1, m ? m : 1);
-    if (p == NULL)
-        oom();
-    return p;
-}
-
-char *xstrdup(const char *s)
-{
-    char *p = strdup(s);
-    if (p == NULL)
-        oom();
-    return p;
-}
-
 void cli_err(const char *prefix, qk_err err)
 {
     const char *d = qk_error_detail();

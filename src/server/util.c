@@ -13,63 +13,6 @@
 #include "internal.h"
 #include "util.h"
 
-static void oom(void)
-{
-    static const char msg[] = "qwickd: out of memory\n";
-    ssize_t r = write(STDERR_FILENO, msg, sizeof(msg) - 1);
-    (void)r;
-    abort();
-}
-
-void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (p == NULL)
-        oom();
-    return p;
-}
-
-void *xcalloc(size_t n, size_t m)
-{
-    void *p = calloc(n ? n : 1, m ? m : 1);
-    if (p == NULL)
-        oom();
-    return p;
-}
-
-void *xrealloc(void *p, size_t n)
-{
-    void *q = realloc(p, n ? n : 1);
-    if (q == NULL)
-        oom();
-    return q;
-}
-
-char *xstrdup(const char *s)
-{
-    char *p = strdup(s);
-    if (p == NULL)
-        oom();
-    return p;
-}
-
-char *xstrdup_null(const char *s)
-{
-    return s == NULL ? NULL : xstrdup(s);
-}
-
-char *xasprintf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *p = NULL;
-    int n = vasprintf(&p, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        oom();
-    return p;
-}
-
 char *path_join(const char *dir, const char *name)
 {
     return xasprintf("%s/%s", dir, name);

@@ -14,15 +14,8 @@
 
 #include "qwick/buf.h"
 #include "qwick/error.h"
+#include "../common/xalloc.h"
 
-void *xmalloc(size_t n);
-void *xcalloc(size_t n, size_t m);
-void *xrealloc(void *p, size_t n);
-char *xstrdup(const char *s);
-/* xstrdup that maps NULL to NULL. */
-char *xstrdup_null(const char *s);
-/* printf into a fresh heap string. */
-char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* "dir/name" on the heap. */
 char *path_join(const char *dir, const char *name);
 
