@@ -26,7 +26,8 @@ qk_err signer_sign_fn(void *ctx, qk_hash_alg alg, const uint8_t *digest, size_t 
 
 /* Local backend: `pem_key` is the decrypted PEM private key (wiped by the caller).
  * The key must match chain_der's first certificate. The signer is safe to use
- * from many threads at once (each call has its own EVP_PKEY_CTX). */
+ * from many threads at once (each call takes its own EVP_PKEY_CTX from the
+ * signer's pool). */
 qk_err signer_local_new(qk_slice pem_key, qk_slice chain_der, qk_signer **out);
 
 /* Frees a signer of any backend (NULL-safe). */

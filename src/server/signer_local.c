@@ -1,5 +1,7 @@
 /* The local key backend: a private key unsealed into memory at start (see
- * signer.h), signing through libqwick's qk_evp_sign_digest. */
+ * signer.h), signing through libqwick's qk_evp_signer (a pool of initialized
+ * EVP_PKEY_CTXs: creating and initializing one per signature costs a provider
+ * fetch under OpenSSL 3.0's global locks). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -15,13 +17,13 @@
 
 typedef struct local_signer {
     qk_signer base;
-    EVP_PKEY *key;
+    qk_evp_signer *evp;
 } local_signer;
 
 static qk_err local_sign(qk_signer *s, qk_hash_alg alg, const uint8_t *digest, size_t len,
                          qk_buf *sig)
 {
-    return qk_evp_sign_digest(((local_signer *)s)->key, alg, digest, len, sig);
+    return qk_evp_signer_sign(((local_signer *)s)->evp, alg, digest, len, sig);
 }
 
 static void local_free(qk_signer *s)
@@ -29,7 +31,7 @@ static void local_free(qk_signer *s)
     local_signer *ls = (local_signer *)s;
     if (ls == NULL)
         return;
-    EVP_PKEY_free(ls->key);
+    qk_evp_signer_free(ls->evp);
     qk_buf_free(&ls->base.chain_der);
     free(ls);
 }
@@ -74,19 +76,21 @@ qk_err signer_local_new(qk_slice pem_key, qk_slice chain_der, qk_signer **out)
     qk_err rc;
     local_signer *ls = NULL;
     EVP_PKEY *key = NULL;
+    qk_evp_signer *evp = NULL;
 
     *out = NULL;
     if ((rc = pki_parse_key_pem(pem_key, &key)) != QK_OK)
         return rc;
-    if ((rc = check_key_matches_leaf(key, chain_der)) != QK_OK)
+    if ((rc = check_key_matches_leaf(key, chain_der)) != QK_OK ||
+        (rc = qk_evp_signer_new(key, &evp)) != QK_OK)
         goto out;
     ls = xcalloc(1, sizeof(*ls));
     ls->base.ops = &local_ops;
     ls->base.chain_der.data = xmalloc(chain_der.len);
     memcpy(ls->base.chain_der.data, chain_der.data, chain_der.len);
     ls->base.chain_der.len = chain_der.len;
-    ls->key = key;
-    key = NULL;
+    ls->evp = evp;
+    evp = NULL;
     *out = &ls->base;
     rc = QK_OK;
 out:
