@@ -258,6 +258,29 @@ static qk_err make_verify_ctx(const sign_opts *o, qk_verify_ctx **out)
 
 /* --- PE files ---------------------------------------------------------- */
 
+/* One signing round trip for `jb`: the server signs `md` in `format`, the
+ * request id is kept for the report, and the result is timestamped into *sig. */
+static int request_signature(worker *w, job *jb, const char *format, const uint8_t *md,
+                             client_sign_res *res, qk_buf *sig, char **err)
+{
+    const sign_opts *o = w->r->o;
+    client_sign_req req = {
+        .format = format,
+        .alg = o->alg,
+        .digest = {md, qk_hash_size(o->alg)},
+        .profile = o->cfg.profile,
+        .filename = base_name(jb->path),
+        .description = o->description,
+        .url = o->url,
+    };
+    if (client_sign_digest(w->api, &req, res, err) != 0)
+        return -1;
+    jb->request_id = res->request_id ? xstrdup(res->request_id) : NULL;
+    if (interrupted(err) || timestamp_sig(w, res, sig, err) != 0 || interrupted(err))
+        return -1;
+    return 0;
+}
+
 static int sign_pe(worker *w, job *jb, char **err)
 {
     const sign_opts *o = w->r->o;
@@ -281,19 +304,7 @@ static int sign_pe(worker *w, job *jb, char **err)
         *err = qk_msg("digest", e);
         goto out;
     }
-    client_sign_req req = {
-        .format = "authenticode-pe",
-        .alg = o->alg,
-        .digest = {md, qk_hash_size(o->alg)},
-        .profile = o->cfg.profile,
-        .filename = base_name(jb->path),
-        .description = o->description,
-        .url = o->url,
-    };
-    if (client_sign_digest(w->api, &req, &res, err) != 0)
-        goto out;
-    jb->request_id = res.request_id ? xstrdup(res.request_id) : NULL;
-    if (interrupted(err) || timestamp_sig(w, &res, &sig, err) != 0 || interrupted(err))
+    if (request_signature(w, jb, "authenticode-pe", md, &res, &sig, err) != 0)
         goto out;
 
     ncerts = qk_pe_cert_count(pe);
@@ -498,19 +509,7 @@ static int sign_detached(worker *w, job *jb, char **err)
         *err = why;
         goto out;
     }
-    client_sign_req req = {
-        .format = "cms",
-        .alg = o->alg,
-        .digest = {md, qk_hash_size(o->alg)},
-        .profile = o->cfg.profile,
-        .filename = base_name(jb->path),
-        .description = o->description,
-        .url = o->url,
-    };
-    if (client_sign_digest(w->api, &req, &res, err) != 0)
-        goto out;
-    jb->request_id = res.request_id ? xstrdup(res.request_id) : NULL;
-    if (interrupted(err) || timestamp_sig(w, &res, &sig, err) != 0 || interrupted(err))
+    if (request_signature(w, jb, "cms", md, &res, &sig, err) != 0)
         goto out;
     if (write_temp(dest, (qk_slice){sig.data, sig.len}, &tmp, err) != 0)
         goto out;
