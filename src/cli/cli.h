@@ -7,6 +7,7 @@
 
 #include "qwick/error.h"
 #include "../common/xalloc.h"
+#include "../common/hex.h"
 
 #define QK_EXIT_OK 0
 #define QK_EXIT_FAIL 1
@@ -21,8 +22,6 @@ void cli_err(const char *prefix, qk_err err);
 void cli_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Usage error: message, hint to --help, returns QK_EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Lowercase hex of n bytes into out (2n+1 bytes). */
-void cli_hex(const unsigned char *p, size_t n, char *out);
 
 int cmd_digest(int argc, char **argv);
 int cmd_verify(int argc, char **argv);

@@ -14,6 +14,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "../common/b64.h"
 #include "qwick/authenticode.h"
 
 #ifndef QWICK_VERSION
@@ -187,33 +188,29 @@ void client_free(client *c)
     free(c);
 }
 
-/* --- base64 ------------------------------------------------------------ */
+/* --- base64 (src/common/b64.c: strict, canonical) -------------------- */
 
-static char *b64_encode(qk_slice in)
+static char *b64_text(qk_slice in)
 {
-    char *out = xmalloc(4 * ((in.len + 2) / 3) + 1);
-    EVP_EncodeBlock((unsigned char *)out, in.data, (int)in.len);
+    char *out = xmalloc(B64_ENCODED_SIZE(in.len));
+    b64_encode(in.data, in.len, out);
     return out;
 }
 
-/* Strict standard base64 with padding; no whitespace. */
-static int b64_decode(const char *in, size_t len, qk_buf *out)
+static int b64_buf(const char *in, size_t len, qk_buf *out)
 {
-    size_t pad = 0;
     out->data = NULL;
     out->len = 0;
-    if (len == 0 || len % 4 != 0 || len > CLIENT_MAX_RESPONSE)
+    if (len == 0 || len > CLIENT_MAX_RESPONSE)
         return -1;
-    if (in[len - 1] == '=')
-        pad = in[len - 2] == '=' ? 2 : 1;
-    uint8_t *d = xmalloc(len / 4 * 3);
-    int n = EVP_DecodeBlock(d, (const unsigned char *)in, (int)len);
-    if (n < 0 || (size_t)n != len / 4 * 3) {
+    uint8_t *d = xmalloc(len / 4 * 3 + 3);
+    size_t n;
+    if (b64_decode(in, len, d, len / 4 * 3 + 3, &n) != 0) {
         free(d);
         return -1;
     }
     out->data = d;
-    out->len = (size_t)n - pad;
+    out->len = n;
     return 0;
 }
 
@@ -387,7 +384,7 @@ static int take_signed(json_t *j, client_sign_res *res, char **err)
         *err = xstrdup("server: answer has no signature");
         return -1;
     }
-    if (b64_decode(sig, strlen(sig), &res->signature) != 0) {
+    if (b64_buf(sig, strlen(sig), &res->signature) != 0) {
         *err = xstrdup("server: signature is not valid base64");
         return -1;
     }
@@ -399,7 +396,7 @@ static int take_signed(json_t *j, client_sign_res *res, char **err)
     res->chain = xcalloc(n, sizeof(*res->chain));
     for (size_t i = 0; i < n; i++) {
         const char *c = json_string_value(json_array_get(chain, i));
-        if (c != NULL && b64_decode(c, strlen(c), &res->chain[res->nchain]) == 0)
+        if (c != NULL && b64_buf(c, strlen(c), &res->chain[res->nchain]) == 0)
             res->nchain++;
     }
     res->request_id = id ? xstrdup(id) : NULL;
@@ -464,7 +461,7 @@ int client_sign_digest(client *c, const client_sign_req *req, client_sign_res *r
 {
     int rc = -1;
     long status = 0;
-    char *digest = b64_encode(req->digest);
+    char *digest = b64_text(req->digest);
     char *text = NULL;
     json_t *resp = NULL, *done = NULL;
     json_t *meta = json_object();

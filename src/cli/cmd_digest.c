@@ -54,7 +54,7 @@ int cmd_digest(int argc, char **argv)
             cli_err(argv[i], rc);
             status = QK_EXIT_FAIL;
         } else {
-            cli_hex(md, qk_hash_size(alg), hex);
+            hex_encode(md, qk_hash_size(alg), hex);
             printf("%s  %s\n", hex, argv[i]);
         }
         qk_pe_free(pe);

@@ -15,12 +15,11 @@
 #include "qwick/buf.h"
 #include "qwick/error.h"
 #include "../common/xalloc.h"
+#include "../common/hex.h"
 
 /* "dir/name" on the heap. */
 char *path_join(const char *dir, const char *name);
 
-/* Lowercase hex of n bytes into out (2n+1 bytes, NUL-terminated). */
-void hex_encode(const uint8_t *p, size_t n, char *out);
 
 /* Wall clock: unix seconds and unix milliseconds. */
 int64_t now_unix(void);
