@@ -7,6 +7,7 @@
 #include "config.h"
 #include "internal.h"
 #include "pki.h"
+#include "store.h"
 #include "util.h"
 
 static char *resolve(const char *dir, const char *p)
@@ -26,6 +27,7 @@ void config_defaults(const char *data_dir, qwickd_config *c)
     c->max_connections = CONFIG_DEFAULT_MAX_CONNECTIONS;
     c->max_body = CONFIG_DEFAULT_MAX_BODY;
     c->connection_timeout = CONFIG_DEFAULT_CONN_TIMEOUT;
+    c->commit_delay_us = CONFIG_DEFAULT_COMMIT_DELAY_US;
 }
 
 void config_free(qwickd_config *c)
@@ -116,6 +118,9 @@ static qk_err parse_limits(json_t *obj, qwickd_config *c)
         } else if (strcmp(k, "max_body_bytes") == 0) {
             if ((rc = get_uint(v, k, 64L * 1024 * 1024, &n)) == QK_OK)
                 c->max_body = (size_t)n;
+        } else if (strcmp(k, "commit_delay_us") == 0) {
+            if ((rc = get_uint(v, k, STORE_MAX_COMMIT_DELAY_US, &n)) == QK_OK)
+                c->commit_delay_us = (unsigned)n;
         } else if (strcmp(k, "connection_timeout_seconds") == 0) {
             if ((rc = get_uint(v, k, 86400, &n)) == QK_OK)
                 c->connection_timeout = (unsigned)n;
@@ -188,13 +193,13 @@ qk_err config_write_defaults(const char *data_dir, const char *listen)
     char *path = path_join(data_dir, CONFIG_FILE);
     char *text = NULL;
     json_t *root = json_pack(
-        "{s:i, s:s, s:n, s:s, s:{s:s, s:s}, s:{s:s, s:s, s:n}, s:{s:i, s:i, s:i, s:i}}", "version",
+        "{s:i, s:s, s:n, s:s, s:{s:s, s:s}, s:{s:s, s:s, s:n}, s:{s:i, s:i, s:i, s:i, s:i}}", "version",
         1, "listen", listen != NULL ? listen : CONFIG_DEFAULT_LISTEN, "public_url", "default_org",
         CONFIG_DEFAULT_ORG, "tls", "cert", PKI_TLS_CERT, "key", PKI_TLS_KEY, "tsa", "cert",
         PKI_TSA_CERT, "key", PKI_TSA_KEY_SEALED, "policy", "limits", "threads", 0,
         "max_connections", (int)CONFIG_DEFAULT_MAX_CONNECTIONS, "max_body_bytes",
         (int)CONFIG_DEFAULT_MAX_BODY, "connection_timeout_seconds",
-        (int)CONFIG_DEFAULT_CONN_TIMEOUT);
+        (int)CONFIG_DEFAULT_CONN_TIMEOUT, "commit_delay_us", (int)CONFIG_DEFAULT_COMMIT_DELAY_US);
     if (root == NULL || (text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) == NULL) {
         rc = qk_fail(QK_ERR_NOMEM, "building %s", CONFIG_FILE);
         goto out;

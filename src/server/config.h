@@ -13,7 +13,8 @@
  *     "limits": {"threads": 0,            // 0: one per core
  *                "max_connections": 512,
  *                "max_body_bytes": 65536,
- *                "connection_timeout_seconds": 30}
+ *                "connection_timeout_seconds": 30,
+ *                "commit_delay_us": 4000}    // group commit delay under load; 0: off
  *   }
  */
 #ifndef QWICKD_CONFIG_H
@@ -29,6 +30,9 @@
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 512u
 #define CONFIG_DEFAULT_MAX_BODY (64u * 1024u)
 #define CONFIG_DEFAULT_CONN_TIMEOUT 30u
+/* How long, at most, a durable write waits for others to share its fsync
+ * when writes arrive faster than this (store_sqlite_set_commit_delay). */
+#define CONFIG_DEFAULT_COMMIT_DELAY_US 4000u
 #define CONFIG_MAX_FILE (64u * 1024u)
 
 typedef struct qwickd_config {
@@ -44,6 +48,7 @@ typedef struct qwickd_config {
     unsigned max_connections;
     size_t max_body;
     unsigned connection_timeout; /* seconds */
+    unsigned commit_delay_us;
 } qwickd_config;
 
 /* Defaults, with paths resolved against data_dir. */

@@ -198,12 +198,21 @@ struct qk_store {
  * it rides along with the next batch) so authentication never waits on fsync. */
 qk_err store_sqlite_open(const char *data_dir, qk_store **out);
 #define STORE_SQLITE_FILE "qwick.db"
+/* Group commit delay: when writes arrive closer together than `usec`, the
+ * writer waits up to `usec` after the oldest queued write for more of them,
+ * so one fsync commits a bigger batch (less CPU per write, more latency per
+ * write). Writes arriving further apart commit at once, and so does the
+ * first write after an idle second. 0 (the default): off; at most
+ * STORE_MAX_COMMIT_DELAY_US. */
+#define STORE_MAX_COMMIT_DELAY_US 100000u
+void store_sqlite_set_commit_delay(qk_store *s, unsigned usec);
 /* Test hook: make the next `n` batch commits fail (rolled back), to exercise
  * the "audit write failed, so the request fails" path. */
 void store_sqlite_fail_commits(qk_store *s, int n);
-/* Group-commit counters since open: transactions committed and writes they
- * carried (writes / commits is the average batch size; for /metrics). */
-void store_sqlite_stats(qk_store *s, uint64_t *commits, uint64_t *writes);
+/* Group-commit counters since open: transactions committed, writes they
+ * carried (writes / commits is the average batch size) and batches that
+ * waited for the commit delay (`delayed` may be NULL). */
+void store_sqlite_stats(qk_store *s, uint64_t *commits, uint64_t *writes, uint64_t *delayed);
 /* Returns once every write queued before the call has committed (or failed)
  * and its completion callback has returned: shutdown calls it before the
  * HTTP daemon that those callbacks resume is stopped. */

@@ -8,6 +8,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <sqlite3.h>
 
 #include "store.h"
@@ -519,7 +522,7 @@ static void test_group_commit_16x100(void **state)
     gc_arg args[GC_THREADS];
     uint64_t commits0 = 0, writes0 = 0, commits = 0, writes = 0;
 
-    store_sqlite_stats(f->s, &commits0, &writes0);
+    store_sqlite_stats(f->s, &commits0, &writes0, NULL);
     for (int t = 0; t < GC_THREADS; t++) {
         args[t] = (gc_arg){f->s, org, t, 0};
         assert_int_equal(pthread_create(&th[t], NULL, gc_worker, &args[t]), 0);
@@ -528,7 +531,7 @@ static void test_group_commit_16x100(void **state)
         pthread_join(th[t], NULL);
         assert_int_equal(args[t].failures, 0);
     }
-    store_sqlite_stats(f->s, &commits, &writes);
+    store_sqlite_stats(f->s, &commits, &writes, NULL);
     assert_int_equal(writes - writes0, GC_THREADS * GC_WRITES);
     /* Batching happened: far fewer commits (fsyncs) than writes. */
     assert_true(commits - commits0 < (uint64_t)GC_THREADS * GC_WRITES);
@@ -610,6 +613,153 @@ static void test_input_limits(void **state)
     free(big);
 }
 
+/* --- commit delay and checkpoints ----------------------------------------- */
+
+#define PACED_WRITES 30
+
+typedef struct paced {
+    store_sign_request r[PACED_WRITES];
+    store_audit a[PACED_WRITES];
+    char id[PACED_WRITES][40];
+    pthread_mutex_t mu;
+    int done, failed;
+} paced;
+
+static void paced_done(void *arg, qk_err rc, const char *detail)
+{
+    paced *p = arg;
+    (void)detail;
+    pthread_mutex_lock(&p->mu);
+    p->done++;
+    if (rc != QK_OK)
+        p->failed++;
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* PACED_WRITES async writes 20 ms apart (a steady, moderate load); returns
+ * the commits they took once all have landed. */
+static uint64_t paced_run(qk_store *s, int64_t org, const char *tag, uint64_t *delayed)
+{
+    paced *p = calloc(1, sizeof(*p));
+    uint64_t c0, w0, d0, c1, w1, d1;
+    pthread_mutex_init(&p->mu, NULL);
+    store_sqlite_stats(s, &c0, &w0, &d0);
+    for (int i = 0; i < PACED_WRITES; i++) {
+        snprintf(p->id[i], sizeof(p->id[i]), "req_%s%026d", tag, i);
+        make_request(&p->r[i], org, p->id[i]);
+        make_audit(&p->a[i], org, p->id[i], "paced.exe");
+        assert_int_equal(STORE_CALL(s, request_record_async, &p->r[i], &p->a[i], paced_done, p),
+                         QK_OK);
+        usleep(20000);
+    }
+    store_sqlite_flush(s);
+    store_sqlite_stats(s, &c1, &w1, &d1);
+    assert_int_equal(p->done, PACED_WRITES);
+    assert_int_equal(p->failed, 0);
+    assert_int_equal(w1 - w0, PACED_WRITES + 1); /* the flush is a write too */
+    *delayed = d1 - d0;
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+    return c1 - c0;
+}
+
+/* Writes 20 ms apart: without a delay each commits alone (unless fsync took
+ * 20 ms); with a 200 ms window... capped at STORE_MAX_COMMIT_DELAY_US (100 ms)
+ * they share commits once the arrival rate is known. Every write lands. */
+static void test_commit_delay_batches_steady_writes(void **state)
+{
+    fixture *f = *state;
+    int64_t org = new_org(f->s, "acme"), n = 0;
+    uint64_t delayed = 0;
+
+    uint64_t plain = paced_run(f->s, org, "a", &delayed);
+    assert_int_equal(delayed, 0);
+    store_sqlite_set_commit_delay(f->s, 200000);
+    uint64_t with_delay = paced_run(f->s, org, "b", &delayed);
+    print_message("30 writes 20 ms apart: %llu commits without delay, %llu with (%llu delayed)\n",
+                  (unsigned long long)plain, (unsigned long long)with_delay,
+                  (unsigned long long)delayed);
+    assert_true(delayed > 0);
+    assert_true(with_delay + 5 <= plain);
+    assert_int_equal(STORE_CALL(f->s, audit_count, org, NULL, &n), QK_OK);
+    assert_int_equal(n, 2 * PACED_WRITES);
+    verify_expect(f->s, org, 1, 0);
+}
+
+/* A write on an idle store is not held back, whatever the delay. */
+static void test_commit_delay_idle_write_not_delayed(void **state)
+{
+    fixture *f = *state;
+    int64_t org = new_org(f->s, "acme");
+    store_sign_request r;
+    store_audit a;
+    uint64_t c, w, d0, d1;
+
+    store_sqlite_set_commit_delay(f->s, STORE_MAX_COMMIT_DELAY_US);
+    store_sqlite_stats(f->s, &c, &w, &d0);
+    make_request(&r, org, "req_00000000000000000000000000000001");
+    make_audit(&a, org, r.id, "idle.exe");
+    assert_int_equal(STORE_CALL(f->s, request_record, &r, &a), QK_OK);
+    store_sqlite_stats(f->s, &c, &w, &d1);
+    assert_int_equal(d1 - d0, 0);
+}
+
+static int64_t file_size(const char *dir, const char *name)
+{
+    char path[4096];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    return stat(path, &st) == 0 ? (int64_t)st.st_size : -1;
+}
+
+#define CKPT_ROWS 3000
+
+/* The checkpointer thread copies the WAL into the database file while the
+ * store stays open (the writer itself never checkpoints). */
+static void test_checkpointer_copies_wal(void **state)
+{
+    fixture *f = *state;
+    int64_t org = new_org(f->s, "acme"), n = 0;
+    static uint8_t sig[6000];
+    paced *p = calloc(1, sizeof(*p));
+    store_sign_request *r = calloc(CKPT_ROWS, sizeof(*r));
+    store_audit *a = calloc(CKPT_ROWS, sizeof(*a));
+    char(*ids)[40] = calloc(CKPT_ROWS, 40);
+    int64_t db0 = file_size(f->dir, STORE_SQLITE_FILE), db1 = 0;
+
+    pthread_mutex_init(&p->mu, NULL);
+    memset(sig, 0x5a, sizeof(sig));
+    for (int i = 0; i < CKPT_ROWS; i++) {
+        snprintf(ids[i], 40, "req_%032d", i);
+        make_request(&r[i], org, ids[i]);
+        r[i].signature = (qk_buf){sig, sizeof(sig)};
+        make_audit(&a[i], org, ids[i], "big.exe");
+        assert_int_equal(STORE_CALL(f->s, request_record_async, &r[i], &a[i], paced_done, p),
+                         QK_OK);
+    }
+    store_sqlite_flush(f->s);
+    assert_int_equal(p->done, CKPT_ROWS);
+    assert_int_equal(p->failed, 0);
+    /* 3000 rows of 6 KB are > 4096 WAL pages: a checkpoint is due. It runs
+     * on its own thread, so wait for it (bounded) rather than for a time. */
+    for (int i = 0; i < 300 && (db1 = file_size(f->dir, STORE_SQLITE_FILE)) < 8 * 1024 * 1024; i++)
+        usleep(50000);
+    print_message("database file %lld -> %lld bytes, WAL %lld bytes, store open\n",
+                  (long long)db0, (long long)db1,
+                  (long long)file_size(f->dir, STORE_SQLITE_FILE "-wal"));
+    assert_true(db1 >= 8 * 1024 * 1024);
+    assert_int_equal(STORE_CALL(f->s, audit_count, org, NULL, &n), QK_OK);
+    assert_int_equal(n, CKPT_ROWS);
+    reopen(f);
+    assert_int_equal(raw_int(f->dir, "SELECT count(*) FROM sign_requests"), CKPT_ROWS);
+    verify_expect(f->s, org, 1, 0);
+    pthread_mutex_destroy(&p->mu);
+    free(ids);
+    free(a);
+    free(r);
+    free(p);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -631,6 +781,9 @@ int main(void)
         T(test_commit_failure_fails_callers),
         T(test_reads_do_not_wait_for_writer),
         T(test_input_limits),
+        T(test_commit_delay_batches_steady_writes),
+        T(test_commit_delay_idle_write_not_delayed),
+        T(test_checkpointer_copies_wal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
