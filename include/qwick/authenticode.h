@@ -33,6 +33,13 @@ typedef struct qk_sign_request {
     const char *program_name; /* SpcSpOpusInfo programName (PE only, optional) */
     const char *url;          /* SpcSpOpusInfo moreInfo URL (PE only, optional) */
     int64_t signing_time;     /* CMS signingTime, seconds since the epoch (0: now) */
+    /* Skip the check of the signature value against the signer certificate's
+     * public key (see qk_tbs_finish). Only for a signer that checks its own
+     * output and whose key is known to match the certificate: OpenSSL's RSA
+     * private operation verifies every CRT result with the public exponent
+     * and recomputes a wrong one, so a local RSA key loaded after
+     * X509_check_private_key qualifies; an HSM or remote signer does not. */
+    int self_checked;
 } qk_sign_request;
 
 /* Largest signature value and certificate accepted by the assembler. */
@@ -54,7 +61,8 @@ QK_EXPORT QK_WUR qk_err qk_tbs_digest(const qk_tbs *tbs, uint8_t *out, size_t *o
  * chain[0] is the signer's DER certificate, then intermediates (any order);
  * self-signed roots among them are left out of the SignedData, as signtool does.
  * The signature algorithm follows the signer's key type. The signature is
- * checked against the certificate before anything is returned. */
+ * checked against the certificate before anything is returned (unless the
+ * request said self_checked). */
 QK_EXPORT QK_WUR qk_err qk_tbs_finish(const qk_tbs *tbs, qk_slice signature, const qk_slice *chain,
                                       size_t nchain, qk_buf *out);
 

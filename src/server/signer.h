@@ -19,6 +19,10 @@ typedef struct signer_ops {
 struct qk_signer {
     const signer_ops *ops;
     qk_buf chain_der;  /* concatenated DER certificates, leaf first */
+    /* The backend checks its own signatures and its key matches the chain's
+     * leaf, so assembly may skip its own check (qk_sign_request.self_checked):
+     * the local backend with an RSA key. HSM and remote backends leave it 0. */
+    int self_checked;
 };
 
 /* A qk_sign_fn adapter: ctx is a qk_signer*. */

@@ -89,6 +89,9 @@ qk_err signer_local_new(qk_slice pem_key, qk_slice chain_der, qk_signer **out)
     ls->base.chain_der.data = xmalloc(chain_der.len);
     memcpy(ls->base.chain_der.data, chain_der.data, chain_der.len);
     ls->base.chain_der.len = chain_der.len;
+    /* OpenSSL's RSA private operation verifies its CRT result with the public
+     * exponent (and recomputes a wrong one); the key matched the leaf above. */
+    ls->base.self_checked = EVP_PKEY_is_a(key, "RSA");
     ls->evp = evp;
     evp = NULL;
     *out = &ls->base;
