@@ -149,6 +149,17 @@ db = sqlite3.connect(sys.argv[1])
 print(db.execute("SELECT count(*) FROM audit WHERE action = '"'"'sign.digest'"'"' AND outcome = 0").fetchone()[0])' \
     "$tmp/data/qwick.db")
 echo "  audit rows   $audited (warm-up included)"
+# Group commit as the server saw it (warm-up included).
+python3 - "$port" "$tmp/data/tls-ca.pem" <<'PYEOF' || true
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+text = urllib.request.urlopen(f"https://127.0.0.1:{sys.argv[1]}/metrics", context=ctx).read().decode()
+v = {l.split()[0]: float(l.split()[1]) for l in text.splitlines()
+     if l.startswith("qwickd_store_") and not l.startswith("#")}
+c, w, d = (v.get(f"qwickd_store_{k}_total", 0) for k in ("commits", "writes", "delayed_commits"))
+if c:
+    print(f"  commits      {int(c)} for {int(w)} writes ({w / c:.1f} per fsync, {int(d)} delayed)")
+PYEOF
 
 kill -TERM "$pid"
 wait "$pid" || true

@@ -273,5 +273,20 @@ void api_metrics(http_req *req)
         http_error(req, 500, "internal", "out of memory");
         return;
     }
-    http_bytes(req, 200, "text/plain; version=0.0.4; charset=utf-8", text, len);
+    uint64_t commits = 0, writes = 0, delayed = 0;
+    store_sqlite_stats(req->srv->store, &commits, &writes, &delayed);
+    char *all = xasprintf("%s"
+                          "# HELP qwickd_store_commits_total Store transactions (group commits).\n"
+                          "# TYPE qwickd_store_commits_total counter\n"
+                          "qwickd_store_commits_total %" PRIu64 "\n"
+                          "# HELP qwickd_store_writes_total Writes carried by those commits.\n"
+                          "# TYPE qwickd_store_writes_total counter\n"
+                          "qwickd_store_writes_total %" PRIu64 "\n"
+                          "# HELP qwickd_store_delayed_commits_total Commits that waited for "
+                          "more writes (limits.commit_delay_us).\n"
+                          "# TYPE qwickd_store_delayed_commits_total counter\n"
+                          "qwickd_store_delayed_commits_total %" PRIu64 "\n",
+                          text, commits, writes, delayed);
+    free(text);
+    http_bytes(req, 200, "text/plain; version=0.0.4; charset=utf-8", all, strlen(all));
 }

@@ -99,6 +99,25 @@ static qk_err parse_pair(json_t *obj, const char *section, char **cert, char **k
     return QK_OK;
 }
 
+/* The base of the timestampUrl every response carries: an http(s) URL of
+ * printable ASCII without spaces, quotes or backslashes, and no trailing
+ * slash ("/tsa" is appended). */
+static qk_err check_public_url(const char *u)
+{
+    size_t n = strlen(u);
+    if (strncmp(u, "https://", 8) != 0 && strncmp(u, "http://", 7) != 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: \"public_url\" must start with https:// or http://",
+                       CONFIG_FILE);
+    for (const char *p = u; *p; p++)
+        if (*p <= ' ' || *p > '~' || *p == '"' || *p == '\\')
+            return qk_fail(QK_ERR_INVALID_ARG,
+                           "%s: \"public_url\" has a space, quote, backslash or non-ASCII byte",
+                           CONFIG_FILE);
+    if (u[n - 1] == '/')
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: \"public_url\" must not end with /", CONFIG_FILE);
+    return QK_OK;
+}
+
 static qk_err parse_limits(json_t *obj, qwickd_config *c)
 {
     const char *k;
@@ -162,8 +181,10 @@ qk_err config_load(const char *data_dir, qwickd_config *out)
                      : qk_fail(QK_ERR_INVALID_ARG, "%s: unsupported version", CONFIG_FILE);
         else if (strcmp(k, "listen") == 0)
             rc = get_str(v, k, 0, &c.listen, NULL);
-        else if (strcmp(k, "public_url") == 0)
-            rc = get_str(v, k, 1, &c.public_url, NULL);
+        else if (strcmp(k, "public_url") == 0) {
+            if ((rc = get_str(v, k, 1, &c.public_url, NULL)) == QK_OK && c.public_url != NULL)
+                rc = check_public_url(c.public_url);
+        }
         else if (strcmp(k, "default_org") == 0)
             rc = get_str(v, k, 0, &c.default_org, NULL);
         else if (strcmp(k, "tls") == 0)

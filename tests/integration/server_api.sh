@@ -340,6 +340,12 @@ grep -q '^qwickd_http_requests_total{route="sign_digest",method="POST",status="2
     grep -q '^qwickd_tsa_responses_total{status="2"} [0-9]' "$m" &&
     grep -q '^# TYPE qwickd_http_request_duration_seconds histogram' "$m" &&
     ok "metrics" || { fail "metrics"; head -n 40 "$m"; }
+# Group commit at work: every write so far (>= the 200 concurrent requests) was
+# carried by fewer commits.
+awk '/^qwickd_store_commits_total / {c = $2} /^qwickd_store_writes_total / {w = $2}
+     END {exit !(w >= 200 && c >= 1 && c < w)}' "$m" &&
+    grep -q '^qwickd_store_delayed_commits_total [0-9]' "$m" &&
+    ok "metrics: store group commits" || { fail "metrics: store group commits"; grep store "$m"; }
 
 # --- SIGTERM under load: no acknowledged request lost ----------------------------------
 mkdir "$tmp/term"

@@ -118,4 +118,27 @@ check "audit verify (intact)" "$QWICKD" audit verify --data "$D"
 python3 -c 'import sqlite3,sys; db=sqlite3.connect(sys.argv[1]); db.execute("UPDATE audit SET detail = ? WHERE seq = 2", ("edited",)); db.commit()' "$D/qwick.db"
 check_fails "audit verify detects an edited row" "$QWICKD" audit verify --data "$D"
 
+
+# --- qwickd.json is checked before anything starts -----------------------------------
+cp "$D/qwickd.json" "$tmp/qwickd.json.bak"
+bad_config() { # DESC PYTHON-EDIT-OF-c EXPECTED-MESSAGE
+    python3 -c 'import json,sys; c = json.load(open(sys.argv[1])); exec(sys.argv[2]); json.dump(c, open(sys.argv[1], "w"))' \
+        "$D/qwickd.json" "$2"
+    if timeout 20 "$QWICKD" serve --data "$D" --listen 127.0.0.1:0 >"$tmp/serve.out" 2>&1; then
+        fail "$1 (serve started)"
+    elif grep -q -- "$3" "$tmp/serve.out"; then
+        ok "$1"
+    else
+        fail "$1"
+        cat "$tmp/serve.out" >&2
+    fi
+    cp "$tmp/qwickd.json.bak" "$D/qwickd.json"
+}
+bad_config "public_url with a quote refused" 'c["public_url"] = "https://a\"b"' 'public_url'
+bad_config "public_url not http(s) refused" 'c["public_url"] = "ftp://example.com"' 'public_url'
+bad_config "public_url with a trailing slash refused" 'c["public_url"] = "https://example.com/"' 'public_url'
+bad_config "commit delay over 100 ms refused" 'c["limits"]["commit_delay_us"] = 100001' 'commit_delay_us'
+bad_config "unknown limits key refused" 'c["limits"]["commit_delay"] = 5' 'commit_delay'
+check_grep "init writes the commit delay default" '"commit_delay_us": 4000' "$D/qwickd.json"
+
 t_done
