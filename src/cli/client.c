@@ -487,7 +487,7 @@ int client_sign_digest(client *c, const client_sign_req *req, client_sign_res *r
     /* A metadata string that is not UTF-8 makes json_string() return NULL. */
     if (json_object_size(meta) != (size_t)(!!req->filename + !!req->description + !!req->url) ||
         (text = json_dumps(body, JSON_COMPACT)) == NULL) {
-        *err = xstrdup("cannot encode the request (metadata must be UTF-8)");
+        *err = xstrdup("cannot encode the request (--description and --url must be UTF-8)");
         goto out;
     }
     if (exchange(c, "/api/v1/sign/digest", text, &status, &resp, err) != 0)

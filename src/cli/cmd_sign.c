@@ -27,6 +27,7 @@
 #include "qwick/tsp.h"
 #include "qwick/verify.h"
 #include "tsa_client.h"
+#include "utf8.h"
 
 /* More workers than this only queue on the server and the TSA. */
 #define SIGN_MAX_JOBS 64
@@ -264,16 +265,22 @@ static int request_signature(worker *w, job *jb, const char *format, const uint8
                              client_sign_res *res, qk_buf *sig, char **err)
 {
     const sign_opts *o = w->r->o;
+    /* The name is metadata (audit, and programName without --description):
+     * a name that is not UTF-8 is sent with '?' for its stray bytes rather
+     * than failing the file. */
+    char *name = utf8_lossy(base_name(jb->path));
     client_sign_req req = {
         .format = format,
         .alg = o->alg,
         .digest = {md, qk_hash_size(o->alg)},
         .profile = o->cfg.profile,
-        .filename = base_name(jb->path),
+        .filename = name,
         .description = o->description,
         .url = o->url,
     };
-    if (client_sign_digest(w->api, &req, res, err) != 0)
+    int rc = client_sign_digest(w->api, &req, res, err);
+    free(name);
+    if (rc != 0)
         return -1;
     jb->request_id = res->request_id ? xstrdup(res->request_id) : NULL;
     if (interrupted(err) || timestamp_sig(w, res, sig, err) != 0 || interrupted(err))
@@ -704,12 +711,17 @@ static void print_json(const run *r)
     for (size_t i = 0; i < r->njobs; i++) {
         const job *jb = &r->jobs[i];
         json_t *o = json_object();
-        json_object_set_new(o, "file", json_string(jb->path));
+        /* JSON strings are UTF-8: a path (or an error quoting it) that is not
+         * gets '?' for its stray bytes instead of vanishing from the report. */
+        char *path = utf8_lossy(jb->path), *error = jb->error ? utf8_lossy(jb->error) : NULL;
+        json_object_set_new(o, "file", json_string(path));
         json_object_set_new(o, "ok", json_boolean(jb->ok));
         json_object_set_new(o, "requestId",
                             jb->request_id ? json_string(jb->request_id) : json_null());
-        json_object_set_new(o, "error", jb->error ? json_string(jb->error) : json_null());
+        json_object_set_new(o, "error", error ? json_string(error) : json_null());
         json_array_append_new(files, o);
+        free(path);
+        free(error);
     }
     json_object_set_new(root, "files", files);
     json_object_set_new(root, "signed", json_integer((json_int_t)r->nok));

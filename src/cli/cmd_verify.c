@@ -13,6 +13,7 @@
 #include "cli.h"
 #include "qwick/pe.h"
 #include "qwick/verify.h"
+#include "utf8.h"
 
 /* Largest detached signature file read. */
 #define MAX_SIG_FILE (16u * 1024u * 1024u)
@@ -76,20 +77,14 @@ static void jset(json_t *obj, const char *key, json_t *val)
     }
 }
 
-/* A JSON string; bytes that are not valid UTF-8 (file names, hostile
- * certificate names) become '?' so the document stays well-formed. */
+/* A JSON string; bytes that are not part of well-formed UTF-8 (file names,
+ * hostile certificate names) become '?' so the document stays well-formed. */
 static json_t *jstr(const char *s)
 {
     if (s == NULL)
         return json_null();
-    json_t *j = json_string(s);
-    if (j != NULL)
-        return j;
-    char *t = xstrdup(s);
-    for (char *p = t; *p; p++)
-        if ((unsigned char)*p >= 0x80)
-            *p = '?';
-    j = jcheck(json_string(t));
+    char *t = utf8_lossy(s);
+    json_t *j = jcheck(json_string(t));
     free(t);
     return j;
 }

@@ -96,6 +96,19 @@ check "--out leaves the input alone" cmp "$tmp/orig.exe" "$tmp/orig.copy"
 check "--out result verifies" osslverify "$tmp/out.exe"
 check_status 2 "--out with two inputs: exit 2" "$QWICK" sign --out "$tmp/x.exe" "$tmp/orig.exe" "$tmp/pe64.exe"
 
+# --- a file name that is not UTF-8 (a Latin-1 name) ---------------------------
+latin1=$(printf 'caf\351.exe')
+cp "$tmp/pe32.exe" "$tmp/$latin1"
+check_status 0 "non-UTF-8 file name: signed" "$QWICK" sign --json "$tmp/$latin1"
+cp "$tmp/out" "$tmp/latin1.json"
+check "non-UTF-8 file name: verifies" osslverify "$tmp/$latin1"
+rid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["files"][0]["requestId"])' \
+    "$tmp/latin1.json" 2>/dev/null || true)
+got=$(python3 -c 'import sqlite3,sys
+print(sqlite3.connect(sys.argv[1]).execute("SELECT filename FROM sign_requests WHERE id = ?",
+      (sys.argv[2],)).fetchone()[0])' "$QWICKD_DATA/qwick.db" "$rid" 2>/dev/null || true)
+check_eq "non-UTF-8 file name: recorded with ? for the stray byte" "$got" "caf?.exe"
+
 # --- detached ----------------------------------------------------------------
 printf 'release notes\nnot a PE file at all\n' >"$tmp/notes.txt"
 cms_verify() {
