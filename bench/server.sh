@@ -156,9 +156,11 @@ ctx = ssl.create_default_context(cafile=sys.argv[2])
 text = urllib.request.urlopen(f"https://127.0.0.1:{sys.argv[1]}/metrics", context=ctx).read().decode()
 v = {l.split()[0]: float(l.split()[1]) for l in text.splitlines()
      if l.startswith("qwickd_store_") and not l.startswith("#")}
-c, w, d = (v.get(f"qwickd_store_{k}_total", 0) for k in ("commits", "writes", "delayed_commits"))
+c, w, d, k = (v.get(f"qwickd_store_{n}_total", 0)
+              for n in ("commits", "writes", "delayed_commits", "checkpoints"))
 if c:
-    print(f"  commits      {int(c)} for {int(w)} writes ({w / c:.1f} per fsync, {int(d)} delayed)")
+    print(f"  commits      {int(c)} for {int(w)} writes ({w / c:.1f} per fsync, {int(d)} delayed), "
+          f"{int(k)} checkpoints")
 PYEOF
 
 kill -TERM "$pid"

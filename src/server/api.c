@@ -273,8 +273,8 @@ void api_metrics(http_req *req)
         http_error(req, 500, "internal", "out of memory");
         return;
     }
-    uint64_t commits = 0, writes = 0, delayed = 0;
-    store_sqlite_stats(req->srv->store, &commits, &writes, &delayed);
+    store_sqlite_counters st;
+    store_sqlite_stats(req->srv->store, &st);
     char *all = xasprintf("%s"
                           "# HELP qwickd_store_commits_total Store transactions (group commits).\n"
                           "# TYPE qwickd_store_commits_total counter\n"
@@ -285,8 +285,11 @@ void api_metrics(http_req *req)
                           "# HELP qwickd_store_delayed_commits_total Commits that waited for "
                           "more writes (limits.commit_delay_us).\n"
                           "# TYPE qwickd_store_delayed_commits_total counter\n"
-                          "qwickd_store_delayed_commits_total %" PRIu64 "\n",
-                          text, commits, writes, delayed);
+                          "qwickd_store_delayed_commits_total %" PRIu64 "\n"
+                          "# HELP qwickd_store_checkpoints_total WAL checkpoint passes.\n"
+                          "# TYPE qwickd_store_checkpoints_total counter\n"
+                          "qwickd_store_checkpoints_total %" PRIu64 "\n",
+                          text, st.commits, st.writes, st.delayed, st.checkpoints);
     free(text);
     http_bytes(req, 200, "text/plain; version=0.0.4; charset=utf-8", all, strlen(all));
 }

@@ -209,10 +209,15 @@ void store_sqlite_set_commit_delay(qk_store *s, unsigned usec);
 /* Test hook: make the next `n` batch commits fail (rolled back), to exercise
  * the "audit write failed, so the request fails" path. */
 void store_sqlite_fail_commits(qk_store *s, int n);
-/* Group-commit counters since open: transactions committed, writes they
- * carried (writes / commits is the average batch size) and batches that
- * waited for the commit delay (`delayed` may be NULL). */
-void store_sqlite_stats(qk_store *s, uint64_t *commits, uint64_t *writes, uint64_t *delayed);
+/* Counters since open (for /metrics and tests). */
+typedef struct store_sqlite_counters {
+    uint64_t commits;     /* transactions committed (group commits) */
+    uint64_t writes;      /* writes they carried: writes / commits = mean batch */
+    uint64_t delayed;     /* batches that waited for the commit delay */
+    uint64_t checkpoints; /* checkpoint passes run by the checkpointer */
+    uint64_t ckpt_frames; /* WAL frames those passes copied into the database */
+} store_sqlite_counters;
+void store_sqlite_stats(qk_store *s, store_sqlite_counters *out);
 /* Returns once every write queued before the call has committed (or failed)
  * and its completion callback has returned: shutdown calls it before the
  * HTTP daemon that those callbacks resume is stopped. */

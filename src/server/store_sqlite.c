@@ -284,7 +284,7 @@ struct sq_store {
     int ckpt_stop;
     sqlite3 *ckpt_db;
     atomic_int fail_commits;
-    atomic_uint_fast64_t commits, writes, delayed;
+    atomic_uint_fast64_t commits, writes, delayed, checkpoints, ckpt_copied;
 };
 
 static qk_err db_fail(sqlite3 *db, int rc, const char *what)
@@ -582,16 +582,13 @@ static void *writer_main(void *arg)
         commit_delay(s);
         /* Take up to MAX_BATCH jobs; the rest wait for the next round. */
         wjob *batch = s->head, *last = s->head;
-        for (int n = 1; n < MAX_BATCH && last->next != NULL; n++)
+        size_t n = 1;
+        for (; n < MAX_BATCH && last->next != NULL; n++)
             last = last->next;
         s->head = last->next;
         if (s->head == NULL)
             s->tail = NULL;
-        for (wjob *j = batch;; j = j->next) {
-            s->nqueued--;
-            if (j == last)
-                break;
-        }
+        s->nqueued -= n;
         last->next = NULL;
         pthread_mutex_unlock(&s->wmu);
 
@@ -716,6 +713,9 @@ static void *ckpt_main(void *arg)
                        NULL);
                 break;
             }
+            atomic_fetch_add(&s->checkpoints, 1);
+            if (r == SQLITE_OK && done > 0)
+                atomic_fetch_add(&s->ckpt_copied, (uint64_t)done);
             if (r == SQLITE_OK && log == done)
                 break;
             mode = SQLITE_CHECKPOINT_PASSIVE;
@@ -1867,6 +1867,8 @@ qk_err store_sqlite_open(const char *data_dir, qk_store **out)
     atomic_init(&s->commits, 0);
     atomic_init(&s->writes, 0);
     atomic_init(&s->delayed, 0);
+    atomic_init(&s->checkpoints, 0);
+    atomic_init(&s->ckpt_copied, 0);
 
     /* Create the file ourselves so it is 0600 whatever the umask; SQLite
      * gives the -wal and -shm files the database file's permissions. */
@@ -1895,13 +1897,14 @@ out:
     return rc;
 }
 
-void store_sqlite_stats(qk_store *base, uint64_t *commits, uint64_t *writes, uint64_t *delayed)
+void store_sqlite_stats(qk_store *base, store_sqlite_counters *out)
 {
     sq_store *s = (sq_store *)base;
-    *commits = atomic_load(&s->commits);
-    *writes = atomic_load(&s->writes);
-    if (delayed != NULL)
-        *delayed = atomic_load(&s->delayed);
+    out->commits = atomic_load(&s->commits);
+    out->writes = atomic_load(&s->writes);
+    out->delayed = atomic_load(&s->delayed);
+    out->checkpoints = atomic_load(&s->checkpoints);
+    out->ckpt_frames = atomic_load(&s->ckpt_copied);
 }
 
 static qk_err job_nothing(conn *c, wjob *j)

@@ -520,9 +520,9 @@ static void test_group_commit_16x100(void **state)
     int64_t org = new_org(f->s, "acme"), n = 0;
     pthread_t th[GC_THREADS];
     gc_arg args[GC_THREADS];
-    uint64_t commits0 = 0, writes0 = 0, commits = 0, writes = 0;
+    store_sqlite_counters c0, c1;
 
-    store_sqlite_stats(f->s, &commits0, &writes0, NULL);
+    store_sqlite_stats(f->s, &c0);
     for (int t = 0; t < GC_THREADS; t++) {
         args[t] = (gc_arg){f->s, org, t, 0};
         assert_int_equal(pthread_create(&th[t], NULL, gc_worker, &args[t]), 0);
@@ -531,7 +531,8 @@ static void test_group_commit_16x100(void **state)
         pthread_join(th[t], NULL);
         assert_int_equal(args[t].failures, 0);
     }
-    store_sqlite_stats(f->s, &commits, &writes, NULL);
+    store_sqlite_stats(f->s, &c1);
+    uint64_t commits = c1.commits, writes = c1.writes, commits0 = c0.commits, writes0 = c0.writes;
     assert_int_equal(writes - writes0, GC_THREADS * GC_WRITES);
     /* Batching happened: far fewer commits (fsyncs) than writes. */
     assert_true(commits - commits0 < (uint64_t)GC_THREADS * GC_WRITES);
@@ -641,9 +642,9 @@ static void paced_done(void *arg, qk_err rc, const char *detail)
 static uint64_t paced_run(qk_store *s, int64_t org, const char *tag, uint64_t *delayed)
 {
     paced *p = calloc(1, sizeof(*p));
-    uint64_t c0, w0, d0, c1, w1, d1;
+    store_sqlite_counters a, b;
     pthread_mutex_init(&p->mu, NULL);
-    store_sqlite_stats(s, &c0, &w0, &d0);
+    store_sqlite_stats(s, &a);
     for (int i = 0; i < PACED_WRITES; i++) {
         snprintf(p->id[i], sizeof(p->id[i]), "req_%s%026d", tag, i);
         make_request(&p->r[i], org, p->id[i]);
@@ -653,14 +654,14 @@ static uint64_t paced_run(qk_store *s, int64_t org, const char *tag, uint64_t *d
         usleep(20000);
     }
     store_sqlite_flush(s);
-    store_sqlite_stats(s, &c1, &w1, &d1);
+    store_sqlite_stats(s, &b);
     assert_int_equal(p->done, PACED_WRITES);
     assert_int_equal(p->failed, 0);
-    assert_int_equal(w1 - w0, PACED_WRITES + 1); /* the flush is a write too */
-    *delayed = d1 - d0;
+    assert_int_equal(b.writes - a.writes, PACED_WRITES + 1); /* the flush is a write too */
+    *delayed = b.delayed - a.delayed;
     pthread_mutex_destroy(&p->mu);
     free(p);
-    return c1 - c0;
+    return b.commits - a.commits;
 }
 
 /* Writes 20 ms apart: without a delay each commits alone (unless fsync took
@@ -693,15 +694,15 @@ static void test_commit_delay_idle_write_not_delayed(void **state)
     int64_t org = new_org(f->s, "acme");
     store_sign_request r;
     store_audit a;
-    uint64_t c, w, d0, d1;
+    store_sqlite_counters before, after;
 
     store_sqlite_set_commit_delay(f->s, STORE_MAX_COMMIT_DELAY_US);
-    store_sqlite_stats(f->s, &c, &w, &d0);
+    store_sqlite_stats(f->s, &before);
     make_request(&r, org, "req_00000000000000000000000000000001");
     make_audit(&a, org, r.id, "idle.exe");
     assert_int_equal(STORE_CALL(f->s, request_record, &r, &a), QK_OK);
-    store_sqlite_stats(f->s, &c, &w, &d1);
-    assert_int_equal(d1 - d0, 0);
+    store_sqlite_stats(f->s, &after);
+    assert_int_equal(after.delayed - before.delayed, 0);
 }
 
 static int64_t file_size(const char *dir, const char *name)
@@ -748,6 +749,10 @@ static void test_checkpointer_copies_wal(void **state)
                   (long long)db0, (long long)db1,
                   (long long)file_size(f->dir, STORE_SQLITE_FILE "-wal"));
     assert_true(db1 >= 8 * 1024 * 1024);
+    store_sqlite_counters c;
+    store_sqlite_stats(f->s, &c);
+    assert_true(c.checkpoints > 0);
+    assert_true(c.ckpt_frames >= 2000); /* at least the frames of the rows' pages */
     assert_int_equal(STORE_CALL(f->s, audit_count, org, NULL, &n), QK_OK);
     assert_int_equal(n, CKPT_ROWS);
     reopen(f);
