@@ -13,6 +13,7 @@
 #include <openssl/cms.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
+#include <openssl/ess.h>
 #include <openssl/evp.h>
 #include <openssl/ts.h>
 
@@ -71,6 +72,73 @@ static int imprint_check(qk_vctx *v, TS_TST_INFO *tst, const ASN1_OCTET_STRING *
 
 /* Candidate intermediates for the TSA chain: the token's certificates, then
  * the outer signature's (some signers put the TSA chain there). */
+/* One ESS attribute (signingCertificate or signingCertificateV2) of the
+ * token's signer, decoded with `d2i`; *out stays NULL when it is absent.
+ * Returns 0 when it is there more than once or does not decode exactly. */
+static int ess_attr(CMS_SignerInfo *si, int nid, void *(*d2i)(const unsigned char **, long),
+                    void **out)
+{
+    const uint8_t *der;
+    size_t len;
+    *out = NULL;
+    int i = CMS_signed_get_attr_by_NID(si, nid, -1);
+    if (i < 0)
+        return 1;
+    if (CMS_signed_get_attr_by_NID(si, nid, i) >= 0 ||
+        !attr_der(CMS_signed_get_attr(si, i), &der, &len) || len > LONG_MAX)
+        return 0;
+    const unsigned char *p = der;
+    *out = d2i(&p, (long)len);
+    return *out != NULL && p == der + len;
+}
+
+static void *d2i_ess_v1(const unsigned char **p, long len)
+{
+    return d2i_ESS_SIGNING_CERT(NULL, p, len);
+}
+
+static void *d2i_ess_v2(const unsigned char **p, long len)
+{
+    return d2i_ESS_SIGNING_CERT_V2(NULL, p, len);
+}
+
+/* RFC 3161 2.4.1 (and RFC 5816 for V2): the token's signed attributes name
+ * the TSA certificate in an ESS signingCertificate(V2), so the certificate
+ * that signed cannot be swapped for another one holding the same key. A
+ * token without one, or naming another certificate, is rejected (as
+ * `openssl ts -verify` does). */
+static int ess_check(qk_vctx *v, CMS_SignerInfo *si, X509 *tsa, char **err)
+{
+    void *ss = NULL, *ss2 = NULL;
+    STACK_OF(X509) *signer = NULL;
+    int ok = 0;
+
+    if (!ess_attr(si, NID_id_smime_aa_signingCertificate, d2i_ess_v1, &ss) ||
+        !ess_attr(si, NID_id_smime_aa_signingCertificateV2, d2i_ess_v2, &ss2)) {
+        qk_vnote(v, err, "timestamp token has a malformed or repeated ESS signingCertificate");
+        goto out;
+    }
+    if (ss == NULL && ss2 == NULL) {
+        qk_vnote(v, err, "timestamp token has no ESS signingCertificate attribute");
+        goto out;
+    }
+    if ((signer = sk_X509_new_null()) == NULL || !sk_X509_push(signer, tsa)) {
+        v->nomem = 1;
+        goto out;
+    }
+    if (OSSL_ESS_check_signing_certs(ss, ss2, signer, 1) <= 0) {
+        qk_vnote(v, err,
+                 "timestamp token's ESS signingCertificate does not name its signer certificate");
+        goto out;
+    }
+    ok = 1;
+out:
+    sk_X509_free(signer); /* the certificate itself is the token's */
+    ESS_SIGNING_CERT_free(ss);
+    ESS_SIGNING_CERT_V2_free(ss2);
+    return ok;
+}
+
 static STACK_OF(X509) * ts_untrusted(qk_vctx *v, CMS_ContentInfo *cms, STACK_OF(X509) * outer)
 {
     STACK_OF(X509) *s = CMS_get1_certs(cms);
@@ -149,6 +217,8 @@ static void check_rfc3161(qk_vctx *v, const ASN1_OCTET_STRING *sigval, STACK_OF(
         qk_vnote(v, &ts->error, "timestamp signer certificate not found");
         goto out;
     }
+    if (!ess_check(v, tsi, tsa, &ts->error))
+        sig_ok = 0;
     if (v->ts_store == NULL) {
         chain_ok = 1; /* integrity only: not evaluated */
         goto out;

@@ -5,7 +5,9 @@
 
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/cms.h>
 #include <openssl/err.h>
+#include <openssl/ess.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
 #include <openssl/pkcs7.h>
@@ -222,6 +224,53 @@ static int fixed_time(TS_RESP_CTX *ctx, void *data, long *sec, long *usec)
     return 1;
 }
 
+/* The token of `resp` signed again by the TSA key over the same TSTInfo,
+ * with CMS's default signed attributes and the ESS attribute `mode` asks for. */
+static void resign_token(const tk_tsa *t, TS_RESP *resp, int mode)
+{
+    TS_TST_INFO *tst = TS_TST_INFO_dup(TS_RESP_get_tst_info(resp));
+    CHECK(tst != NULL);
+    unsigned char *der = NULL;
+    int n = i2d_TS_TST_INFO(tst, &der);
+    CHECK(n > 0);
+    BIO *in = BIO_new_mem_buf(der, n);
+    CHECK(in != NULL);
+    CMS_ContentInfo *cms = CMS_sign(NULL, NULL, NULL, NULL, CMS_BINARY | CMS_PARTIAL);
+    CHECK(cms != NULL);
+    CHECK(CMS_set1_eContentType(cms, OBJ_nid2obj(NID_id_smime_ct_TSTInfo)));
+    CMS_SignerInfo *si = CMS_add1_signer(cms, t->cert, t->key, EVP_sha256(),
+                                         CMS_BINARY | CMS_NOSMIMECAP | CMS_PARTIAL);
+    CHECK(si != NULL);
+    if (mode == TK_ESS_OTHER || mode == TK_ESS_SELF) {
+        X509 *other = mode == TK_ESS_SELF ? X509_dup(t->cert)
+                                          : tk_cert(tk_rsa_key2(), "Other TSA",
+                                                    "critical,timeStamping", NULL, NULL);
+        CHECK(other != NULL);
+        ESS_SIGNING_CERT_V2 *ss = OSSL_ESS_signing_cert_v2_new_init(EVP_sha256(), other, NULL, 0);
+        CHECK(ss != NULL);
+        unsigned char *ess = NULL;
+        int m = i2d_ESS_SIGNING_CERT_V2(ss, &ess);
+        CHECK(m > 0);
+        CHECK(CMS_signed_add1_attr_by_NID(si, NID_id_smime_aa_signingCertificateV2,
+                                          V_ASN1_SEQUENCE, ess, m));
+        OPENSSL_free(ess);
+        ESS_SIGNING_CERT_V2_free(ss);
+        X509_free(other);
+    }
+    CHECK(CMS_final(cms, in, NULL, CMS_BINARY));
+    unsigned char *tok_der = NULL;
+    int k = i2d_CMS_ContentInfo(cms, &tok_der);
+    CHECK(k > 0);
+    const unsigned char *p = tok_der;
+    PKCS7 *tok = d2i_PKCS7(NULL, &p, k);
+    CHECK(tok != NULL);
+    TS_RESP_set_tst_info(resp, tok, tst); /* takes both */
+    OPENSSL_free(tok_der);
+    CMS_ContentInfo_free(cms);
+    BIO_free(in);
+    OPENSSL_free(der);
+}
+
 qk_buf tk_tsa_reply(const tk_tsa *t, const uint8_t *req, size_t len, const tk_reply_opts *o)
 {
     static const tk_reply_opts none = {0};
@@ -247,6 +296,8 @@ qk_buf tk_tsa_reply(const tk_tsa *t, const uint8_t *req, size_t len, const tk_re
     TS_RESP *resp = TS_RESP_create_response(ctx, in);
     CHECK(resp != NULL);
     BIO_free(in);
+    if (o->ess != 0)
+        resign_token(t, resp, o->ess);
     if (o->bad_signature) {
         PKCS7 *tok = TS_RESP_get_token(resp);
         CHECK(tok != NULL);

@@ -45,7 +45,13 @@ typedef struct tk_reply_opts {
     int bad_signature; /* flip a bit in the token's signature value */
     int status;        /* when > 0: overwrite the status of the reply (1: grantedWithMods) */
     int64_t gen_time;  /* when > 0: the token's genTime (seconds since the epoch) */
+    /* ESS signingCertificate of the token (re-signed with the TSA key, so
+     * its signature stays valid): 0 as OpenSSL writes it; TK_ESS_NONE none;
+     * TK_ESS_OTHER a signingCertificateV2 naming another certificate;
+     * TK_ESS_SELF one naming the TSA certificate (the re-signed control). */
+    int ess;
 } tk_reply_opts;
+enum { TK_ESS_NONE = 1, TK_ESS_OTHER = 2, TK_ESS_SELF = 3 };
 
 /* The DER TimeStampResp `t` gives to `req`, tampered as `o` says. */
 qk_buf tk_tsa_reply(const tk_tsa *t, const uint8_t *req, size_t len, const tk_reply_opts *o);

@@ -1108,6 +1108,37 @@ static void test_detached_timestamp(void **state)
     assert_false(r->sigs[0].timestamp->ok);
     qk_verify_report_free(r);
 
+    /* The token's ESS signingCertificate must name the certificate that
+     * signed it: a token without one, or naming another certificate, fails
+     * although its signature is good. The control re-signs the same way
+     * with OpenSSL's own attribute: it passes. */
+    static const struct {
+        int ess;
+        const char *file, *error;
+    } ess_cases[] = {
+        {TK_ESS_NONE, "ts-noess.p7s", "no ESS signingCertificate"},
+        {TK_ESS_OTHER, "ts-otheress.p7s", "does not name its signer certificate"},
+    };
+    tsa.o.ess = TK_ESS_SELF;
+    make_ts_detached("leaf", &tsa, "ts-selfess.p7s");
+    tsa.o.ess = 0;
+    r = verify_detached_opts("ts-selfess.p7s", &o);
+    assert_true(r->valid);
+    assert_true(r->sigs[0].timestamp->ok);
+    qk_verify_report_free(r);
+    for (size_t i = 0; i < sizeof(ess_cases) / sizeof(ess_cases[0]); i++) {
+        tsa.o.ess = ess_cases[i].ess;
+        make_ts_detached("leaf", &tsa, ess_cases[i].file);
+        tsa.o.ess = 0;
+        r = verify_detached_opts(ess_cases[i].file, &o);
+        assert_false(r->valid);
+        assert_true(r->sigs[0].digest_ok && r->sigs[0].signature_ok && r->sigs[0].chain_ok);
+        assert_false(r->sigs[0].timestamp->ok);
+        if (strstr(r->sigs[0].timestamp->error, ess_cases[i].error) == NULL)
+            fail_msg("%s: %s", ess_cases[i].file, r->sigs[0].timestamp->error);
+        qk_verify_report_free(r);
+    }
+
     /* A signature from before the change: the token under Microsoft's OID. */
     move_token_to_ms_attr("ts.p7s", "ts-ms.p7s");
     r = verify_detached_opts("ts-ms.p7s", &o);
