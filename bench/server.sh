@@ -150,10 +150,12 @@ print(db.execute("SELECT count(*) FROM audit WHERE action = '"'"'sign.digest'"'"
     "$tmp/data/qwick.db")
 echo "  audit rows   $audited (warm-up included)"
 # Group commit as the server saw it (warm-up included).
-python3 - "$port" "$tmp/data/tls-ca.pem" <<'PYEOF' || true
+python3 - "$port" "$tmp/data/tls-ca.pem" "$key" <<'PYEOF' || true
 import ssl, sys, urllib.request
 ctx = ssl.create_default_context(cafile=sys.argv[2])
-text = urllib.request.urlopen(f"https://127.0.0.1:{sys.argv[1]}/metrics", context=ctx).read().decode()
+req = urllib.request.Request(f"https://127.0.0.1:{sys.argv[1]}/metrics",
+                             headers={"Authorization": f"Bearer {sys.argv[3]}"})
+text = urllib.request.urlopen(req, context=ctx).read().decode()
 v = {l.split()[0]: float(l.split()[1]) for l in text.splitlines()
      if l.startswith("qwickd_store_") and not l.startswith("#")}
 c, w, d, k = (v.get(f"qwickd_store_{n}_total", 0)

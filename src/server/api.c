@@ -268,6 +268,14 @@ void api_healthz(http_req *req)
 void api_metrics(http_req *req)
 {
     size_t len = 0;
+    /* Profile names and traffic are the org's business: a scraper sends a
+     * key (Prometheus: authorization.credentials), any role will do. */
+    if (!req->srv->metrics_anonymous) {
+        store_apikey key;
+        if (api_authenticate(req, &key) != 0)
+            return;
+        store_apikey_clear(&key);
+    }
     char *text = metrics_render(req->srv->metrics, &len);
     if (text == NULL) {
         http_error(req, 500, "internal", "out of memory");

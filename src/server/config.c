@@ -118,6 +118,24 @@ static qk_err check_public_url(const char *u)
     return QK_OK;
 }
 
+static qk_err parse_metrics(json_t *obj, qwickd_config *c)
+{
+    const char *k;
+    json_t *v;
+    if (!json_is_object(obj))
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: \"metrics\" must be an object", CONFIG_FILE);
+    json_object_foreach(obj, k, v)
+    {
+        if (strcmp(k, "anonymous") != 0)
+            return unknown("metrics.", k);
+        if (!json_is_boolean(v))
+            return qk_fail(QK_ERR_INVALID_ARG, "%s: \"metrics.anonymous\" must be true or false",
+                           CONFIG_FILE);
+        c->metrics_anonymous = json_is_true(v);
+    }
+    return QK_OK;
+}
+
 static qk_err parse_limits(json_t *obj, qwickd_config *c)
 {
     const char *k;
@@ -193,6 +211,8 @@ qk_err config_load(const char *data_dir, qwickd_config *out)
             rc = parse_pair(v, "tsa.", &c.tsa_cert, &c.tsa_key, &c.tsa_policy, data_dir);
         else if (strcmp(k, "limits") == 0)
             rc = parse_limits(v, &c);
+        else if (strcmp(k, "metrics") == 0)
+            rc = parse_metrics(v, &c);
         else
             rc = unknown("", k);
         if (rc != QK_OK)
@@ -214,10 +234,10 @@ qk_err config_write_defaults(const char *data_dir, const char *listen)
     char *path = path_join(data_dir, CONFIG_FILE);
     char *text = NULL;
     json_t *root = json_pack(
-        "{s:i, s:s, s:n, s:s, s:{s:s, s:s}, s:{s:s, s:s, s:n}, s:{s:i, s:i, s:i, s:i, s:i}}", "version",
+        "{s:i, s:s, s:n, s:s, s:{s:s, s:s}, s:{s:s, s:s, s:n}, s:{s:b}, s:{s:i, s:i, s:i, s:i, s:i}}", "version",
         1, "listen", listen != NULL ? listen : CONFIG_DEFAULT_LISTEN, "public_url", "default_org",
         CONFIG_DEFAULT_ORG, "tls", "cert", PKI_TLS_CERT, "key", PKI_TLS_KEY, "tsa", "cert",
-        PKI_TSA_CERT, "key", PKI_TSA_KEY_SEALED, "policy", "limits", "threads", 0,
+        PKI_TSA_CERT, "key", PKI_TSA_KEY_SEALED, "policy", "metrics", "anonymous", 0, "limits", "threads", 0,
         "max_connections", (int)CONFIG_DEFAULT_MAX_CONNECTIONS, "max_body_bytes",
         (int)CONFIG_DEFAULT_MAX_BODY, "connection_timeout_seconds",
         (int)CONFIG_DEFAULT_CONN_TIMEOUT, "commit_delay_us", (int)CONFIG_DEFAULT_COMMIT_DELAY_US);

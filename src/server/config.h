@@ -10,6 +10,7 @@
  *     "default_org": "default",
  *     "tls": {"cert": "tls.pem", "key": "tls.key"},
  *     "tsa": {"cert": "tsa.pem", "key": "tsa.key.sealed", "policy": null},
+ *     "metrics": {"anonymous": false},    // true: GET /metrics without an API key
  *     "limits": {"threads": 0,            // 0: one per core
  *                "max_connections": 512,
  *                "max_body_bytes": 65536,
@@ -49,6 +50,7 @@ typedef struct qwickd_config {
     size_t max_body;
     unsigned connection_timeout; /* seconds */
     unsigned commit_delay_us;
+    int metrics_anonymous;
 } qwickd_config;
 
 /* Defaults, with paths resolved against data_dir. */

@@ -445,6 +445,7 @@ int cmd_serve(int argc, char **argv)
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
     unsigned port = di ? di->port : 0;
+    srv.metrics_anonymous = cfg.metrics_anonymous;
     if (cfg.public_url != NULL)
         srv.base_url = xstrdup(cfg.public_url);
     else if (!is_wildcard(&ss))

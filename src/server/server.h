@@ -25,6 +25,9 @@ typedef struct server {
      * request's Host header is used then. */
     char *base_url;
     int tls;
+    /* GET /metrics without an API key (metrics.anonymous in qwickd.json);
+     * by default any valid key, whatever its role, is required. */
+    int metrics_anonymous;
     metrics *metrics;
     signer_cache *signers;
     tsa *tsa;

@@ -332,7 +332,12 @@ check "audit hash chain intact" "$QWICKD" audit verify --data "$data"
 
 # --- metrics -------------------------------------------------------------------------
 call GET /metrics -
+expect_error 401 missing_api_key "metrics without a key"
+call GET /metrics qk_0000000000000000000000000000000000000000000
+expect_error 401 unknown_api_key "metrics with an unknown key"
+call GET /metrics "$viewer_key"
 m="$tmp/body"
+expect_status 200 "metrics with a viewer key"
 grep -q '^qwickd_http_requests_total{route="sign_digest",method="POST",status="200"} [0-9]' "$m" &&
     grep -q '^qwickd_signatures_total{profile="default",algorithm="sha512",format="cms"} [0-9]' "$m" &&
     grep -q '^qwickd_errors_total{code="unknown_field"} 2' "$m" &&

@@ -140,5 +140,19 @@ bad_config "public_url with a trailing slash refused" 'c["public_url"] = "https:
 bad_config "commit delay over 100 ms refused" 'c["limits"]["commit_delay_us"] = 100001' 'commit_delay_us'
 bad_config "unknown limits key refused" 'c["limits"]["commit_delay"] = 5' 'commit_delay'
 check_grep "init writes the commit delay default" '"commit_delay_us": 4000' "$D/qwickd.json"
+check_grep "init keeps /metrics behind a key" '"anonymous": false' "$D/qwickd.json"
+bad_config "metrics.anonymous must be a boolean" 'c["metrics"]["anonymous"] = "yes"' 'true or false'
+
+# --- metrics.anonymous opens /metrics to scrapers without a key ----------------------
+python3 -c 'import json,sys; c = json.load(open(sys.argv[1])); c["metrics"]["anonymous"] = True; json.dump(c, open(sys.argv[1], "w"))' \
+    "$D/qwickd.json"
+start_qwickd "$D"
+code=$(curl -s -o "$tmp/metrics.txt" -w '%{http_code}' --cacert "$TLSCA" "$QWICKD_URL/metrics" || true)
+check_eq "metrics.anonymous: /metrics answers without a key" "$code" 200
+check_grep "metrics.anonymous: Prometheus text" '^# TYPE qwickd_store_commits_total counter' "$tmp/metrics.txt"
+code=$(curl -s -o /dev/null -w '%{http_code}' --cacert "$TLSCA" "$QWICKD_URL/api/v1/keys" || true)
+check_eq "metrics.anonymous: the API still needs a key" "$code" 401
+stop_qwickd
+cp "$tmp/qwickd.json.bak" "$D/qwickd.json"
 
 t_done
