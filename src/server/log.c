@@ -1,5 +1,7 @@
 #include "log.h"
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -9,6 +11,8 @@
 
 /* Longest line written; longer values are cut (and marked) rather than split. */
 #define LOG_MAX_LINE 4096
+/* Buffered mode: bytes held before a flush is forced. */
+#define LOG_BUF_SIZE (64 * 1024)
 
 static atomic_int min_level = LOG_INFO;
 
@@ -87,11 +91,15 @@ static void put_value(line *l, const char *v)
     put_raw(l, "\"", 1);
 }
 
+static void emit(log_level level, const char *text, size_t len);
+
 void log_kv(log_level level, const char *msg, ...)
 {
     if ((int)level < atomic_load(&min_level))
         return;
-    line l = {.len = 0, .cut = 0};
+    line l; /* not `= {0}`: that would clear the whole 4 KB buffer per line */
+    l.len = 0;
+    l.cut = 0;
     struct timespec now;
     struct tm tm;
     char ts[40];
@@ -128,14 +136,106 @@ void log_kv(log_level level, const char *msg, ...)
         l.len += sizeof(mark) - 1;
     }
     l.buf[l.len++] = '\n';
+    emit(level, l.buf, l.len);
+}
 
-    const char *p = l.buf;
-    size_t left = l.len;
+/* --- output: direct, or buffered with a flusher thread ---------------------- */
+
+static pthread_mutex_t out_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t out_cv;
+static pthread_t flusher;
+static int buffered, flusher_stop;
+static char out_buf[LOG_BUF_SIZE];
+static size_t out_len;
+
+static void write_all(const char *p, size_t left)
+{
     while (left > 0) {
         ssize_t w = write(STDERR_FILENO, p, left);
+        if (w < 0 && errno == EINTR)
+            continue;
         if (w <= 0)
-            break; /* nowhere to report a failing stderr */
+            return; /* nowhere to report a failing stderr */
         p += w;
         left -= (size_t)w;
     }
+}
+
+/* Called with out_mu held. */
+static void flush_locked(void)
+{
+    write_all(out_buf, out_len);
+    out_len = 0;
+}
+
+static void emit(log_level level, const char *text, size_t len)
+{
+    pthread_mutex_lock(&out_mu);
+    if (!buffered) {
+        write_all(text, len);
+    } else {
+        if (out_len + len > sizeof(out_buf))
+            flush_locked();
+        memcpy(out_buf + out_len, text, len); /* len <= LOG_MAX_LINE < the buffer */
+        out_len += len;
+        if (level >= LOG_WARN)
+            flush_locked();
+    }
+    pthread_mutex_unlock(&out_mu);
+}
+
+static void *flusher_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&out_mu);
+    while (!flusher_stop) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        t.tv_nsec += LOG_FLUSH_MS * 1000000L;
+        t.tv_sec += t.tv_nsec / 1000000000L;
+        t.tv_nsec %= 1000000000L;
+        pthread_cond_timedwait(&out_cv, &out_mu, &t);
+        if (out_len > 0)
+            flush_locked();
+    }
+    pthread_mutex_unlock(&out_mu);
+    return NULL;
+}
+
+void log_buffered_start(void)
+{
+    pthread_mutex_lock(&out_mu);
+    if (buffered) {
+        pthread_mutex_unlock(&out_mu);
+        return;
+    }
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&out_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    flusher_stop = 0;
+    /* Without a flusher thread, lines are written directly as before. */
+    buffered = pthread_create(&flusher, NULL, flusher_main, NULL) == 0;
+    if (!buffered)
+        pthread_cond_destroy(&out_cv);
+    pthread_mutex_unlock(&out_mu);
+}
+
+void log_buffered_stop(void)
+{
+    pthread_mutex_lock(&out_mu);
+    if (!buffered) {
+        pthread_mutex_unlock(&out_mu);
+        return;
+    }
+    flusher_stop = 1;
+    pthread_cond_signal(&out_cv);
+    pthread_mutex_unlock(&out_mu);
+    pthread_join(flusher, NULL);
+    pthread_mutex_lock(&out_mu);
+    flush_locked();
+    buffered = 0;
+    pthread_cond_destroy(&out_cv);
+    pthread_mutex_unlock(&out_mu);
 }

@@ -457,6 +457,7 @@ int cmd_serve(int argc, char **argv)
     char portbuf[16], thr[16];
     snprintf(portbuf, sizeof(portbuf), "%u", port);
     snprintf(thr, sizeof(thr), "%u", threads);
+    log_buffered_start();
     log_kv(LOG_INFO, "listening", "listen", listen, "port", portbuf, "tls", srv.tls ? "1" : "0",
            "threads", thr, "url", srv.base_url ? srv.base_url : "-", "tsa",
            srv.tsa ? "enabled" : "disabled", NULL);
@@ -481,6 +482,7 @@ int cmd_serve(int argc, char **argv)
     log_kv(LOG_INFO, "stopped", NULL);
     ret = EXIT_OK;
 out:
+    log_buffered_stop();
     if (d != NULL)
         MHD_stop_daemon(d);
     workq_free(srv.signq);
