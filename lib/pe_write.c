@@ -204,6 +204,23 @@ static char *dir_of(const char *path)
     return d;
 }
 
+/* The file to replace: `path`, or what it names when it is a symbolic link
+ * (the file the link points to is signed, as signtool and cp would write
+ * it; replacing the link itself would leave the real file unsigned). */
+static qk_err resolve_target(const char *path, char **out)
+{
+    struct stat lst;
+    *out = NULL;
+    if (lstat(path, &lst) != 0 || !S_ISLNK(lst.st_mode)) {
+        *out = strdup(path);
+        return *out != NULL ? QK_OK : QK_ERR_NOMEM;
+    }
+    if ((*out = realpath(path, NULL)) == NULL)
+        return qk_fail(QK_ERR_IO, "%s: symbolic link to %s", path,
+                       errno == ENOENT ? "a missing file" : strerror(errno));
+    return QK_OK;
+}
+
 qk_err qk_pe_write_signed_begin(const qk_pe *pe, const qk_slice *sigs, size_t n, const char *path,
                                 qk_pe_pending **out)
 {
@@ -223,6 +240,10 @@ qk_err qk_pe_write_signed_begin(const qk_pe *pe, const qk_slice *sigs, size_t n,
     *out = NULL;
     if ((rc = plan(pe, sigs, n, &l)) != QK_OK)
         return rc;
+    char *target = NULL;
+    if ((rc = resolve_target(path, &target)) != QK_OK)
+        return rc;
+    path = target;
     if (stat(path, &st) == 0) {
         mode = st.st_mode & 07777;
     } else {
@@ -281,6 +302,7 @@ out:
     free(sink);
     free(dir);
     free(copy);
+    free(target);
     return rc;
 }
 

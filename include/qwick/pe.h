@@ -66,7 +66,10 @@ QK_EXPORT QK_WUR qk_err qk_pe_signing_digest(const qk_pe *pe, qk_hash_alg alg, u
  * unsigned images zero-padded to 8 bytes, each entry 8-byte padded with the
  * padding counted in dwLength, directory updated, checksum recomputed.
  * Atomic: writes a temporary file beside `path`, fsyncs, renames; keeps the
- * permissions of an existing `path`; on failure `path` is untouched. */
+ * permissions of an existing `path`; on failure `path` is untouched. A `path`
+ * that is a symbolic link is followed: the file it names is replaced, in its
+ * own directory (a dangling link is an error). Hard links to the old file
+ * keep the old content (a new inode replaces it). */
 QK_EXPORT QK_WUR qk_err qk_pe_write_signed(const qk_pe *pe, const qk_slice *sigs, size_t n,
                                            const char *path);
 /* Two-phase form of qk_pe_write_signed, so the caller can check the result

@@ -447,6 +447,21 @@ static char *dir_of(const char *path)
     return d;
 }
 
+/* The file a write to `dest` replaces: dest, or what it names when it is a
+ * symbolic link (as libqwick does for signed PE files). NULL and *err for a
+ * dangling link. */
+static char *follow_link(const char *dest, char **err)
+{
+    struct stat lst;
+    if (lstat(dest, &lst) != 0 || !S_ISLNK(lst.st_mode))
+        return xstrdup(dest);
+    char *r = realpath(dest, NULL);
+    if (r == NULL)
+        *err = xasprintf("%s: symbolic link to %s", dest,
+                         errno == ENOENT ? "a missing file" : strerror(errno));
+    return r;
+}
+
 /* Writes and fsyncs `.NAME.qwick-XXXXXX` beside dest; *tmp gets its path. */
 static int write_temp(const char *dest, qk_slice data, char **tmp, char **err)
 {
@@ -509,9 +524,13 @@ static int sign_detached(worker *w, job *jb, char **err)
     qk_buf sig = {0};
     qk_verify_report *rep = NULL;
     uint8_t md[QK_HASH_MAX_SIZE];
-    char *dest = o->out != NULL ? xstrdup(o->out) : xasprintf("%s.p7s", jb->path);
+    char *named = o->out != NULL ? xstrdup(o->out) : xasprintf("%s.p7s", jb->path);
+    char *dest = follow_link(named, err);
     char *tmp = NULL, *why = NULL;
 
+    free(named);
+    if (dest == NULL)
+        goto out;
     if (hash_file(jb->path, o->alg, md, &why) != 0) {
         *err = why;
         goto out;

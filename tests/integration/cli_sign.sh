@@ -96,6 +96,30 @@ check "--out leaves the input alone" cmp "$tmp/orig.exe" "$tmp/orig.copy"
 check "--out result verifies" osslverify "$tmp/out.exe"
 check_status 2 "--out with two inputs: exit 2" "$QWICK" sign --out "$tmp/x.exe" "$tmp/orig.exe" "$tmp/pe64.exe"
 
+# --- symbolic links: the file a link names is signed, the link stays -------------
+mkdir "$tmp/real"
+cp "$tmp/pe64.exe" "$tmp/real/app.exe"
+chmod 0750 "$tmp/real/app.exe"
+ln -s real/app.exe "$tmp/link.exe"
+check "sign through a symlink" "$QWICK" sign "$tmp/link.exe"
+[ -L "$tmp/link.exe" ] && ok "symlink: the link is still a link" || fail "symlink: the link was replaced"
+check "symlink: the target verifies" osslverify "$tmp/real/app.exe"
+check_eq "symlink: the target keeps its mode" "$(stat -c %a "$tmp/real/app.exe")" 750
+ls -a "$tmp/real" | grep -q qwick && fail "symlink: temporary file left" || ok "symlink: no temporary file left"
+ln -s missing.exe "$tmp/dangling.exe"
+check_status 1 "--out to a dangling symlink fails" "$QWICK" sign --out "$tmp/dangling.exe" "$tmp/pe32.exe"
+grep -q "symbolic link to a missing file" "$tmp/err" && ok "dangling symlink: clear error" ||
+    fail "dangling symlink: clear error ($(cat "$tmp/err"))"
+[ -L "$tmp/dangling.exe" ] && [ ! -e "$tmp/missing.exe" ] && ok "dangling symlink: nothing written" ||
+    fail "dangling symlink: something was written"
+printf 'notes\n' >"$tmp/notes-link.txt"
+: >"$tmp/real/notes.sig"
+ln -s real/notes.sig "$tmp/notes-link.txt.p7s"
+check "--detached: FILE.p7s a symlink" "$QWICK" sign --detached "$tmp/notes-link.txt"
+[ -L "$tmp/notes-link.txt.p7s" ] && [ -s "$tmp/real/notes.sig" ] &&
+    ok "--detached: the .p7s link's target holds the signature" ||
+    fail "--detached: the .p7s link was replaced"
+
 # --- a file name that is not UTF-8 (a Latin-1 name) ---------------------------
 latin1=$(printf 'caf\351.exe')
 cp "$tmp/pe32.exe" "$tmp/$latin1"

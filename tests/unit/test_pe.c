@@ -208,7 +208,8 @@ static void rm_tree(const char *dir)
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
         snprintf(p, sizeof(p), "%s/%s", dir, e->d_name);
-        unlink(p);
+        if (unlink(p) != 0 && errno == EISDIR)
+            rm_tree(p);
     }
     closedir(d);
     rmdir(dir);
@@ -1198,6 +1199,59 @@ static void test_write_signed_file(void **state)
     free(dir);
 }
 
+/* A symbolic link is followed: the file it names is replaced, in its own
+ * directory, and the link stays; a dangling link is refused untouched. */
+static void test_write_signed_through_symlink(void **state)
+{
+    (void)state;
+    char *dir = make_tmpdir();
+    char sub[1024], target[1024], link[1024], dangling[1024];
+    snprintf(sub, sizeof(sub), "%s/real", dir);
+    snprintf(target, sizeof(target), "%s/real/app.exe", dir);
+    snprintf(link, sizeof(link), "%s/link.exe", dir);
+    snprintf(dangling, sizeof(dangling), "%s/dangling.exe", dir);
+    assert_int_equal(mkdir(sub, 0755), 0);
+    pb_image img;
+    pb_spec s = {.pe32plus = 0, .nsections = 1, .section_raw = 0x200, .overlay = 3};
+    pb_build(&s, &img);
+    write_file(target, img.data, img.len, 0700);
+    assert_int_equal(symlink("real/app.exe", link), 0);
+    assert_int_equal(symlink("real/missing.exe", dangling), 0);
+
+    uint8_t der[64];
+    pb_fake_der(der, sizeof(der), 3);
+    qk_slice sig = {der, sizeof(der)};
+    qk_pe *pe = NULL;
+    qk_buf want = {0};
+    assert_int_equal(qk_pe_open(link, &pe), QK_OK);
+    assert_int_equal(qk_pe_build_signed(pe, &sig, 1, &want), QK_OK);
+    assert_int_equal(qk_pe_write_signed(pe, &sig, 1, link), QK_OK);
+    assert_int_equal(qk_pe_write_signed(pe, &sig, 1, dangling), QK_ERR_IO);
+    assert_non_null(strstr(qk_error_detail(), "symbolic link to a missing file"));
+    qk_pe_free(pe);
+
+    struct stat st;
+    assert_int_equal(lstat(link, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    assert_int_equal(lstat(dangling, &st), 0);
+    assert_true(S_ISLNK(st.st_mode));
+    assert_int_equal(stat(target, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+    size_t len;
+    char *got = read_file(target, &len);
+    assert_non_null(got);
+    assert_int_equal(len, want.len);
+    assert_memory_equal(got, want.data, len);
+    free(got);
+    assert_int_equal(count_entries(sub), 1); /* the temporary was in real/, and is gone */
+    assert_int_equal(count_entries(dir), 3); /* real/, link.exe, dangling.exe */
+
+    qk_buf_free(&want);
+    pb_free(&img);
+    rm_tree(dir);
+    free(dir);
+}
+
 static void test_write_signed_failure_keeps_original(void **state)
 {
     (void)state;
@@ -1337,6 +1391,7 @@ int main(void)
         cmocka_unit_test(test_build_signed_bad_args),
         cmocka_unit_test(test_open_errors),
         cmocka_unit_test(test_write_signed_file),
+        cmocka_unit_test(test_write_signed_through_symlink),
         cmocka_unit_test(test_write_signed_failure_keeps_original),
         cmocka_unit_test(test_pending_commit_and_abort),
     };
