@@ -1,6 +1,8 @@
 #!/bin/sh
-# Runs every registered test: all suites on the plain build, unit and fuzz
-# corpus replay again under ASan+UBSan. Ends with "N passed, N failed".
+# Runs every registered test: all suites on the plain build, then all again
+# under ASan+UBSan (the integration scripts drive the sanitizer builds of
+# qwick and qwickd; a report in a server's log fails the script). Ends with
+# "N passed, N failed".
 set -u
 BUILD=${1:-build}
 ASAN=${2:-build-asan}
@@ -25,7 +27,7 @@ run() { # dir label args...
 }
 
 run "$BUILD" plain
-run "$ASAN" asan --suite unit --suite fuzz-replay
+run "$ASAN" asan --suite unit --suite fuzz-replay --suite integration
 
 echo
 echo "$pass passed, $fail failed"

@@ -125,6 +125,14 @@ $3" "$2" >"$tmp/py.err" 2>&1; then ok "$1"; else
     fi
 }
 t_done() {
+    # Servers stop first so a sanitizer build writes its leak report; such
+    # reports go to the server's stderr without changing what clients see.
+    stop_all
+    _san=$(find "$tmp" -name '*.log' -exec grep -l 'runtime error\|ERROR: [A-Za-z]*Sanitizer' {} + 2>/dev/null || true)
+    if [ -n "$_san" ]; then
+        fail "sanitizer report in $(echo "$_san" | tr '\n' ' ')"
+        grep -h -A 20 'runtime error\|ERROR: [A-Za-z]*Sanitizer' $_san | head -n 40
+    fi
     echo "$t_name: $t_checks checks, $t_fails failures"
     [ "$t_fails" -eq 0 ] || exit 1
     exit 0
