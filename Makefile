@@ -1,12 +1,13 @@
 # Front door. `make` builds, `make demo` runs the end-to-end demo, `make test`
-# runs every test suite (plain build and ASan+UBSan build). Each target first
+# runs every test suite (plain build, ASan+UBSan build, TSan build). Each target first
 # installs missing Debian packages through scripts/setup.sh.
 BUILD ?= build
 ASAN ?= build-asan
+TSAN ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_SECONDS ?= 60
 
-.PHONY: all setup build asan test demo fuzz bench clean format
+.PHONY: all setup build asan tsan test demo fuzz bench clean format
 
 all: build
 
@@ -21,8 +22,13 @@ asan: setup
 	@[ -f $(ASAN)/build.ninja ] || meson setup $(ASAN) -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
 	@ninja -C $(ASAN)
 
-test: build asan
-	@sh scripts/run-tests.sh $(BUILD) $(ASAN)
+# ThreadSanitizer with clang (its runtime ships with the clang package).
+tsan: setup
+	@[ -f $(TSAN)/build.ninja ] || CC=clang meson setup $(TSAN) -Db_sanitize=thread -Db_lundef=false >/dev/null
+	@ninja -C $(TSAN)
+
+test: build asan tsan
+	@sh scripts/run-tests.sh $(BUILD) $(ASAN) $(TSAN)
 
 demo: build
 	@sh scripts/demo.sh $(BUILD)
@@ -41,4 +47,4 @@ format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf $(BUILD) $(ASAN) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN) $(TSAN) $(FUZZ_BUILD)

@@ -1,13 +1,17 @@
 #!/bin/sh
 # Runs every registered test: all suites on the plain build, then all again
-# under ASan+UBSan (the integration scripts drive the sanitizer builds of
-# qwick and qwickd; a report in a server's log fails the script). Ends with
-# "N passed, N failed".
+# under ASan+UBSan and under TSan (the integration scripts drive the
+# sanitizer builds of qwick and qwickd; a report in a server's log fails the
+# script). Ends with "N passed, N failed".
 set -u
 BUILD=${1:-build}
 ASAN=${2:-build-asan}
+TSAN=${3:-}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+# A race report makes a process exit 66 at its end; servers' reports are
+# caught in their logs by the integration scripts.
+export TSAN_OPTIONS=${TSAN_OPTIONS:-second_deadlock_stack=1}
 pass=0
 fail=0
 logs=""
@@ -28,6 +32,7 @@ run() { # dir label args...
 
 run "$BUILD" plain
 run "$ASAN" asan --suite unit --suite fuzz-replay --suite integration
+[ -z "$TSAN" ] || run "$TSAN" tsan --suite unit --suite integration
 
 echo
 echo "$pass passed, $fail failed"

@@ -128,10 +128,11 @@ t_done() {
     # Servers stop first so a sanitizer build writes its leak report; such
     # reports go to the server's stderr without changing what clients see.
     stop_all
-    _san=$(find "$tmp" -name '*.log' -exec grep -l 'runtime error\|ERROR: [A-Za-z]*Sanitizer' {} + 2>/dev/null || true)
+    _pat='runtime error\|ERROR: [A-Za-z]*Sanitizer\|WARNING: ThreadSanitizer'
+    _san=$(find "$tmp" -name '*.log' -exec grep -l "$_pat" {} + 2>/dev/null || true)
     if [ -n "$_san" ]; then
         fail "sanitizer report in $(echo "$_san" | tr '\n' ' ')"
-        grep -h -A 20 'runtime error\|ERROR: [A-Za-z]*Sanitizer' $_san | head -n 40
+        grep -h -A 20 "$_pat" $_san | head -n 40
     fi
     echo "$t_name: $t_checks checks, $t_fails failures"
     [ "$t_fails" -eq 0 ] || exit 1
