@@ -354,8 +354,13 @@ static void sign_run(void *arg)
     qk_buf sig = {NULL, 0};
     qk_err rc;
 
-    if ((rc = signer_get(srv, &j->prof, &cs)) != QK_OK ||
-        (rc = do_sign(&j->in, cs, &sig)) != QK_OK) {
+    if ((rc = signer_get(srv, &j->prof, &cs)) == QK_OK)
+        rc = do_sign(&j->in, cs, &sig);
+    /* Signed (or failed): this request's write is about to be queued, no
+     * longer "on its way" for the commit delay. Before the enqueue, so an
+     * enqueue that leaves nothing coming wakes a delaying writer. */
+    atomic_fetch_sub(&srv->signing, 1);
+    if (rc != QK_OK) {
         log_kv(LOG_ERROR, "signing failed", "request_id", req->id, "profile", j->in.profile,
                "detail", qk_error_detail(), NULL);
         if (audit_decision(req, &j->audit, AUDIT_FAILED, qk_strerror(rc)) == 0)
@@ -444,6 +449,7 @@ void api_sign_digest(http_req *req)
      * would leave its core idle while another thread's queue grows. Suspend
      * first, so no thread can resume a connection not yet suspended. */
     http_suspend(req);
+    atomic_fetch_add(&srv->signing, 1);
     if (workq_push(srv->signq, sign_run, j) != 0)
         sign_run(j); /* no signing thread (shutting down): do it here */
     return;

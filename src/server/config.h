@@ -15,7 +15,7 @@
  *                "max_connections": 512,
  *                "max_body_bytes": 65536,
  *                "connection_timeout_seconds": 30,
- *                "commit_delay_us": 4000}    // group commit delay under load; 0: off
+ *                "commit_delay_us": 4000}    // group commit delay while others sign; 0: off
  *   }
  */
 #ifndef QWICKD_CONFIG_H
@@ -31,8 +31,8 @@
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 512u
 #define CONFIG_DEFAULT_MAX_BODY (64u * 1024u)
 #define CONFIG_DEFAULT_CONN_TIMEOUT 30u
-/* How long, at most, a durable write waits for others to share its fsync
- * when writes arrive faster than this (store_sqlite_set_commit_delay). */
+/* How long, at most, a durable write waits for requests still being signed
+ * to share its fsync (store_sqlite_set_commit_delay). */
 #define CONFIG_DEFAULT_COMMIT_DELAY_US 4000u
 #define CONFIG_MAX_FILE (64u * 1024u)
 

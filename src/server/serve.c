@@ -377,7 +377,8 @@ int cmd_serve(int argc, char **argv)
         report_err("store", rc);
         goto out;
     }
-    store_sqlite_set_commit_delay(srv.store, cfg.commit_delay_us);
+    atomic_init(&srv.signing, 0);
+    store_sqlite_set_commit_delay(srv.store, cfg.commit_delay_us, &srv.signing);
     if ((rc = load_tsa(&cfg, srv.keyring, &srv.tsa)) != QK_OK) {
         /* Signing works without the TSA; /tsa answers 503 then. */
         log_kv(LOG_WARN, "TSA disabled", "detail", qk_error_detail(), NULL);

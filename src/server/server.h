@@ -32,6 +32,9 @@ typedef struct server {
     signer_cache *signers;
     tsa *tsa;
     workq *signq;   /* one thread per core: the RSA work of every connection */
+    /* Requests handed to the signing threads whose rows are not queued for
+     * commit yet: the store's commit delay waits only while this is > 0. */
+    atomic_int signing;
     workq *commits; /* threads that wait on durable commits off the HTTP pool */
     /* Set at SIGTERM: new requests get 503 and their connection is closed,
      * requests already admitted run to completion. */

@@ -9,6 +9,7 @@
 #define QWICKD_STORE_H
 
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "qwick/buf.h"
@@ -198,14 +199,15 @@ struct qk_store {
  * it rides along with the next batch) so authentication never waits on fsync. */
 qk_err store_sqlite_open(const char *data_dir, qk_store **out);
 #define STORE_SQLITE_FILE "qwick.db"
-/* Group commit delay: when writes arrive closer together than `usec`, the
- * writer waits up to `usec` after the oldest queued write for more of them,
- * so one fsync commits a bigger batch (less CPU per write, more latency per
- * write). Writes arriving further apart commit at once, and so does the
- * first write after an idle second. 0 (the default): off; at most
- * STORE_MAX_COMMIT_DELAY_US. */
+/* Group commit delay: while *coming > 0 (the caller's count of writes on
+ * their way, e.g. requests being signed), the writer waits up to `usec` after
+ * the oldest queued write for them, so one fsync commits a bigger batch (less
+ * CPU per write under load). It commits as soon as *coming drops to 0 or the
+ * batch is full; with nothing coming (a lone or serial client) it never
+ * waits. usec 0 or coming NULL (the default): off; at most
+ * STORE_MAX_COMMIT_DELAY_US. `coming` must outlive the store. */
 #define STORE_MAX_COMMIT_DELAY_US 100000u
-void store_sqlite_set_commit_delay(qk_store *s, unsigned usec);
+void store_sqlite_set_commit_delay(qk_store *s, unsigned usec, const atomic_int *coming);
 /* Test hook: make the next `n` batch commits fail (rolled back), to exercise
  * the "audit write failed, so the request fails" path. */
 void store_sqlite_fail_commits(qk_store *s, int n);

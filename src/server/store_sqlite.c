@@ -269,9 +269,10 @@ struct sq_store {
     size_t nqueued;
     int stopping;
     /* Commit delay (see store_sqlite_set_commit_delay): while `delaying`, an
-     * arrival does not wake the writer unless it fills a batch. */
+     * arrival does not wake the writer unless it fills a batch or nothing
+     * else is coming. */
     int64_t delay_ns;
-    int64_t last_arrival_ns, gap_ewma_ns;
+    const atomic_int *coming; /* the caller's count of writes on their way */
     int delaying;
 
     /* Checkpointer: copies committed WAL frames into the database from its
@@ -549,21 +550,27 @@ static int64_t mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Group commit delay, called with the queue locked and a job queued. Under
- * load (writes arriving closer together than the delay) the writer waits for
- * more writes, up to `delay_ns` after the oldest one queued, so one fsync
- * carries a bigger batch: fewer fsyncs, less kernel and SQLite work per
- * write. A lone write (arrivals further apart than the delay) commits at
- * once, so an idle server adds no latency. */
+static int writes_coming(const sq_store *s)
+{
+    return s->coming != NULL && atomic_load(s->coming) > 0;
+}
+
+/* Group commit delay, called with the queue locked and a job queued. While
+ * the caller says more writes are on their way (requests being signed right
+ * now), the writer waits for them, up to `delay_ns` after the oldest queued
+ * write, so one fsync carries a bigger batch: fewer fsyncs, less kernel and
+ * SQLite work per write. With nothing on its way (a lone request, a serial
+ * client, an admin command) the write commits at once: waiting could not
+ * add anything to the batch, only latency. */
 static void commit_delay(sq_store *s)
 {
-    if (s->delay_ns <= 0 || s->gap_ewma_ns >= s->delay_ns)
+    if (s->delay_ns <= 0 || !writes_coming(s))
         return;
     int64_t deadline = s->head->queued_ns + s->delay_ns;
     struct timespec ts = {(time_t)(deadline / 1000000000), (long)(deadline % 1000000000)};
     s->delaying = 1;
     atomic_fetch_add(&s->delayed, 1);
-    while (!s->stopping && s->nqueued < MAX_BATCH && mono_ns() < deadline)
+    while (!s->stopping && s->nqueued < MAX_BATCH && writes_coming(s) && mono_ns() < deadline)
         if (pthread_cond_timedwait(&s->wcv, &s->wmu, &ts) == ETIMEDOUT)
             break;
     s->delaying = 0;
@@ -627,14 +634,8 @@ static void enqueue(sq_store *s, wjob *j)
         s->head = j;
     s->tail = j;
     s->nqueued++;
-    /* Mean gap between arrivals (EWMA, weight 1/8), capped so one long idle
-     * spell does not take many arrivals to forget. */
-    int64_t gap = now - s->last_arrival_ns;
-    if (gap > 1000000000)
-        gap = 1000000000;
-    s->gap_ewma_ns += (gap - s->gap_ewma_ns) / 8;
-    s->last_arrival_ns = now;
-    if (!s->delaying || s->nqueued >= MAX_BATCH || s->stopping)
+    /* A delaying writer is woken only when waiting longer is pointless. */
+    if (!s->delaying || s->nqueued >= MAX_BATCH || s->stopping || !writes_coming(s))
         pthread_cond_signal(&s->wcv);
 }
 
@@ -1862,7 +1863,6 @@ qk_err store_sqlite_open(const char *data_dir, qk_store **out)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* commit_delay's deadlines */
     pthread_cond_init(&s->wcv, &ca);
     pthread_condattr_destroy(&ca);
-    s->gap_ewma_ns = 1000000000;
     atomic_init(&s->fail_commits, 0);
     atomic_init(&s->commits, 0);
     atomic_init(&s->writes, 0);
@@ -1921,13 +1921,14 @@ void store_sqlite_flush(qk_store *base)
     (void)submit((sq_store *)base, job_nothing, NULL);
 }
 
-void store_sqlite_set_commit_delay(qk_store *base, unsigned usec)
+void store_sqlite_set_commit_delay(qk_store *base, unsigned usec, const atomic_int *coming)
 {
     sq_store *s = (sq_store *)base;
     if (usec > STORE_MAX_COMMIT_DELAY_US)
         usec = STORE_MAX_COMMIT_DELAY_US;
     pthread_mutex_lock(&s->wmu);
     s->delay_ns = (int64_t)usec * 1000;
+    s->coming = coming;
     pthread_mutex_unlock(&s->wmu);
 }
 

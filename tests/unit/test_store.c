@@ -2,6 +2,7 @@
 #include "tmpdir.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -664,45 +665,63 @@ static uint64_t paced_run(qk_store *s, int64_t org, const char *tag, uint64_t *d
     return b.commits - a.commits;
 }
 
-/* Writes 20 ms apart: without a delay each commits alone (unless fsync took
- * 20 ms); with a 200 ms window... capped at STORE_MAX_COMMIT_DELAY_US (100 ms)
- * they share commits once the arrival rate is known. Every write lands. */
-static void test_commit_delay_batches_steady_writes(void **state)
+/* Writes 20 ms apart while more are said to be on their way (the server's
+ * count of requests being signed): without a delay each commits alone
+ * (unless an fsync took 20 ms); with a 200 ms delay (capped at
+ * STORE_MAX_COMMIT_DELAY_US, 100 ms) they share commits. With the delay on
+ * but nothing on its way, none waits. Every write lands in every case. */
+static void test_commit_delay_batches_while_writes_are_coming(void **state)
 {
     fixture *f = *state;
     int64_t org = new_org(f->s, "acme"), n = 0;
-    uint64_t delayed = 0;
+    uint64_t delayed = 0, idle_delayed = 0;
+    static atomic_int coming;
 
+    atomic_store(&coming, 1);
     uint64_t plain = paced_run(f->s, org, "a", &delayed);
     assert_int_equal(delayed, 0);
-    store_sqlite_set_commit_delay(f->s, 200000);
+    store_sqlite_set_commit_delay(f->s, 200000, &coming);
     uint64_t with_delay = paced_run(f->s, org, "b", &delayed);
-    print_message("30 writes 20 ms apart: %llu commits without delay, %llu with (%llu delayed)\n",
+    atomic_store(&coming, 0);
+    uint64_t nothing_coming = paced_run(f->s, org, "c", &idle_delayed);
+    print_message("30 writes 20 ms apart: %llu commits without delay, %llu with (%llu delayed), "
+                  "%llu with nothing coming\n",
                   (unsigned long long)plain, (unsigned long long)with_delay,
-                  (unsigned long long)delayed);
+                  (unsigned long long)delayed, (unsigned long long)nothing_coming);
     assert_true(delayed > 0);
     assert_true(with_delay + 5 <= plain);
+    assert_int_equal(idle_delayed, 0);
     assert_int_equal(STORE_CALL(f->s, audit_count, org, NULL, &n), QK_OK);
-    assert_int_equal(n, 2 * PACED_WRITES);
+    assert_int_equal(n, 3 * PACED_WRITES);
     verify_expect(f->s, org, 1, 0);
+    store_sqlite_set_commit_delay(f->s, 0, NULL);
 }
 
-/* A write on an idle store is not held back, whatever the delay. */
-static void test_commit_delay_idle_write_not_delayed(void **state)
+/* A write while nothing else is on its way is not held back, whatever the
+ * delay; nor with the delay on but no count given. */
+static void test_commit_delay_lone_write_not_delayed(void **state)
 {
     fixture *f = *state;
     int64_t org = new_org(f->s, "acme");
     store_sign_request r;
     store_audit a;
     store_sqlite_counters before, after;
+    static atomic_int coming;
 
-    store_sqlite_set_commit_delay(f->s, STORE_MAX_COMMIT_DELAY_US);
+    atomic_store(&coming, 0);
     store_sqlite_stats(f->s, &before);
+    store_sqlite_set_commit_delay(f->s, STORE_MAX_COMMIT_DELAY_US, &coming);
     make_request(&r, org, "req_00000000000000000000000000000001");
-    make_audit(&a, org, r.id, "idle.exe");
+    make_audit(&a, org, r.id, "lone.exe");
+    assert_int_equal(STORE_CALL(f->s, request_record, &r, &a), QK_OK);
+    store_sqlite_set_commit_delay(f->s, STORE_MAX_COMMIT_DELAY_US, NULL);
+    make_request(&r, org, "req_00000000000000000000000000000002");
+    make_audit(&a, org, r.id, "lone.exe");
     assert_int_equal(STORE_CALL(f->s, request_record, &r, &a), QK_OK);
     store_sqlite_stats(f->s, &after);
     assert_int_equal(after.delayed - before.delayed, 0);
+    assert_int_equal(after.writes - before.writes, 2);
+    store_sqlite_set_commit_delay(f->s, 0, NULL);
 }
 
 static int64_t file_size(const char *dir, const char *name)
@@ -786,8 +805,8 @@ int main(void)
         T(test_commit_failure_fails_callers),
         T(test_reads_do_not_wait_for_writer),
         T(test_input_limits),
-        T(test_commit_delay_batches_steady_writes),
-        T(test_commit_delay_idle_write_not_delayed),
+        T(test_commit_delay_batches_while_writes_are_coming),
+        T(test_commit_delay_lone_write_not_delayed),
         T(test_checkpointer_copies_wal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
