@@ -21,6 +21,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "file_atomic.h"
 #include "config.h"
 #include "qwick/authenticode.h"
 #include "qwick/pe.h"
@@ -43,6 +44,9 @@ typedef struct sign_opts {
     qk_hash_alg alg;
     const char *description, *url;
     const char *ca, *tsa_ca; /* trust for the post-write check; NULL: integrity only */
+    /* Mode of a new .p7s: 0666 less the umask, read once before the workers
+     * start (umask() is process-wide; reading it changes it for a moment). */
+    mode_t p7s_mode;
 } sign_opts;
 
 typedef struct job {
@@ -425,96 +429,6 @@ out:
     return rc;
 }
 
-static int write_all(int fd, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0)
-            return -1;
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-static char *dir_of(const char *path)
-{
-    char *copy = xstrdup(path);
-    char *d = xstrdup(dirname(copy));
-    free(copy);
-    return d;
-}
-
-/* The file a write to `dest` replaces: dest, or what it names when it is a
- * symbolic link (as libqwick does for signed PE files). NULL and *err for a
- * dangling link. */
-static char *follow_link(const char *dest, char **err)
-{
-    struct stat lst;
-    if (lstat(dest, &lst) != 0 || !S_ISLNK(lst.st_mode))
-        return xstrdup(dest);
-    char *r = realpath(dest, NULL);
-    if (r == NULL)
-        *err = xasprintf("%s: symbolic link to %s", dest,
-                         errno == ENOENT ? "a missing file" : strerror(errno));
-    return r;
-}
-
-/* Writes and fsyncs `.NAME.qwick-XXXXXX` beside dest; *tmp gets its path. */
-static int write_temp(const char *dest, qk_slice data, char **tmp, char **err)
-{
-    char *dir = dir_of(dest);
-    char *path = xasprintf("%s/.%s.qwick-XXXXXX", dir, base_name(dest));
-    int fd = mkstemp(path), rc = -1;
-    mode_t um = umask(0);
-
-    umask(um);
-    if (fd < 0) {
-        *err = xasprintf("creating a temporary file in %s: %s", dir, strerror(errno));
-        free(path);
-        path = NULL;
-        goto out;
-    }
-    /* A signature is public: the usual file mode, not mkstemp's 0600. */
-    if (fchmod(fd, 0666 & ~um) != 0 || write_all(fd, data.data, data.len) != 0 || fsync(fd) != 0) {
-        *err = xasprintf("writing %s: %s", path, strerror(errno));
-        goto out;
-    }
-    rc = 0;
-out:
-    if (fd >= 0 && close(fd) != 0 && rc == 0) {
-        *err = xasprintf("writing %s: %s", path, strerror(errno));
-        rc = -1;
-    }
-    if (rc != 0 && path != NULL) {
-        unlink(path);
-        free(path);
-        path = NULL;
-    }
-    *tmp = path;
-    free(dir);
-    return rc;
-}
-
-static int commit_temp(const char *tmp, const char *dest, char **err)
-{
-    if (rename(tmp, dest) != 0) {
-        *err = xasprintf("rename to %s: %s", dest, strerror(errno));
-        return -1;
-    }
-    /* Make the rename itself durable. */
-    char *dir = dir_of(dest);
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
-    free(dir);
-    return 0;
-}
-
 static int sign_detached(worker *w, job *jb, char **err)
 {
     const sign_opts *o = w->r->o;
@@ -525,7 +439,7 @@ static int sign_detached(worker *w, job *jb, char **err)
     qk_verify_report *rep = NULL;
     uint8_t md[QK_HASH_MAX_SIZE];
     char *named = o->out != NULL ? xstrdup(o->out) : xasprintf("%s.p7s", jb->path);
-    char *dest = follow_link(named, err);
+    char *dest = afile_target(named, err);
     char *tmp = NULL, *why = NULL;
 
     free(named);
@@ -537,7 +451,8 @@ static int sign_detached(worker *w, job *jb, char **err)
     }
     if (request_signature(w, jb, "cms", md, &res, &sig, err) != 0)
         goto out;
-    if (write_temp(dest, (qk_slice){sig.data, sig.len}, &tmp, err) != 0)
+    /* A signature is public: the usual file mode, not mkstemp's 0600. */
+    if (afile_write_temp(dest, sig.data, sig.len, o->p7s_mode, &tmp, err) != 0)
         goto out;
     tmp_track(w->slot, tmp);
     /* Re-reads the content: catches a file changed while it was being signed. */
@@ -549,7 +464,7 @@ static int sign_detached(worker *w, job *jb, char **err)
     if ((*err = check_report(o, rep, 1)) != NULL || interrupted(err))
         goto out;
     tmp_untrack(w->slot);
-    if (commit_temp(tmp, dest, err) != 0)
+    if (afile_commit(tmp, dest, err) != 0)
         goto out;
     free(tmp);
     tmp = NULL;
@@ -792,6 +707,9 @@ int cmd_sign(int argc, char **argv)
     };
     int status = QK_EXIT_USAGE, c, njobs = 0, curl_up = 0;
     sign_opts o = {.alg = QK_HASH_SHA256};
+    mode_t um = umask(0);
+    umask(um);
+    o.p7s_mode = 0666 & ~um;
     cli_config flags = {0};
     inputs in = {0};
     run r = {0};

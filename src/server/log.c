@@ -1,6 +1,5 @@
 #include "log.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -8,6 +7,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "file_atomic.h"
 
 /* Longest line written; longer values are cut (and marked) rather than split. */
 #define LOG_MAX_LINE 4096
@@ -148,17 +149,9 @@ static int buffered, flusher_stop;
 static char out_buf[LOG_BUF_SIZE];
 static size_t out_len;
 
-static void write_all(const char *p, size_t left)
+static void write_all(const char *p, size_t n)
 {
-    while (left > 0) {
-        ssize_t w = write(STDERR_FILENO, p, left);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return; /* nowhere to report a failing stderr */
-        p += w;
-        left -= (size_t)w;
-    }
+    (void)fd_write_all(STDERR_FILENO, p, n); /* nowhere to report a failing stderr */
 }
 
 /* Called with out_mu held. */

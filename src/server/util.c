@@ -13,6 +13,8 @@
 #include "internal.h"
 #include "util.h"
 
+#include "file_atomic.h"
+
 char *path_join(const char *dir, const char *name)
 {
     return xasprintf("%s/%s", dir, name);
@@ -86,15 +88,8 @@ out:
 
 static qk_err write_all(int fd, const char *path, qk_slice data)
 {
-    size_t off = 0;
-    while (off < data.len) {
-        ssize_t w = write(fd, data.data + off, data.len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w < 0)
-            return qk_fail(QK_ERR_IO, "write %s: %s", path, strerror(errno));
-        off += (size_t)w;
-    }
+    if (fd_write_all(fd, data.data, data.len) != 0)
+        return qk_fail(QK_ERR_IO, "write %s: %s", path, strerror(errno));
     if (fsync(fd) != 0)
         return qk_fail(QK_ERR_IO, "fsync %s: %s", path, strerror(errno));
     return QK_OK;
@@ -143,27 +138,15 @@ qk_err file_create_excl(const char *path, qk_slice data, mode_t mode)
 
 qk_err file_replace(const char *path, qk_slice data, mode_t mode)
 {
-    char *tmp = xasprintf("%s.tmp-XXXXXX", path);
-    qk_err rc = QK_ERR_IO;
-    int fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
-        rc = qk_fail(QK_ERR_IO, "create %s: %s", tmp, strerror(errno));
-        free(tmp);
-        return rc;
+    char *tmp = NULL, *err = NULL;
+    qk_err rc = QK_OK;
+    if (afile_write_temp(path, data.data, data.len, mode, &tmp, &err) != 0 ||
+        afile_commit(tmp, path, &err) != 0) {
+        rc = qk_fail(QK_ERR_IO, "%s", err);
+        if (tmp != NULL)
+            unlink(tmp);
     }
-    rc = QK_OK;
-    if (fchmod(fd, mode) != 0)
-        rc = qk_fail(QK_ERR_IO, "chmod %s: %s", tmp, strerror(errno));
-    if (rc == QK_OK)
-        rc = write_all(fd, tmp, data);
-    if (close(fd) != 0 && rc == QK_OK)
-        rc = qk_fail(QK_ERR_IO, "close %s: %s", tmp, strerror(errno));
-    if (rc == QK_OK && rename(tmp, path) != 0)
-        rc = qk_fail(QK_ERR_IO, "rename %s: %s", path, strerror(errno));
-    if (rc == QK_OK)
-        rc = parent_fsync(path);
-    if (rc != QK_OK)
-        unlink(tmp);
+    free(err);
     free(tmp);
     return rc;
 }
