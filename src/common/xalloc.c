@@ -50,6 +50,14 @@ char *xstrdup(const char *s)
     return p;
 }
 
+char *xstrndup(const char *s, size_t n)
+{
+    char *p = strndup(s, n);
+    if (p == NULL)
+        oom();
+    return p;
+}
+
 char *xstrdup_null(const char *s) { return s == NULL ? NULL : xstrdup(s); }
 
 char *xasprintf(const char *fmt, ...)

@@ -10,6 +10,8 @@ void *xmalloc(size_t n);
 void *xcalloc(size_t n, size_t m);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
+/* The first n bytes of s (fewer when s is shorter), NUL-terminated. */
+char *xstrndup(const char *s, size_t n);
 /* xstrdup that maps NULL to NULL. */
 char *xstrdup_null(const char *s);
 /* printf into a fresh heap string. */

@@ -170,7 +170,7 @@ static qk_err populate(const init_opts *o, const char *keyring_path, char key[AP
     if ((rc = STORE_CALL(st, signing_key_create, org, "local-pem",
                          (qk_slice){sealed.data, sealed.len}, &key_id)) != QK_OK ||
         (rc = STORE_CALL(st, profile_create, org, "default", "local", key_id,
-                         (qk_slice){cs.chain_der.data, cs.chain_der.len}, &profile_id)) != QK_OK ||
+                         (qk_slice){cs.chain_der.data, cs.chain_der.len}, NULL, &profile_id)) != QK_OK ||
         (rc = apikey_create(st, org, user, "initial admin key", ROLE_ADMIN, 0, key, &apikey_id)) !=
             QK_OK)
         goto out;

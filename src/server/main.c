@@ -12,6 +12,7 @@ static const subcmd commands[] = {
     {"init", cmd_init, "create a data directory: database, master key, dev PKI, first API key"},
     {"serve", cmd_serve, "serve the HTTPS API"},
     {"apikey", cmd_apikey, "create, list and revoke API keys"},
+    {"profile", cmd_profile, "create, list, show and disable certificate profiles"},
     {"audit", cmd_audit, "verify the audit hash chain"},
 };
 

@@ -23,6 +23,7 @@
 int cmd_init(int argc, char **argv);
 int cmd_apikey(int argc, char **argv);
 int cmd_audit(int argc, char **argv);
+int cmd_profile(int argc, char **argv);
 /* Defined by serve.c (the HTTP server). */
 int cmd_serve(int argc, char **argv);
 

@@ -98,6 +98,7 @@ void store_profile_clear(store_profile *p)
         return;
     free(p->name);
     free(p->backend);
+    free(p->config);
     qk_buf_free(&p->chain_der);
     memset(p, 0, sizeof(*p));
 }
@@ -126,4 +127,27 @@ void store_sign_request_clear(store_sign_request *r)
     qk_buf_free(&r->signature);
     free(r->error);
     memset(r, 0, sizeof(*r));
+}
+
+void store_profile_list_free(store_profile *p, size_t n)
+{
+    for (size_t i = 0; p != NULL && i < n; i++)
+        store_profile_clear(&p[i]);
+    free(p);
+}
+
+void store_lease_list_free(store_lease *l, size_t n)
+{
+    for (size_t i = 0; l != NULL && i < n; i++) {
+        free(l[i].node);
+        free(l[i].key_id);
+    }
+    free(l);
+}
+
+void store_org_list_free(store_org *o, size_t n)
+{
+    for (size_t i = 0; o != NULL && i < n; i++)
+        store_org_clear(&o[i]);
+    free(o);
 }

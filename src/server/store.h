@@ -49,10 +49,29 @@ typedef struct store_profile {
     int64_t id;
     int64_t org_id;
     char *name;
-    char *backend;        /* "local" now; "pkcs11", "azure" later */
-    int64_t key_id;       /* row in signing_keys */
-    qk_buf chain_der;     /* concatenated DER certificates, leaf first */
+    char *backend;        /* "local" | "azure" ("pkcs11" later) */
+    int64_t key_id;       /* row in signing_keys: the sealed key or backend secrets */
+    qk_buf chain_der;     /* concatenated DER certificates, leaf first; empty for
+                           * backends whose certificate comes with each signature */
+    char *config;         /* the backend's settings as JSON, secrets removed (they
+                           * are sealed in key_id); NULL for profiles made by init */
+    int64_t created_at;
+    int64_t updated_at;   /* 0: never changed */
+    int64_t disabled_at;  /* 0: enabled */
 } store_profile;
+
+/* A lease on one Azure client secret (see signer_azure.h): rows are how the
+ * nodes sharing a store agree on how many secrets are alive for an app
+ * registration. A row is live while released_at is 0; its holder renews
+ * lease_until while it runs, so a row whose lease ran out belongs to a node
+ * that died and only waits for the reaper to revoke its secret. */
+typedef struct store_lease {
+    int64_t id;
+    char *node;           /* the holder: "<host>/<random>" of one qwickd run */
+    char *key_id;         /* Graph's keyId of the secret; NULL while creating it */
+    int64_t created_at;
+    int64_t lease_until;  /* unix seconds */
+} store_lease;
 
 /* An encrypted signing key: the envelope (see secrets.h) and its kind. */
 typedef struct store_signing_key {
@@ -135,8 +154,10 @@ typedef struct store_ops {
                                  int64_t *id);
     qk_err (*signing_key_get)(qk_store *s, int64_t org, int64_t id, store_signing_key *out,
                               int *found);
+    /* config: the profile's public settings (JSON text), may be NULL. */
     qk_err (*profile_create)(qk_store *s, int64_t org, const char *name, const char *backend,
-                             int64_t key_id, qk_slice chain_der, int64_t *id);
+                             int64_t key_id, qk_slice chain_der, const char *config,
+                             int64_t *id);
     qk_err (*profile_get)(qk_store *s, int64_t org, const char *name, store_profile *out,
                           int *found);
 
@@ -177,6 +198,32 @@ typedef struct store_ops {
      * not be called. Optional (NULL): callers fall back to request_record. */
     qk_err (*request_record_async)(qk_store *s, const store_sign_request *req,
                                    const store_audit *audit, store_done_fn done, void *arg);
+
+    /* Profile management (qwickd profile, /api/v1/profiles). */
+    qk_err (*profile_list)(qk_store *s, int64_t org, store_profile **out, size_t *n);
+    /* Sets disabled_at (once; disabling again keeps the first time). */
+    qk_err (*profile_disable)(qk_store *s, int64_t org, const char *name, int64_t now, int *found);
+    /* Replaces a sealed blob (a rotated refresh token), atomically. */
+    qk_err (*signing_key_update)(qk_store *s, int64_t org, int64_t id, qk_slice sealed,
+                                 int *found);
+    /* Every org (background jobs that serve all tenants, e.g. the reaper). */
+    qk_err (*org_list)(qk_store *s, store_org **out, size_t *n);
+
+    /* Azure secret leases for app registration `app` of `org`. */
+    /* In one transaction: if fewer than `max` rows are live, inserts one for
+     * `node` (*granted = 1, *lease_id set); otherwise *granted = 0. */
+    qk_err (*lease_acquire)(qk_store *s, int64_t org, const char *app, const char *node,
+                            int max, int64_t lease_until, int64_t *lease_id, int *granted);
+    /* Sets key_id (when not NULL) and lease_until (when > 0) of a live row. */
+    qk_err (*lease_update)(qk_store *s, int64_t org, int64_t lease_id, const char *key_id,
+                           int64_t lease_until);
+    /* Marks a row released (its secret is revoked or never existed). */
+    qk_err (*lease_release)(qk_store *s, int64_t org, int64_t lease_id, int64_t now);
+    /* Marks every live row holding `key_id` released (the reaper revoked it). */
+    qk_err (*lease_release_key)(qk_store *s, int64_t org, const char *app, const char *key_id,
+                                int64_t now);
+    /* The live rows of the app, oldest first. */
+    qk_err (*lease_list)(qk_store *s, int64_t org, const char *app, store_lease **out, size_t *n);
 } store_ops;
 
 struct qk_store {
@@ -234,6 +281,9 @@ void store_new_request_id(char out[40]);
 
 void store_apikey_clear(store_apikey *k);
 void store_profile_clear(store_profile *p);
+void store_profile_list_free(store_profile *p, size_t n);
+void store_lease_list_free(store_lease *l, size_t n);
+void store_org_list_free(store_org *o, size_t n);
 void store_signing_key_clear(store_signing_key *k);
 void store_sign_request_clear(store_sign_request *r);
 void store_org_clear(store_org *o);

@@ -138,6 +138,21 @@ static const char *const migrations[] = {
      * fetched by id, which the primary key covers), and the index cost one
      * more B-tree page written per group commit. */
     "DROP INDEX sign_requests_org;",
+    /* 3: certificate profiles managed after init (qwickd profile, the API):
+     * public settings, state; and the leases of Azure client secrets. */
+    "ALTER TABLE profiles ADD COLUMN config TEXT;"
+    "ALTER TABLE profiles ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE profiles ADD COLUMN disabled_at INTEGER NOT NULL DEFAULT 0;"
+    "CREATE TABLE azure_leases ("
+    "  id INTEGER PRIMARY KEY,"
+    "  org_id INTEGER NOT NULL REFERENCES orgs(id),"
+    "  app TEXT NOT NULL,"
+    "  node TEXT NOT NULL,"
+    "  key_id TEXT,"
+    "  created_at INTEGER NOT NULL,"
+    "  lease_until INTEGER NOT NULL,"
+    "  released_at INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX azure_leases_live ON azure_leases(org_id, app, released_at);",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -166,8 +181,21 @@ enum {
     R_AUDIT_ROWS,
     R_AUDIT_COUNT_REQ,
     R_AUDIT_COUNT_ALL,
+    R_PROFILE_LIST,
+    W_PROFILE_DISABLE,
+    W_SKEY_UPDATE,
+    R_ORG_LIST,
+    Q_LEASE_COUNT,
+    W_LEASE_INSERT,
+    W_LEASE_UPDATE,
+    W_LEASE_RELEASE,
+    W_LEASE_RELEASE_KEY,
+    R_LEASE_LIST,
     STMT__COUNT
 };
+
+#define PROFILE_COLS                                                                               \
+    "id, org_id, name, backend, key_id, chain_der, config, created_at, updated_at, disabled_at"
 
 #define APIKEY_COLS                                                                                \
     "id, org_id, coalesce(user_id, 0), name, prefix, role, created_at, expires_at, revoked_at, "   \
@@ -180,7 +208,7 @@ static const char *const stmt_sql[STMT__COUNT] = {
     [W_SKEY_INSERT] = "INSERT INTO signing_keys(org_id, kind, sealed, created_at) "
                       "VALUES(?1, ?2, ?3, ?4)",
     [W_PROFILE_INSERT] = "INSERT INTO profiles(org_id, name, backend, key_id, chain_der, "
-                         "created_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6)",
+                         "created_at, config) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     [W_APIKEY_INSERT] = "INSERT INTO api_keys(org_id, user_id, name, prefix, hash, role, "
                         "created_at, expires_at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     /* Revoking twice keeps the first time; the row still counts as found. */
@@ -206,8 +234,7 @@ static const char *const stmt_sql[STMT__COUNT] = {
     [R_ORG_FIND] = "SELECT id FROM orgs WHERE name = ?1",
     [R_SKEY_GET] =
         "SELECT id, org_id, kind, sealed FROM signing_keys WHERE org_id = ?1 AND id = ?2",
-    [R_PROFILE_GET] = "SELECT id, org_id, name, backend, key_id, chain_der FROM profiles "
-                      "WHERE org_id = ?1 AND name = ?2",
+    [R_PROFILE_GET] = "SELECT " PROFILE_COLS " FROM profiles WHERE org_id = ?1 AND name = ?2",
     [R_APIKEY_LOOKUP] = "SELECT " APIKEY_COLS " FROM api_keys WHERE hash = ?1",
     [R_APIKEY_LIST] = "SELECT " APIKEY_COLS " FROM api_keys WHERE org_id = ?1 ORDER BY id",
     [R_APIKEY_GET] = "SELECT " APIKEY_COLS " FROM api_keys WHERE org_id = ?1 AND id = ?2",
@@ -220,6 +247,24 @@ static const char *const stmt_sql[STMT__COUNT] = {
                      "FROM audit WHERE org_id = ?1 ORDER BY seq",
     [R_AUDIT_COUNT_REQ] = "SELECT count(*) FROM audit WHERE org_id = ?1 AND request_id = ?2",
     [R_AUDIT_COUNT_ALL] = "SELECT count(*) FROM audit WHERE org_id = ?1",
+    [R_PROFILE_LIST] = "SELECT " PROFILE_COLS " FROM profiles WHERE org_id = ?1 ORDER BY name",
+    [W_PROFILE_DISABLE] = "UPDATE profiles SET disabled_at = CASE WHEN disabled_at = 0 THEN ?3 "
+                          "ELSE disabled_at END, updated_at = ?3 WHERE org_id = ?1 AND name = ?2",
+    [W_SKEY_UPDATE] = "UPDATE signing_keys SET sealed = ?3 WHERE org_id = ?1 AND id = ?2",
+    [R_ORG_LIST] = "SELECT id, name FROM orgs ORDER BY id",
+    [Q_LEASE_COUNT] =
+        "SELECT count(*) FROM azure_leases WHERE org_id = ?1 AND app = ?2 AND released_at = 0",
+    [W_LEASE_INSERT] = "INSERT INTO azure_leases(org_id, app, node, created_at, lease_until) "
+                       "VALUES(?1, ?2, ?3, ?4, ?5)",
+    [W_LEASE_UPDATE] = "UPDATE azure_leases SET key_id = coalesce(?3, key_id), "
+                       "lease_until = CASE WHEN ?4 > 0 THEN ?4 ELSE lease_until END "
+                       "WHERE org_id = ?1 AND id = ?2 AND released_at = 0",
+    [W_LEASE_RELEASE] = "UPDATE azure_leases SET released_at = ?3 "
+                        "WHERE org_id = ?1 AND id = ?2 AND released_at = 0",
+    [W_LEASE_RELEASE_KEY] = "UPDATE azure_leases SET released_at = ?4 "
+                            "WHERE org_id = ?1 AND app = ?2 AND key_id = ?3 AND released_at = 0",
+    [R_LEASE_LIST] = "SELECT id, node, key_id, created_at, lease_until FROM azure_leases "
+                     "WHERE org_id = ?1 AND app = ?2 AND released_at = 0 ORDER BY id",
 };
 
 typedef struct conn {
@@ -938,6 +983,7 @@ typedef struct profile_create_arg {
     const char *name, *backend;
     int64_t key_id;
     qk_slice chain;
+    const char *config;
     int64_t id;
 } profile_create_arg;
 
@@ -954,6 +1000,7 @@ static qk_err job_profile_create(conn *c, wjob *j)
     sqlite3_bind_int64(st, 4, a->key_id);
     bind_blob(st, 5, a->chain.data, a->chain.len);
     sqlite3_bind_int64(st, 6, now_unix());
+    bind_text(st, 7, a->config);
     rc = step_write(c, st, "insert profile");
     if (rc == QK_OK)
         a->id = sqlite3_last_insert_rowid(c->db);
@@ -962,14 +1009,17 @@ static qk_err job_profile_create(conn *c, wjob *j)
 }
 
 static qk_err sq_profile_create(qk_store *base, int64_t org, const char *name, const char *backend,
-                                int64_t key_id, qk_slice chain_der, int64_t *id)
+                                int64_t key_id, qk_slice chain_der, const char *config,
+                                int64_t *id)
 {
-    profile_create_arg a = {org, name, backend, key_id, chain_der, 0};
+    profile_create_arg a = {org, name, backend, key_id, chain_der, config, 0};
     qk_err rc;
     *id = 0;
     if ((rc = check_text("profile name", name, 1)) != QK_OK ||
         (rc = check_text("backend", backend, 1)) != QK_OK)
         return rc;
+    if (config != NULL && strlen(config) > MAX_BLOB)
+        return qk_fail(QK_ERR_TOO_LARGE, "profile config of %zu bytes", strlen(config));
     if (chain_der.len > MAX_BLOB)
         return qk_fail(QK_ERR_TOO_LARGE, "certificate chain of %zu bytes", chain_der.len);
     if ((rc = submit((sq_store *)base, job_profile_create, &a)) == QK_OK)
@@ -1445,6 +1495,21 @@ out:
     return rc;
 }
 
+/* Fills a store_profile from a PROFILE_COLS row. */
+static void read_profile(sqlite3_stmt *st, store_profile *p)
+{
+    p->id = sqlite3_column_int64(st, 0);
+    p->org_id = sqlite3_column_int64(st, 1);
+    p->name = col_strdup(st, 2);
+    p->backend = col_strdup(st, 3);
+    p->key_id = sqlite3_column_int64(st, 4);
+    col_buf(st, 5, &p->chain_der);
+    p->config = col_strdup(st, 6);
+    p->created_at = sqlite3_column_int64(st, 7);
+    p->updated_at = sqlite3_column_int64(st, 8);
+    p->disabled_at = sqlite3_column_int64(st, 9);
+}
+
 static qk_err sq_profile_get(qk_store *base, int64_t org, const char *name, store_profile *out,
                              int *found)
 {
@@ -1466,12 +1531,7 @@ static qk_err sq_profile_get(qk_store *base, int64_t org, const char *name, stor
     bind_text(st, 2, name);
     r = sqlite3_step(st);
     if (r == SQLITE_ROW) {
-        out->id = sqlite3_column_int64(st, 0);
-        out->org_id = sqlite3_column_int64(st, 1);
-        out->name = col_strdup(st, 2);
-        out->backend = col_strdup(st, 3);
-        out->key_id = sqlite3_column_int64(st, 4);
-        col_buf(st, 5, &out->chain_der);
+        read_profile(st, out);
         *found = 1;
         rc = QK_OK;
     } else if (r == SQLITE_DONE) {
@@ -1816,6 +1876,276 @@ static void sq_close(qk_store *base)
     free(s);
 }
 
+/* ---- profile management and Azure secret leases ------------------------ */
+
+/* One bound value of a statement, so the simple writes and list reads below
+ * share one job and one row loop instead of a hand-written pair each. */
+typedef struct sq_val {
+    char t; /* 'i' integer, 's' text (NULL binds NULL), 'b' blob */
+    int64_t i;
+    const char *s;
+    const uint8_t *p;
+    size_t n;
+} sq_val;
+#define V_INT(x) ((sq_val){.t = 'i', .i = (x)})
+#define V_TEXT(x) ((sq_val){.t = 's', .s = (x)})
+#define V_BLOB(ptr, len) ((sq_val){.t = 'b', .p = (ptr), .n = (len)})
+
+static void bind_vals(sqlite3_stmt *st, const sq_val *v, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (v[i].t == 'i')
+            sqlite3_bind_int64(st, i + 1, v[i].i);
+        else if (v[i].t == 's')
+            bind_text(st, i + 1, v[i].s);
+        else
+            bind_blob(st, i + 1, v[i].p, v[i].n);
+    }
+}
+
+typedef struct exec_arg {
+    int id;
+    const sq_val *v;
+    int nv;
+    const char *what;
+    int64_t changes;
+} exec_arg;
+
+static qk_err job_exec(conn *c, wjob *j)
+{
+    exec_arg *a = j->arg;
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(c, a->id, &st);
+    if (rc != QK_OK)
+        return rc;
+    bind_vals(st, a->v, a->nv);
+    rc = step_write(c, st, a->what);
+    if (rc == QK_OK)
+        a->changes = sqlite3_changes(c->db);
+    stmt_done(st);
+    return rc;
+}
+
+/* Runs one write statement durably; *changes (may be NULL) = rows changed. */
+static qk_err exec_write(sq_store *s, int id, const sq_val *v, int nv, const char *what,
+                         int64_t *changes)
+{
+    exec_arg a = {id, v, nv, what, 0};
+    qk_err rc = submit(s, job_exec, &a);
+    if (changes != NULL)
+        *changes = a.changes;
+    return rc;
+}
+
+/* Reads every row of statement `id` into a growing array of `size`-byte
+ * elements, each filled by `fill`. */
+typedef void (*row_fill_fn)(sqlite3_stmt *st, void *elem);
+typedef void (*row_list_free_fn)(void *rows, size_t n);
+
+static qk_err query_rows(sq_store *s, int id, const sq_val *v, int nv, size_t size,
+                         row_fill_fn fill, row_list_free_fn list_free, const char *what,
+                         void **out, size_t *n)
+{
+    conn *c = NULL;
+    sqlite3_stmt *st = NULL;
+    uint8_t *rows = NULL;
+    size_t count = 0, cap = 0;
+    qk_err rc;
+    int r;
+
+    *out = NULL;
+    *n = 0;
+    if ((rc = reader_get(s, &c)) != QK_OK)
+        return rc;
+    if ((rc = stmt(c, id, &st)) != QK_OK)
+        goto out;
+    bind_vals(st, v, nv);
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (count == cap) {
+            cap = cap ? 2 * cap : 8;
+            rows = xrealloc(rows, cap * size);
+        }
+        memset(rows + count * size, 0, size);
+        fill(st, rows + count * size);
+        count++;
+    }
+    if (r != SQLITE_DONE) {
+        rc = db_fail(c->db, r, what);
+        goto out;
+    }
+    *out = rows;
+    *n = count;
+    rows = NULL;
+    count = 0;
+    rc = QK_OK;
+out:
+    if (rows != NULL)
+        list_free(rows, count);
+    stmt_done(st);
+    reader_put(s, c);
+    return rc;
+}
+
+static void fill_profile(sqlite3_stmt *st, void *e)
+{
+    read_profile(st, e);
+}
+
+static qk_err sq_profile_list(qk_store *base, int64_t org, store_profile **out, size_t *n)
+{
+    sq_val v[] = {V_INT(org)};
+    return query_rows((sq_store *)base, R_PROFILE_LIST, v, 1, sizeof(**out), fill_profile,
+                      (row_list_free_fn)store_profile_list_free, "list profiles", (void **)out, n);
+}
+
+static qk_err sq_profile_disable(qk_store *base, int64_t org, const char *name, int64_t now,
+                                 int *found)
+{
+    sq_val v[] = {V_INT(org), V_TEXT(name), V_INT(now)};
+    int64_t changes = 0;
+    qk_err rc;
+    *found = 0;
+    if ((rc = check_text("profile name", name, 1)) != QK_OK)
+        return rc;
+    if ((rc = exec_write((sq_store *)base, W_PROFILE_DISABLE, v, 3, "disable profile",
+                         &changes)) != QK_OK)
+        return rc;
+    if (changes == 0)
+        return not_found(found, "profile");
+    *found = 1;
+    return QK_OK;
+}
+
+static qk_err sq_signing_key_update(qk_store *base, int64_t org, int64_t id, qk_slice sealed,
+                                    int *found)
+{
+    sq_val v[] = {V_INT(org), V_INT(id), V_BLOB(sealed.data, sealed.len)};
+    int64_t changes = 0;
+    qk_err rc;
+    *found = 0;
+    if (sealed.len == 0 || sealed.len > MAX_BLOB)
+        return qk_fail(QK_ERR_INVALID_ARG, "sealed key of %zu bytes", sealed.len);
+    if ((rc = exec_write((sq_store *)base, W_SKEY_UPDATE, v, 3, "update signing key",
+                         &changes)) != QK_OK)
+        return rc;
+    if (changes == 0)
+        return not_found(found, "signing key");
+    *found = 1;
+    return QK_OK;
+}
+
+static void fill_org(sqlite3_stmt *st, void *e)
+{
+    store_org *o = e;
+    o->id = sqlite3_column_int64(st, 0);
+    o->name = col_strdup(st, 1);
+}
+
+static qk_err sq_org_list(qk_store *base, store_org **out, size_t *n)
+{
+    return query_rows((sq_store *)base, R_ORG_LIST, NULL, 0, sizeof(**out), fill_org,
+                      (row_list_free_fn)store_org_list_free, "list orgs", (void **)out, n);
+}
+
+typedef struct lease_acquire_arg {
+    int64_t org;
+    const char *app, *node;
+    int max;
+    int64_t until, id;
+    int granted;
+} lease_acquire_arg;
+
+/* Count and insert in one job, so in one transaction: with BEGIN IMMEDIATE
+ * no other node's writer can insert between the two. */
+static qk_err job_lease_acquire(conn *c, wjob *j)
+{
+    lease_acquire_arg *a = j->arg;
+    sqlite3_stmt *st = NULL;
+    int64_t live = 0;
+    qk_err rc = stmt(c, Q_LEASE_COUNT, &st);
+    if (rc != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, a->org);
+    bind_text(st, 2, a->app);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW)
+        live = sqlite3_column_int64(st, 0);
+    else
+        rc = db_fail(c->db, r, "count leases");
+    stmt_done(st);
+    if (rc != QK_OK || live >= a->max)
+        return rc;
+    if ((rc = stmt(c, W_LEASE_INSERT, &st)) != QK_OK)
+        return rc;
+    sq_val v[] = {V_INT(a->org), V_TEXT(a->app), V_TEXT(a->node), V_INT(now_unix()),
+                  V_INT(a->until)};
+    bind_vals(st, v, 5);
+    if ((rc = step_write(c, st, "insert lease")) == QK_OK) {
+        a->id = sqlite3_last_insert_rowid(c->db);
+        a->granted = 1;
+    }
+    stmt_done(st);
+    return rc;
+}
+
+static qk_err sq_lease_acquire(qk_store *base, int64_t org, const char *app, const char *node,
+                               int max, int64_t lease_until, int64_t *lease_id, int *granted)
+{
+    lease_acquire_arg a = {org, app, node, max, lease_until, 0, 0};
+    qk_err rc;
+    *lease_id = 0;
+    *granted = 0;
+    if ((rc = check_text("app", app, 1)) != QK_OK || (rc = check_text("node", node, 1)) != QK_OK)
+        return rc;
+    if ((rc = submit((sq_store *)base, job_lease_acquire, &a)) == QK_OK) {
+        *lease_id = a.id;
+        *granted = a.granted;
+    }
+    return rc;
+}
+
+static qk_err sq_lease_update(qk_store *base, int64_t org, int64_t lease_id, const char *key_id,
+                              int64_t lease_until)
+{
+    sq_val v[] = {V_INT(org), V_INT(lease_id), V_TEXT(key_id), V_INT(lease_until)};
+    qk_err rc = check_text("key id", key_id, 0);
+    return rc != QK_OK ? rc : exec_write((sq_store *)base, W_LEASE_UPDATE, v, 4, "update lease", NULL);
+}
+
+static qk_err sq_lease_release(qk_store *base, int64_t org, int64_t lease_id, int64_t now)
+{
+    sq_val v[] = {V_INT(org), V_INT(lease_id), V_INT(now)};
+    return exec_write((sq_store *)base, W_LEASE_RELEASE, v, 3, "release lease", NULL);
+}
+
+static qk_err sq_lease_release_key(qk_store *base, int64_t org, const char *app,
+                                   const char *key_id, int64_t now)
+{
+    sq_val v[] = {V_INT(org), V_TEXT(app), V_TEXT(key_id), V_INT(now)};
+    qk_err rc;
+    if ((rc = check_text("app", app, 1)) != QK_OK || (rc = check_text("key id", key_id, 1)) != QK_OK)
+        return rc;
+    return exec_write((sq_store *)base, W_LEASE_RELEASE_KEY, v, 4, "release lease", NULL);
+}
+
+static void fill_lease(sqlite3_stmt *st, void *e)
+{
+    store_lease *l = e;
+    l->id = sqlite3_column_int64(st, 0);
+    l->node = col_strdup(st, 1);
+    l->key_id = col_strdup(st, 2);
+    l->created_at = sqlite3_column_int64(st, 3);
+    l->lease_until = sqlite3_column_int64(st, 4);
+}
+
+static qk_err sq_lease_list(qk_store *base, int64_t org, const char *app, store_lease **out,
+                            size_t *n)
+{
+    sq_val v[] = {V_INT(org), V_TEXT(app)};
+    return query_rows((sq_store *)base, R_LEASE_LIST, v, 2, sizeof(**out), fill_lease,
+                      (row_list_free_fn)store_lease_list_free, "list leases", (void **)out, n);
+}
+
 static const store_ops sqlite_ops = {
     .close = sq_close,
     .org_create = sq_org_create,
@@ -1837,6 +2167,15 @@ static const store_ops sqlite_ops = {
     .org_find = sq_org_find,
     .apikey_get = sq_apikey_get,
     .request_record_async = sq_request_record_async,
+    .profile_list = sq_profile_list,
+    .profile_disable = sq_profile_disable,
+    .signing_key_update = sq_signing_key_update,
+    .org_list = sq_org_list,
+    .lease_acquire = sq_lease_acquire,
+    .lease_update = sq_lease_update,
+    .lease_release = sq_lease_release,
+    .lease_release_key = sq_lease_release_key,
+    .lease_list = sq_lease_list,
 };
 
 qk_err store_sqlite_open(const char *data_dir, qk_store **out)

@@ -95,7 +95,7 @@ static int64_t org_with_profile(qk_store *s, const char *name, int64_t *key_id)
                                 (qk_slice){fake_sealed, sizeof(fake_sealed)}, key_id),
                      QK_OK);
     assert_int_equal(STORE_CALL(s, profile_create, org, "default", "local", *key_id,
-                                (qk_slice){fake_chain, sizeof(fake_chain)}, &pid),
+                                (qk_slice){fake_chain, sizeof(fake_chain)}, NULL, &pid),
                      QK_OK);
     return org;
 }
@@ -186,7 +186,7 @@ static void test_round_trips(void **state)
     assert_int_equal(found, 0);
     int64_t pid = 0;
     assert_int_equal(STORE_CALL(f->s, profile_create, org, "default", "local", key_id,
-                                (qk_slice){fake_chain, sizeof(fake_chain)}, &pid),
+                                (qk_slice){fake_chain, sizeof(fake_chain)}, NULL, &pid),
                      QK_ERR_INVALID_ARG); /* UNIQUE(org_id, name) */
 
     uint8_t h[32], stored[32];
@@ -347,7 +347,7 @@ static void test_org_isolation(void **state)
     store_profile_clear(&p);
     /* B cannot bind a profile to A's key: composite foreign key. */
     assert_int_equal(STORE_CALL(f->s, profile_create, B, "stolen", "local", ka,
-                                (qk_slice){fake_chain, sizeof(fake_chain)}, &id),
+                                (qk_slice){fake_chain, sizeof(fake_chain)}, NULL, &id),
                      QK_ERR_INVALID_ARG);
 
     /* API keys. */
