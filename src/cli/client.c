@@ -484,6 +484,8 @@ int client_sign_digest(client *c, const client_sign_req *req, client_sign_res *r
     json_object_set_new(body, "format", json_string(req->format));
     json_object_set_new(body, "profile", json_string(req->profile));
     json_object_set(body, "metadata", meta);
+    if (req->no_timestamp)
+        json_object_set_new(body, "timestamp", json_false());
     /* A metadata string that is not UTF-8 makes json_string() return NULL. */
     if (json_object_size(meta) != (size_t)(!!req->filename + !!req->description + !!req->url) ||
         (text = json_dumps(body, JSON_COMPACT)) == NULL) {

@@ -46,6 +46,7 @@ typedef struct client_sign_req {
     const char *filename; /* metadata, optional */
     const char *description;
     const char *url;
+    int no_timestamp; /* tells the server (profiles that require timestamps refuse) */
 } client_sign_req;
 
 typedef struct client_sign_res {

@@ -281,6 +281,7 @@ static int request_signature(worker *w, job *jb, const char *format, const uint8
         .filename = name,
         .description = o->description,
         .url = o->url,
+        .no_timestamp = o->no_timestamp,
     };
     int rc = client_sign_digest(w->api, &req, res, err);
     free(name);

@@ -1,6 +1,7 @@
 /* Shared API plumbing (authentication, strict JSON) and the small handlers:
  * API keys, health, metrics. Signing lives in api_sign.c. */
 #include "api.h"
+#include "azure/azure.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -299,5 +300,12 @@ void api_metrics(http_req *req)
                           "qwickd_store_checkpoints_total %" PRIu64 "\n",
                           text, st.commits, st.writes, st.delayed, st.checkpoints);
     free(text);
+    char *az = req->srv->azure != NULL ? azure_metrics_render(req->srv->azure) : NULL;
+    if (az != NULL) {
+        char *both = xasprintf("%s%s", all, az);
+        free(all);
+        free(az);
+        all = both;
+    }
     http_bytes(req, 200, "text/plain; version=0.0.4; charset=utf-8", all, strlen(all));
 }

@@ -18,9 +18,11 @@
 
 #include <openssl/x509.h>
 
+#include "azure/azure.h"
 #include "b64.h"
 #include "internal.h"
 #include "log.h"
+#include "profile.h"
 #include "qwick/authenticode.h"
 #include "sign_input.h"
 #include "signer.h"
@@ -37,7 +39,8 @@
 typedef struct cached_signer {
     int64_t org, profile_id, key_id;
     qk_buf chain_der; /* as in the profile row: compared to detect a change */
-    qk_signer *signer;
+    qk_signer *signer;  /* local backends */
+    az_profile *azure;  /* Azure: the chain comes with each signature */
     qk_chain *decoded; /* the chain parsed once: decoding per request costs ~15% */
     qk_slice chain[QK_MAX_CHAIN_LEN];
     size_t nchain;
@@ -58,6 +61,7 @@ static void cached_release(cached_signer *e)
     if (e == NULL || atomic_fetch_sub(&e->refs, 1) != 1)
         return;
     signer_free(e->signer);
+    azure_profile_release(e->azure);
     qk_chain_free(e->decoded);
     qk_buf_free(&e->chain_der);
     for (size_t i = 0; i < e->nchain; i++)
@@ -86,37 +90,56 @@ void signer_cache_free(signer_cache *c)
 }
 
 /* Splits concatenated DER certificates into slices, each parsed once to be
- * sure it is a certificate and that nothing trails the last one. */
-static qk_err split_chain(cached_signer *e)
+ * sure it is a certificate and that nothing trails the last one; b64 (may
+ * be NULL) gets each one's base64. */
+static qk_err split_der(const qk_buf *der, qk_slice chain[QK_MAX_CHAIN_LEN],
+                        char *b64[QK_MAX_CHAIN_LEN], size_t *nchain)
 {
-    const unsigned char *p = e->chain_der.data, *end = p + e->chain_der.len;
-    e->nchain = 0;
+    const unsigned char *p = der->data, *end = p + der->len;
+    *nchain = 0;
     while (p < end) {
-        if (e->nchain == QK_MAX_CHAIN_LEN)
-            return qk_fail(QK_ERR_TOO_LARGE, "profile chain has more than %d certificates",
+        if (*nchain == QK_MAX_CHAIN_LEN)
+            return qk_fail(QK_ERR_TOO_LARGE, "chain has more than %d certificates",
                            QK_MAX_CHAIN_LEN);
         const unsigned char *start = p;
         X509 *x = d2i_X509(NULL, &p, (long)(end - p));
         if (x == NULL)
-            return qk_fail_ossl(QK_ERR_BAD_DER, "profile chain certificate %zu", e->nchain);
+            return qk_fail_ossl(QK_ERR_BAD_DER, "chain certificate %zu", *nchain);
         X509_free(x);
         size_t len = (size_t)(p - start);
-        e->chain[e->nchain] = (qk_slice){start, len};
-        e->chain_b64[e->nchain] = xmalloc(B64_ENCODED_SIZE(len));
-        b64_encode(start, len, e->chain_b64[e->nchain]);
-        e->nchain++;
+        chain[*nchain] = (qk_slice){start, len};
+        if (b64 != NULL) {
+            b64[*nchain] = xmalloc(B64_ENCODED_SIZE(len));
+            b64_encode(start, len, b64[*nchain]);
+        }
+        (*nchain)++;
     }
-    if (e->nchain == 0)
-        return qk_fail(QK_ERR_INVALID_ARG, "profile has no certificate");
-    size_t n = 3; /* [ ] NUL */
-    for (size_t i = 0; i < e->nchain; i++)
-        n += strlen(e->chain_b64[i]) + 3; /* "..." and a comma */
-    char *o = e->chain_json = xmalloc(n);
+    if (*nchain == 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "no certificate in the chain");
+    return QK_OK;
+}
+
+/* ["b64",...]: a response's certificateChain. */
+static char *chain_json_of(char *const *b64, size_t n)
+{
+    size_t len = 3; /* [ ] NUL */
+    for (size_t i = 0; i < n; i++)
+        len += strlen(b64[i]) + 3; /* "..." and a comma */
+    char *out = xmalloc(len), *o = out;
     *o++ = '[';
-    for (size_t i = 0; i < e->nchain; i++)
-        o += sprintf(o, "%s\"%s\"", i ? "," : "", e->chain_b64[i]);
+    for (size_t i = 0; i < n; i++)
+        o += sprintf(o, "%s\"%s\"", i ? "," : "", b64[i]);
     *o++ = ']';
     *o = '\0';
+    return out;
+}
+
+static qk_err split_chain(cached_signer *e)
+{
+    qk_err rc = split_der(&e->chain_der, e->chain, e->chain_b64, &e->nchain);
+    if (rc != QK_OK)
+        return rc;
+    e->chain_json = chain_json_of(e->chain_b64, e->nchain);
     return qk_chain_new(e->chain, e->nchain, &e->decoded);
 }
 
@@ -157,8 +180,11 @@ static qk_err signer_get(server *srv, const store_profile *p, cached_signer **ou
     memcpy(e->chain_der.data, p->chain_der.data, p->chain_der.len);
     e->chain_der.len = p->chain_der.len;
     atomic_init(&e->refs, 1);
-    if ((rc = split_chain(e)) != QK_OK ||
-        (rc = signer_open_profile(srv->store, srv->keyring, p, &e->signer)) != QK_OK) {
+    if (p->backend != NULL && strcmp(p->backend, "azure") == 0)
+        rc = azure_profile_open(srv->azure, p, &e->azure);
+    else if ((rc = split_chain(e)) == QK_OK)
+        rc = signer_open_profile(srv->store, srv->keyring, p, &e->signer);
+    if (rc != QK_OK) {
         cached_release(e);
         return rc;
     }
@@ -245,7 +271,8 @@ static qk_err do_sign(const sign_input *in, cached_signer *cs, qk_buf *sig)
  * base64 or our own request id, so there is nothing to escape, and building
  * a jansson tree of it (copying and scanning ~5 KB) cost ~1% of the server's
  * CPU per signature. The short URL is encoded by jansson. */
-static char *build_response(http_req *req, const cached_signer *cs, qk_buf sig, size_t *len)
+static char *build_response(http_req *req, const char *chain_json, int ts_required, qk_buf sig,
+                            size_t *len)
 {
     char *b64 = xmalloc(B64_ENCODED_SIZE(sig.len));
     char *url = tsa_url(req);
@@ -254,9 +281,10 @@ static char *build_response(http_req *req, const cached_signer *cs, qk_buf sig, 
     json_decref(url_str);
     b64_encode(sig.data, sig.len, b64);
     char *text = xasprintf("{\"requestId\":\"%s\",\"status\":\"SIGNED\",\"signature\":\"%s\","
-                           "\"certificateChain\":%s%s%s}",
-                           req->id, b64, cs->chain_json, url_json ? ",\"timestampUrl\":" : "",
-                           url_json ? url_json : "");
+                           "\"certificateChain\":%s%s%s%s}",
+                           req->id, b64, chain_json, url_json ? ",\"timestampUrl\":" : "",
+                           url_json ? url_json : "",
+                           ts_required ? ",\"timestampRequired\":true" : "");
     *len = strlen(text);
     free(url_json);
     free(url);
@@ -277,6 +305,10 @@ typedef struct sign_job {
     store_sign_request row; /* strings point into `in` and `req` */
     char *response;         /* the 200 body, released only once the rows are durable */
     size_t response_len;
+    /* Azure: the signed attributes wait here while Azure signs their hash. */
+    cached_signer *cs;
+    qk_tbs *tbs;
+    char note[96];          /* the audit row's detail: the credential used */
 } sign_job;
 
 /* Frees the job, then lets the pool thread answer: `req` is not touched
@@ -285,6 +317,8 @@ static void sign_job_done(sign_job *j)
 {
     http_req *req = j->req;
     free(j->response);
+    qk_tbs_free(j->tbs);
+    cached_release(j->cs);
     qk_buf_free(&j->row.signature);
     store_profile_clear(&j->prof);
     sign_input_clear(&j->in);
@@ -322,30 +356,14 @@ static void commit_run(void *arg)
     commit_done(j, rc, rc == QK_OK ? NULL : qk_error_detail());
 }
 
-/* On a signing thread: the RSA work, then the hand-off to a commit thread. */
-static void sign_run(void *arg)
+/* Queues the request and audit rows of a signature; the 200 with `sig`
+ * goes out once they are durable. Takes `sig`. */
+static void record_signed(sign_job *j, qk_buf sig, const char *chain_json, int ts_required)
 {
-    sign_job *j = arg;
     http_req *req = j->req;
     server *srv = req->srv;
-    cached_signer *cs = NULL;
-    qk_buf sig = {NULL, 0};
     qk_err rc;
-
-    if ((rc = signer_get(srv, &j->prof, &cs)) == QK_OK)
-        rc = do_sign(&j->in, cs, &sig);
-    /* Signed (or failed): this request's write is about to be queued, no
-     * longer "on its way" for the commit delay. Before the enqueue, so an
-     * enqueue that leaves nothing coming wakes a delaying writer. */
-    atomic_fetch_sub(&srv->signing, 1);
-    if (rc != QK_OK) {
-        log_kv(LOG_ERROR, "signing failed", "request_id", req->id, "profile", j->in.profile,
-               "detail", qk_error_detail(), NULL);
-        if (audit_decision(req, &j->audit, AUDIT_FAILED, qk_strerror(rc)) == 0)
-            http_error(req, 500, "signing_failed", "the signer failed: %s", qk_strerror(rc));
-        goto done;
-    }
-    j->response = build_response(req, cs, sig, &j->response_len);
+    j->response = build_response(req, chain_json, ts_required, sig, &j->response_len);
     int64_t now = now_unix();
     store_sign_request *row = &j->row;
     memcpy(row->id, req->id, sizeof(req->id));
@@ -364,8 +382,8 @@ static void sign_run(void *arg)
     row->created_at = now;
     row->completed_at = now;
     row->signature = sig;
-    sig = (qk_buf){NULL, 0};
-    cached_release(cs);
+    if (j->note[0] != '\0')
+        j->audit.detail = j->note;
     if (srv->store->ops->request_record_async != NULL) {
         rc = srv->store->ops->request_record_async(srv->store, &j->row, &j->audit, commit_done, j);
         if (rc != QK_OK)
@@ -374,11 +392,116 @@ static void sign_run(void *arg)
     }
     if (srv->commits == NULL || workq_push(srv->commits, commit_run, j) != 0)
         commit_run(j); /* no commit thread (shutting down): wait on this one */
-    return;
-done:
-    cached_release(cs);
-    qk_buf_free(&sig);
+}
+
+/* A signing failure: on record (or 500 when the record fails), then the
+ * client's answer. */
+static void sign_failed(sign_job *j, int status, const char *code, const char *detail)
+{
+    http_req *req = j->req;
+    log_kv(LOG_ERROR, "signing failed", "request_id", req->id, "profile", j->in.profile, "detail",
+           detail, NULL);
+    if (audit_decision(req, &j->audit, AUDIT_FAILED, detail) == 0)
+        http_error(req, status, code, "the signer failed: %s", detail);
     sign_job_done(j);
+}
+
+/* Azure's answer, on the Azure engine's thread: assemble the signature
+ * around Azure's raw value (checked against the leaf it came with), then
+ * record it like any other. */
+static void azure_done(void *arg, azure_result *r)
+{
+    sign_job *j = arg;
+    qk_slice chain[QK_MAX_CHAIN_LEN];
+    char *b64[QK_MAX_CHAIN_LEN] = {NULL};
+    size_t n = 0;
+    qk_buf sig = {NULL, 0};
+    char *chain_json = NULL;
+    qk_err rc;
+
+    if (r->rc != QK_OK) {
+        sign_failed(j, r->status ? r->status : 502, "signing_failed", r->detail);
+        goto out;
+    }
+    if ((rc = split_der(&r->chain_der, chain, b64, &n)) != QK_OK)
+        goto fail;
+    if (j->in.format == FMT_RAW) {
+        sig = r->signature;
+        r->signature = (qk_buf){NULL, 0};
+    } else if ((rc = qk_tbs_finish(j->tbs, (qk_slice){r->signature.data, r->signature.len}, chain,
+                                   n, &sig)) != QK_OK) {
+        goto fail;
+    }
+    if (r->note != NULL)
+        snprintf(j->note, sizeof(j->note), "%s", r->note);
+    chain_json = chain_json_of(b64, n);
+    record_signed(j, sig, chain_json, 1);
+    goto out;
+fail:
+    sign_failed(j, 502, "signing_failed", qk_error_detail());
+out:
+    free(chain_json);
+    for (size_t i = 0; i < n; i++)
+        free(b64[i]);
+    qk_buf_free(&r->signature);
+    qk_buf_free(&r->chain_der);
+}
+
+/* Hands the hash of the signed attributes (or the raw digest) to Azure. */
+static qk_err azure_start(sign_job *j, cached_signer *cs)
+{
+    uint8_t hash[QK_HASH_MAX_SIZE];
+    size_t hlen = 0;
+    qk_err rc;
+    j->cs = cs;
+    if (j->in.format == FMT_RAW) {
+        memcpy(hash, j->in.digest, j->in.digest_len);
+        hlen = j->in.digest_len;
+    } else {
+        qk_sign_request r = {
+            .format = j->in.format == FMT_CMS ? QK_FORMAT_CMS_DETACHED : QK_FORMAT_AUTHENTICODE_PE,
+            .alg = j->in.alg,
+            .digest = {j->in.digest, j->in.digest_len},
+            .program_name = j->in.description ? j->in.description : j->in.filename,
+            .url = j->in.url,
+        };
+        if ((rc = qk_tbs_new(&r, &j->tbs)) != QK_OK ||
+            (rc = qk_tbs_digest(j->tbs, hash, &hlen)) != QK_OK)
+            return rc;
+    }
+    return azure_sign_async(cs->azure, j->in.alg, hash, hlen, azure_done, j);
+}
+
+/* On a signing thread: the RSA work, then the hand-off to a commit thread. */
+static void sign_run(void *arg)
+{
+    sign_job *j = arg;
+    http_req *req = j->req;
+    server *srv = req->srv;
+    cached_signer *cs = NULL;
+    qk_buf sig = {NULL, 0};
+    qk_err rc;
+
+    if ((rc = signer_get(srv, &j->prof, &cs)) == QK_OK && cs->azure != NULL) {
+        /* Azure takes seconds: not "on its way" to a commit any more. */
+        atomic_fetch_sub(&srv->signing, 1);
+        if ((rc = azure_start(j, cs)) != QK_OK)
+            sign_failed(j, 502, "signing_failed", qk_error_detail());
+        return;
+    }
+    if (rc == QK_OK)
+        rc = do_sign(&j->in, cs, &sig);
+    /* Signed (or failed): this request's write is about to be queued, no
+     * longer "on its way" for the commit delay. Before the enqueue, so an
+     * enqueue that leaves nothing coming wakes a delaying writer. */
+    atomic_fetch_sub(&srv->signing, 1);
+    if (rc != QK_OK) {
+        cached_release(cs);
+        sign_failed(j, 500, "signing_failed", qk_strerror(rc));
+        return;
+    }
+    record_signed(j, sig, cs->chain_json, 0);
+    cached_release(cs);
 }
 
 void api_sign_digest(http_req *req)
@@ -419,6 +542,19 @@ void api_sign_digest(http_req *req)
     }
     if (rc != QK_OK) {
         http_error(req, 503, "store_unavailable", "cannot read the profile now");
+        goto out;
+    }
+    if (j->prof.disabled_at != 0) {
+        if (audit_decision(req, &j->audit, AUDIT_DENIED, "profile disabled") == 0)
+            http_error(req, 409, "profile_disabled", "profile '%.64s' is disabled", j->in.profile);
+        goto out;
+    }
+    if (j->in.no_timestamp && profile_requires_timestamp(&j->prof)) {
+        if (audit_decision(req, &j->audit, AUDIT_DENIED, "timestamp required") == 0)
+            http_error(req, 400, "timestamp_required",
+                       "profile '%.64s' signs with short-lived certificates (Azure Trusted "
+                       "Signing: 72 hours), so every signature must be timestamped",
+                       j->in.profile);
         goto out;
     }
 

@@ -28,6 +28,8 @@ void config_defaults(const char *data_dir, qwickd_config *c)
     c->max_body = CONFIG_DEFAULT_MAX_BODY;
     c->connection_timeout = CONFIG_DEFAULT_CONN_TIMEOUT;
     c->commit_delay_us = CONFIG_DEFAULT_COMMIT_DELAY_US;
+    c->azure_reaper_interval = CONFIG_DEFAULT_AZURE_REAPER;
+    c->azure_op_timeout = CONFIG_DEFAULT_AZURE_OP_TIMEOUT;
 }
 
 void config_free(qwickd_config *c)
@@ -170,6 +172,37 @@ static qk_err parse_limits(json_t *obj, qwickd_config *c)
     return QK_OK;
 }
 
+static qk_err parse_azure(json_t *obj, qwickd_config *c)
+{
+    const char *k;
+    json_t *v;
+    json_int_t n = 0;
+    qk_err rc;
+    if (!json_is_object(obj))
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: \"azure\" must be an object", CONFIG_FILE);
+    json_object_foreach(obj, k, v)
+    {
+        if (strcmp(k, "reaper_interval_seconds") == 0) {
+            if ((rc = get_uint(v, k, 86400, &n)) == QK_OK && n == 0)
+                rc = qk_fail(QK_ERR_INVALID_ARG, "%s: azure.reaper_interval_seconds must be > 0",
+                             CONFIG_FILE);
+            if (rc == QK_OK)
+                c->azure_reaper_interval = (unsigned)n;
+        } else if (strcmp(k, "op_timeout_seconds") == 0) {
+            if ((rc = get_uint(v, k, 3600, &n)) == QK_OK && n == 0)
+                rc = qk_fail(QK_ERR_INVALID_ARG, "%s: azure.op_timeout_seconds must be > 0",
+                             CONFIG_FILE);
+            if (rc == QK_OK)
+                c->azure_op_timeout = (unsigned)n;
+        } else {
+            rc = unknown("azure.", k);
+        }
+        if (rc != QK_OK)
+            return rc;
+    }
+    return QK_OK;
+}
+
 qk_err config_load(const char *data_dir, qwickd_config *out)
 {
     qk_err rc = QK_ERR_IO;
@@ -213,6 +246,8 @@ qk_err config_load(const char *data_dir, qwickd_config *out)
             rc = parse_limits(v, &c);
         else if (strcmp(k, "metrics") == 0)
             rc = parse_metrics(v, &c);
+        else if (strcmp(k, "azure") == 0)
+            rc = parse_azure(v, &c);
         else
             rc = unknown("", k);
         if (rc != QK_OK)
@@ -234,13 +269,16 @@ qk_err config_write_defaults(const char *data_dir, const char *listen)
     char *path = path_join(data_dir, CONFIG_FILE);
     char *text = NULL;
     json_t *root = json_pack(
-        "{s:i, s:s, s:n, s:s, s:{s:s, s:s}, s:{s:s, s:s, s:n}, s:{s:b}, s:{s:i, s:i, s:i, s:i, s:i}}", "version",
+        "{s:i, s:s, s:n, s:s, s:{s:s, s:s}, s:{s:s, s:s, s:n}, s:{s:b}, s:{s:i, s:i, s:i, s:i, s:i}, "
+        "s:{s:i, s:i}}", "version",
         1, "listen", listen != NULL ? listen : CONFIG_DEFAULT_LISTEN, "public_url", "default_org",
         CONFIG_DEFAULT_ORG, "tls", "cert", PKI_TLS_CERT, "key", PKI_TLS_KEY, "tsa", "cert",
         PKI_TSA_CERT, "key", PKI_TSA_KEY_SEALED, "policy", "metrics", "anonymous", 0, "limits", "threads", 0,
         "max_connections", (int)CONFIG_DEFAULT_MAX_CONNECTIONS, "max_body_bytes",
         (int)CONFIG_DEFAULT_MAX_BODY, "connection_timeout_seconds",
-        (int)CONFIG_DEFAULT_CONN_TIMEOUT, "commit_delay_us", (int)CONFIG_DEFAULT_COMMIT_DELAY_US);
+        (int)CONFIG_DEFAULT_CONN_TIMEOUT, "commit_delay_us", (int)CONFIG_DEFAULT_COMMIT_DELAY_US,
+        "azure", "reaper_interval_seconds", (int)CONFIG_DEFAULT_AZURE_REAPER,
+        "op_timeout_seconds", (int)CONFIG_DEFAULT_AZURE_OP_TIMEOUT);
     if (root == NULL || (text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) == NULL) {
         rc = qk_fail(QK_ERR_NOMEM, "building %s", CONFIG_FILE);
         goto out;

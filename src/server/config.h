@@ -15,7 +15,9 @@
  *                "max_connections": 512,
  *                "max_body_bytes": 65536,
  *                "connection_timeout_seconds": 30,
- *                "commit_delay_us": 4000}    // group commit delay while others sign; 0: off
+ *                "commit_delay_us": 4000},   // group commit delay while others sign; 0: off
+ *     "azure": {"reaper_interval_seconds": 60, // orphaned qwick- secrets revoked this often
+ *               "op_timeout_seconds": 120}     // one Azure signature, submission to result
  *   }
  */
 #ifndef QWICKD_CONFIG_H
@@ -35,6 +37,8 @@
  * to share its fsync (store_sqlite_set_commit_delay). */
 #define CONFIG_DEFAULT_COMMIT_DELAY_US 4000u
 #define CONFIG_MAX_FILE (64u * 1024u)
+#define CONFIG_DEFAULT_AZURE_REAPER 60u
+#define CONFIG_DEFAULT_AZURE_OP_TIMEOUT 120u
 
 typedef struct qwickd_config {
     char *listen;     /* "ADDR:PORT" */
@@ -51,6 +55,8 @@ typedef struct qwickd_config {
     unsigned connection_timeout; /* seconds */
     unsigned commit_delay_us;
     int metrics_anonymous;
+    unsigned azure_reaper_interval; /* seconds */
+    unsigned azure_op_timeout;      /* seconds */
 } qwickd_config;
 
 /* Defaults, with paths resolved against data_dir. */

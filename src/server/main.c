@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 
 #include <openssl/crypto.h>
+#include <curl/curl.h>
 #include <sodium.h>
 
 #include "qwickd.h"
@@ -21,6 +22,12 @@ int main(int argc, char **argv)
     /* Everything qwickd creates (database, WAL, keys, temp files) is private
      * to its user; the few public certificates are chmod'ed explicitly. */
     umask(077);
+    /* Before any thread exists: libcurl's global state (the Azure backend's
+     * transfers). */
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        fputs("qwickd: libcurl initialisation failed\n", stderr);
+        return EXIT_FAIL;
+    }
     if (sodium_init() < 0) {
         fputs("qwickd: libsodium initialisation failed\n", stderr);
         return EXIT_FAIL;

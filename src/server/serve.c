@@ -28,6 +28,7 @@
 #include <openssl/pem.h>
 
 #include "api.h"
+#include "azure/azure.h"
 #include "config.h"
 #include "http.h"
 #include "internal.h"
@@ -388,6 +389,16 @@ int cmd_serve(int argc, char **argv)
     if ((srv.metrics = metrics_new()) == NULL)
         goto out;
     srv.signers = signer_cache_new();
+    /* Before the listener: its startup pass revokes secrets a crashed run
+     * left behind. */
+    azure_options ao = {.store = srv.store,
+                        .keyring = srv.keyring,
+                        .reaper_interval_s = cfg.azure_reaper_interval,
+                        .op_timeout_s = cfg.azure_op_timeout};
+    if ((rc = azure_backend_new(&ao, &srv.azure)) != QK_OK) {
+        report_err("azure backend", rc);
+        goto out;
+    }
     atomic_init(&srv.draining, 0);
     unsigned threads = cfg.threads;
     if (threads == 0) {
@@ -475,6 +486,9 @@ int cmd_serve(int argc, char **argv)
      * the queue (refusing) and commits on its own thread. */
     workq_stop(srv.signq);
     workq_stop(srv.commits);
+    /* Revokes every Azure secret this run created (clean shutdown). */
+    azure_backend_free(srv.azure);
+    srv.azure = NULL;
     /* Commits still queued resume their connections from the store's
      * thread: let them finish while the daemon is alive. */
     store_sqlite_flush(srv.store);
@@ -490,6 +504,7 @@ out:
     workq_free(srv.commits);
     tsa_free(srv.tsa);
     signer_cache_free(srv.signers);
+    azure_backend_free(srv.azure);
     if (srv.store != NULL)
         srv.store->ops->close(srv.store);
     keyring_free(srv.keyring);

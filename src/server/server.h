@@ -13,6 +13,7 @@
 #include "store.h"
 
 typedef struct signer_cache signer_cache;
+typedef struct azure_backend azure_backend;
 typedef struct tsa tsa;
 typedef struct workq workq;
 
@@ -30,6 +31,7 @@ typedef struct server {
     int metrics_anonymous;
     metrics *metrics;
     signer_cache *signers;
+    azure_backend *azure; /* Azure Trusted Signing: its engine and credential threads */
     tsa *tsa;
     workq *signq;   /* one thread per core: the RSA work of every connection */
     /* Requests handed to the signing threads whose rows are not queued for

@@ -20,8 +20,8 @@ void sign_input_clear(sign_input *in)
 
 static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
 {
-    static const char *const fields[] = {"digest",  "algorithm", "format",
-                                         "profile", "metadata",  NULL};
+    static const char *const fields[] = {"digest",   "algorithm", "format", "profile",
+                                         "metadata", "timestamp", NULL};
     static const char *const meta_fields[] = {"filename", "description", "url", NULL};
     const char *digest = NULL, *format = NULL;
 
@@ -32,6 +32,11 @@ static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
         json_in_opt_string(in->root, "format", 32, &format, e) != 0 ||
         json_in_opt_string(in->root, "profile", SIGN_MAX_PROFILE, &in->profile, e) != 0)
         return -1;
+
+    json_t *ts = json_object_get(in->root, "timestamp");
+    if (ts != NULL && !json_is_boolean(ts))
+        return api_fail(e, 400, "invalid_type", "'timestamp' must be true or false");
+    in->no_timestamp = ts != NULL && json_is_false(ts);
 
     json_t *meta = json_object_get(in->root, "metadata");
     if (meta != NULL && !json_is_null(meta)) {

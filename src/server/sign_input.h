@@ -1,5 +1,7 @@
 /* The body of POST /api/v1/sign/digest, parsed strictly (see docs/api.md):
- * {digest, algorithm, format?, profile?, metadata?{filename, description, url}}
+ * {digest, algorithm, format?, profile?, metadata?{filename, description, url},
+ *  timestamp?}   (timestamp: false says the client will not timestamp the
+ *  signature, which profiles with short-lived certificates refuse)
  * Unknown fields, wrong types, non-canonical base64, a digest of the wrong
  * length for its algorithm, unknown algorithms and formats, and over-long
  * strings are refused with a 400 api_error. */
@@ -34,6 +36,7 @@ typedef struct sign_input {
     const char *filename, *description, *url; /* NULL when absent */
     uint8_t digest[QK_HASH_MAX_SIZE];
     size_t digest_len;
+    int no_timestamp; /* "timestamp": false */
 } sign_input;
 
 /* 0 with *in filled, or -1 with *e set (and *in cleared). */

@@ -76,6 +76,21 @@ FAULT_COUNTERS = ("token_429", "graph_429", "sign_429", "sign_500", "sign_503",
 FAULT_FLAGS = ("nested_result", "shuffle_chain")
 FAULT_INTS = ("op_delay_ms", "retry_after")
 STATUS_CASES = ("normal", "lower", "upper", "spaced")
+
+
+def _count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _seconds(v):
+    return (_count(v) or isinstance(v, float)) and v >= 0
+
+
+FAULT_CHECKS = dict([(k, _count) for k in FAULT_COUNTERS + FAULT_INTS]
+                    + [(k, lambda v: isinstance(v, bool)) for k in FAULT_FLAGS]
+                    + [("status_case", lambda v: v in STATUS_CASES),
+                       ("aadsts7000215_seconds", _seconds),
+                       ("token_lifetime_seconds", lambda v: v is None or _seconds(v))])
 COUNTERS = ("token_requests", "tokens_issued", "graph_requests", "add_password",
             "remove_password", "graph_get", "sign_posts", "sign_submitted", "sign_polls",
             "sign_succeeded", "sign_failed", "ops_in_flight", "max_ops_in_flight",
@@ -100,24 +115,14 @@ def graph_time(t):
     return s + "Z"
 
 
-_ISO = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,7}))?(Z|[+-]\d\d:\d\d)?")
-
-
 def parse_iso(s):
     """ISO-8601 date-time (no zone means UTC) -> aware UTC datetime, or None."""
-    m = _ISO.fullmatch(s.strip()) if isinstance(s, str) else None
-    if not m:
-        return None
-    y, mo, d, h, mi, sec, frac, zone = m.groups()
     try:
-        t = dt.datetime(int(y), int(mo), int(d), int(h), int(mi), int(sec),
-                        int((frac or "0").ljust(6, "0")[:6]), dt.timezone.utc)
-    except ValueError:
+        t = dt.datetime.fromisoformat(s.strip())
+    except (AttributeError, ValueError):
         return None
-    if zone and zone != "Z":
-        sign = 1 if zone[0] == "+" else -1
-        t -= sign * dt.timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    return t
+    return t.replace(tzinfo=dt.timezone.utc) if t.tzinfo is None else t.astimezone(
+        dt.timezone.utc)
 
 
 def b64url(data):
@@ -431,174 +436,148 @@ class Emulator:
 
 # ---------------------------------------------------------------- Entra ID
 
+# Entra errors by name: (HTTP status, error, AADSTS code, description template).
+AADSTS = {
+    "method": (400, "invalid_request", 900561,
+               "The endpoint only accepts POST requests. Received a {} request."),
+    "throttled": (429, "temporarily_unavailable", 90055,
+                  "TenantThrottlingError: there are too many incoming requests."),
+    "tenant": (400, "invalid_request", 90002, "Tenant '{}' not found. Check to make sure you "
+               "have the correct tenant ID and are signing into the correct cloud."),
+    "missing": (400, "invalid_request", 900144,
+                "The request body must contain the following parameter: '{}'."),
+    "malformed": (400, "invalid_request", 9002313,
+                  "Invalid request. Request is malformed or invalid."),
+    "grant_type": (400, "unsupported_grant_type", 70003,
+                   "The app requested an unsupported grant type '{}'."),
+    "unknown_client": (400, "unauthorized_client", 700016, "Application with identifier '{}' "
+                       "was not found in the directory '{}'."),
+    "no_secret": (401, "invalid_client", 7000218, "The request body must contain the "
+                  "following parameter: 'client_assertion' or 'client_secret'."),
+    "bad_secret": (401, "invalid_client", 7000215, "Invalid client secret provided. Ensure "
+                   "the secret being sent in the request is the client secret value, not the "
+                   "client secret ID, for a secret added to app '{}'."),
+    "bad_scope": (400, "invalid_scope", 70011, "The provided value for the input parameter "
+                  "'scope' ('{}') is not valid."),
+    "bad_grant": (400, "invalid_grant", 70000, "Provided grant is invalid or malformed."),
+    "spent_grant": (400, "invalid_grant", 700082, "The refresh token has expired or was "
+                    "already redeemed (the emulator rotates refresh tokens on every use)."),
+}
+NO_CACHE = [("Cache-Control", "no-store"), ("Pragma", "no-cache")]
+# Why Emulator.check_bearer refused a token, as told to Graph and Signing clients.
+AUTH_MSG = {"missing": "Access token is empty.",
+            "malformed": "The Authorization header is not a Bearer token.",
+            "invalid": "IDX14100: JWT is not well formed: the token is unknown.",
+            "expired": "Lifetime validation failed, the token is expired.",
+            "audience": "Invalid audience: the token is not for this service."}
+
+
 class Entra:
     PATH = re.compile(r"/([^/]+)/oauth2/v2\.0/token")
 
     def __init__(self, emu):
         self.emu, self.a = emu, emu.args
 
-    def error(self, req, status, error, code, text, headers=()):
-        now = utcnow()
-        stamp = now.strftime("%Y-%m-%d %H:%M:%SZ")
+    def error(self, req, kind, *args):
+        status, error, code, text = AADSTS[kind]
+        stamp = utcnow().strftime("%Y-%m-%d %H:%M:%SZ")
         trace = str(uuid.uuid4())
         corr = req.headers.get("client-request-id") or str(uuid.uuid4())
-        desc = ("AADSTS%d: %s Trace ID: %s Correlation ID: %s Timestamp: %s"
-                % (code, text, trace, corr, stamp))
+        headers = NO_CACHE + ([("Retry-After", self.emu.retry_after())] if status == 429 else [])
         return json_reply(status, {
-            "error": error, "error_description": desc, "error_codes": [code],
-            "timestamp": stamp, "trace_id": trace, "correlation_id": corr,
+            "error": error, "error_codes": [code], "timestamp": stamp, "trace_id": trace,
+            "error_description": "AADSTS%d: %s Trace ID: %s Correlation ID: %s Timestamp: %s"
+                                 % (code, text.format(*args), trace, corr, stamp),
+            "correlation_id": corr,
             "error_uri": "https://login.microsoftonline.com/error?code=%d" % code},
-            ENTRA_CT, list(headers) + [("Cache-Control", "no-store"), ("Pragma", "no-cache")])
+            ENTRA_CT, headers)
 
-    def missing(self, req, param):
-        return self.error(req, 400, "invalid_request", 900144,
-                          "The request body must contain the following parameter: '%s'."
-                          % param)
-
-    def bad_secret(self, req, client_id):
-        return self.error(req, 401, "invalid_client", 7000215,
-                          "Invalid client secret provided. Ensure the secret being sent in "
-                          "the request is the client secret value, not the client secret "
-                          "ID, for a secret added to app '%s'." % client_id)
-
-    def bad_scope(self, req, scope):
-        return self.error(req, 400, "invalid_scope", 70011,
-                          "The provided request must include a 'scope' input parameter. "
-                          "The provided value for the input parameter 'scope' ('%s') is "
-                          "not valid." % scope)
-
-    def unknown_client(self, req, client_id):
-        return self.error(req, 400, "unauthorized_client", 700016,
-                          "Application with identifier '%s' was not found in the directory "
-                          "'%s'. This can happen if the application has not been installed "
-                          "by the administrator of the tenant." % (client_id, self.a.tenant))
-
-    def granted(self, token, scope=None, refresh=None):
+    def granted(self, audience, client_id, scope=None, refresh=None):
         body = {"token_type": "Bearer", "expires_in": TOKEN_EXPIRES_IN,
-                "ext_expires_in": TOKEN_EXPIRES_IN, "access_token": token}
-        if scope is not None:
-            body["scope"] = scope
+                "ext_expires_in": TOKEN_EXPIRES_IN,
+                "access_token": self.emu.issue_token(audience, client_id)}
+        if scope is not None:           # Entra sends scope (and a refresh token) for
+            body["scope"] = scope       # delegated grants, not for client credentials
         if refresh is not None:
             body["refresh_token"] = refresh
-        return json_reply(200, body, ENTRA_CT,
-                          [("Cache-Control", "no-store"), ("Pragma", "no-cache")])
+        return json_reply(200, body, ENTRA_CT, NO_CACHE)
 
     def handle(self, req, m):
         self.emu.bump("token_requests")
         if req.method != "POST":
-            return self.error(req, 400, "invalid_request", 900561,
-                              "The endpoint only accepts POST requests. Received a %s "
-                              "request." % req.method)
+            return self.error(req, "method", req.method)
         if self.emu.take("token_429"):
-            return self.error(req, 429, "temporarily_unavailable", 90055,
-                              "TenantThrottlingError: there are too many incoming requests.",
-                              [("Retry-After", self.emu.retry_after())])
-        tenant = m.group(1)
-        if tenant != self.a.tenant:
-            return self.error(req, 400, "invalid_request", 90002,
-                              "Tenant '%s' not found. Check to make sure you have the correct "
-                              "tenant ID and are signing into the correct cloud." % tenant)
+            return self.error(req, "throttled")
+        if m.group(1) != self.a.tenant:
+            return self.error(req, "tenant", m.group(1))
         if req.ctype() != "application/x-www-form-urlencoded":
-            return self.missing(req, "grant_type")
+            return self.error(req, "missing", "grant_type")
         try:
             pairs = urllib.parse.parse_qsl(req.body.decode("utf-8"), keep_blank_values=True)
         except UnicodeDecodeError:
-            pairs = [("", "")] * 2          # reported below as malformed
+            return self.error(req, "malformed")
         form = dict(pairs)
-        if len(form) != len(pairs):         # undecodable, or a parameter given twice
-            return self.error(req, 400, "invalid_request", 9002313,
-                              "Invalid request. Request is malformed or invalid.")
-        # client_secret_basic: credentials in the Authorization header.
-        basic = req.headers.get("Authorization", "")
-        if basic[:6].lower() == "basic ":
-            try:
-                cid, _, sec = base64.b64decode(basic[6:].strip()).decode().partition(":")
-                form.setdefault("client_id", urllib.parse.unquote_plus(cid))
-                form.setdefault("client_secret", urllib.parse.unquote_plus(sec))
-            except (ValueError, UnicodeDecodeError):
-                return self.error(req, 401, "invalid_client", 7000218,
-                                  "The Authorization header is malformed.")
-        grant = form.get("grant_type")
-        if not grant:
-            return self.missing(req, "grant_type")
-        if not form.get("client_id"):
-            return self.missing(req, "client_id")
-        if grant == "client_credentials":
+        if len(form) != len(pairs):                 # a parameter given twice
+            return self.error(req, "malformed")
+        for param in ("grant_type", "client_id"):
+            if not form.get(param):
+                return self.error(req, "missing", param)
+        if form["grant_type"] == "client_credentials":
             return self.client_credentials(req, form)
-        if grant == "refresh_token":
+        if form["grant_type"] == "refresh_token":
             return self.refresh(req, form)
-        return self.error(req, 400, "unsupported_grant_type", 70003,
-                          "The app requested an unsupported grant type '%s'." % grant)
+        return self.error(req, "grant_type", form["grant_type"])
 
     def client_credentials(self, req, form):
         cid, secret, scope = form["client_id"], form.get("client_secret"), form.get("scope")
-        if cid not in (self.a.client_id, self.a.manager_client_id):
-            if cid == self.a.graph_client_id:
-                return self.error(req, 401, "invalid_client", 7000218,
-                                  "The request body must contain the following parameter: "
-                                  "'client_assertion' or 'client_secret'.")
-            return self.unknown_client(req, cid)
-        if not secret:
-            return self.error(req, 401, "invalid_client", 7000218,
-                              "The request body must contain the following parameter: "
-                              "'client_assertion' or 'client_secret'.")
+        if cid not in (self.a.client_id, self.a.manager_client_id, self.a.graph_client_id):
+            return self.error(req, "unknown_client", cid, self.a.tenant)
+        if not secret or cid == self.a.graph_client_id:     # a public client has none
+            return self.error(req, "no_secret")
         if scope is None:
-            return self.missing(req, "scope")
+            return self.error(req, "missing", "scope")
         if cid == self.a.manager_client_id:
             if secret != self.a.manager_secret:
-                return self.bad_secret(req, cid)
+                return self.error(req, "bad_secret", cid)
             if scope != GRAPH_SCOPE:
-                return self.bad_scope(req, scope)
-            return self.granted(self.emu.issue_token("graph", cid))
+                return self.error(req, "bad_scope", scope)
+            return self.granted("graph", cid)
         # The signing app: the secret must be a live password credential that
         # has had time to replicate (fault aadsts7000215_seconds).
         now, mono = utcnow(), time.monotonic()
         young = self.emu.faults["aadsts7000215_seconds"]
-        ok = any(c["secretText"] == secret and c["end"] > now and mono - c["created"] >= young
-                 for c in self.emu.present_credentials())
-        if not ok:
-            return self.bad_secret(req, cid)
+        if not any(c["secretText"] == secret and c["end"] > now and mono - c["created"] >= young
+                   for c in self.emu.present_credentials()):
+            return self.error(req, "bad_secret", cid)
         if scope != CODESIGN_SCOPE:
-            return self.bad_scope(req, scope)
-        return self.granted(self.emu.issue_token("codesigning", cid))
+            return self.error(req, "bad_scope", scope)
+        return self.granted("codesigning", cid)
 
     def refresh(self, req, form):
         cid, rt, scope = form["client_id"], form.get("refresh_token"), form.get("scope")
+        if cid in (self.a.client_id, self.a.manager_client_id):
+            return self.error(req, "bad_grant")     # not the client the token was issued to
         if cid != self.a.graph_client_id:
-            if cid in (self.a.client_id, self.a.manager_client_id):
-                return self.error(req, 400, "invalid_grant", 70000,
-                                  "The provided grant is invalid or malformed (the refresh "
-                                  "token was not issued to client '%s')." % cid)
-            return self.unknown_client(req, cid)
-        if not rt:
-            return self.missing(req, "refresh_token")
-        if scope is None:
-            return self.missing(req, "scope")
+            return self.error(req, "unknown_client", cid, self.a.tenant)
+        for param in ("refresh_token", "scope"):
+            if not form.get(param):
+                return self.error(req, "missing", param)
         scopes = scope.split()
-        allowed = {GRAPH_SCOPE, "offline_access", "openid", "profile"}
-        if GRAPH_SCOPE not in scopes or not set(scopes) <= allowed:
-            return self.bad_scope(req, scope)
+        if GRAPH_SCOPE not in scopes or not set(scopes) <= {GRAPH_SCOPE, "offline_access",
+                                                            "openid", "profile"}:
+            return self.error(req, "bad_scope", scope)
         with self.emu.lock:
             if rt != self.emu.refresh_token:
-                spent = rt in self.emu.spent_refresh
-                current = None
-            else:
-                # Strict rotation: the old token dies as the new one is born.
-                self.emu.spent_refresh.add(rt)
-                current = self.emu.refresh_token = ("0.A" + secrets.token_urlsafe(180) + "."
-                                                    + secrets.token_urlsafe(60))
-        if current is None:
-            if spent:
-                return self.error(req, 400, "invalid_grant", 700082,
-                                  "The refresh token has expired or was already redeemed "
-                                  "(the emulator rotates refresh tokens on every use; "
-                                  "persist the new one).")
-            return self.error(req, 400, "invalid_grant", 70000,
-                              "Provided grant is invalid or malformed.")
+                return self.error(req, "spent_grant" if rt in self.emu.spent_refresh
+                                  else "bad_grant")
+            # Strict rotation: the old token dies as the new one is born.
+            self.emu.spent_refresh.add(rt)
+            new = self.emu.refresh_token = ("0.A" + secrets.token_urlsafe(180) + "."
+                                            + secrets.token_urlsafe(60))
         granted = "https://graph.microsoft.com/Application.ReadWrite.All"
         if "offline_access" in scopes:
             granted += " offline_access"
-        return self.granted(self.emu.issue_token("graph", cid), granted, current)
+        return self.granted("graph", cid, granted, new)
 
 
 # ---------------------------------------------------------------- Microsoft Graph
@@ -606,11 +585,6 @@ class Entra:
 class Graph:
     PATH = re.compile(r"/v1\.0/applications/([^/]+?)(?:/(addPassword|removePassword))?")
     SELECTABLE = ("id", "appId", "displayName", "passwordCredentials")
-    AUTH_MSG = {"missing": "Access token is empty.",
-                "malformed": "Authorization header is not a Bearer token.",
-                "invalid": "IDX14100: JWT is not well formed: the token is unknown.",
-                "expired": "Lifetime validation failed, the token is expired.",
-                "audience": "Invalid audience."}
 
     def __init__(self, emu):
         self.emu, self.a = emu, emu.args
@@ -640,7 +614,7 @@ class Graph:
                               [("Retry-After", self.emu.retry_after())])
         why = self.emu.check_bearer(req, "graph")
         if why:
-            return self.error(req, 401, "InvalidAuthenticationToken", self.AUTH_MSG[why],
+            return self.error(req, 401, "InvalidAuthenticationToken", AUTH_MSG[why],
                               [("WWW-Authenticate", 'Bearer realm="", authorization_uri='
                                 '"https://login.microsoftonline.com/common/oauth2/authorize",'
                                 ' client_id="00000003-0000-0000-c000-000000000000"')])
@@ -758,11 +732,11 @@ class Graph:
 class Signing:
     SUBMIT = re.compile(r"/codesigningaccounts/([^/]+)/certificateprofiles/([^/:]+)(?:/|:)sign")
     POLL = re.compile(r"/codesigningaccounts/([^/]+)/certificateprofiles/([^/:]+)/sign/([^/]+)")
-    AUTH_MSG = {"missing": "The request is missing an access token.",
-                "malformed": "The Authorization header is not a Bearer token.",
-                "invalid": "The access token is invalid.",
-                "expired": "The access token has expired.",
-                "audience": "The access token audience is not https://codesigning.azure.net."}
+    # fault: (status, error code, message); no code means an empty body
+    FAULTS = (("bare_403", 403, None, None),
+              ("sign_429", 429, "TooManyRequests", "Rate limit exceeded."),
+              ("sign_503", 503, "ServiceUnavailable", "The service is busy."),
+              ("sign_500", 500, "InternalServerError", "An internal error occurred."))
 
     def __init__(self, emu):
         self.emu, self.a = emu, emu.args
@@ -800,7 +774,7 @@ class Signing:
         why = self.emu.check_bearer(req, "codesigning")
         if why:
             return json_reply(401, {"error": {"code": "Unauthorized",
-                                              "message": self.AUTH_MSG[why]}},
+                                              "message": AUTH_MSG[why]}},
                               headers=[("WWW-Authenticate", 'Bearer authorization_uri="https:'
                                         '//login.microsoftonline.com/%s", resource_id="%s"'
                                         % (self.a.tenant, AUDIENCES["codesigning"]))])
@@ -815,17 +789,12 @@ class Signing:
     def submit(self, req, version, account, profile):
         self.emu.bump("sign_posts")
         ra = [("Retry-After", self.emu.retry_after())]
-        if self.emu.take("bare_403"):
-            return Reply(403)
-        if self.emu.take("sign_429"):
-            return json_reply(429, {"error": {"code": "TooManyRequests",
-                                              "message": "Rate limit exceeded."}}, headers=ra)
-        if self.emu.take("sign_503"):
-            return json_reply(503, {"error": {"code": "ServiceUnavailable",
-                                              "message": "The service is busy."}}, headers=ra)
-        if self.emu.take("sign_500"):
-            return json_reply(500, {"error": {"code": "InternalServerError",
-                                              "message": "An internal error occurred."}})
+        for fault, status, code, message in self.FAULTS:
+            if self.emu.take(fault):
+                if code is None:
+                    return Reply(status)
+                return json_reply(status, {"error": {"code": code, "message": message}},
+                                  headers=ra if status in (429, 503) else ())
         if account != self.a.account:
             return self.not_found("Code signing account '%s' not found." % account)
         if profile != self.a.cert_profile:
@@ -956,23 +925,11 @@ class Control:
         with self.emu.lock:
             new = self.emu.default_faults() if reset else dict(self.emu.faults)
         for k, v in changes.items():
-            is_int = isinstance(v, int) and not isinstance(v, bool)
-            is_num = (is_int or isinstance(v, float)) and not isinstance(v, bool)
             if k == "reset":
                 continue
-            if k in FAULT_COUNTERS or k in FAULT_INTS:
-                ok = is_int and v >= 0
-            elif k in FAULT_FLAGS:
-                ok = isinstance(v, bool)
-            elif k == "status_case":
-                ok = v in STATUS_CASES
-            elif k == "aadsts7000215_seconds":
-                ok = is_num and v >= 0
-            elif k == "token_lifetime_seconds":
-                ok = v is None or (is_num and v >= 0)
-            else:
+            if k not in FAULT_CHECKS:
                 return "unknown fault %r (known: %s)" % (k, ", ".join(sorted(new)))
-            if not ok:
+            if not FAULT_CHECKS[k](v):
                 return "bad value for %s: %r" % (k, v)
             new[k] = v
         with self.emu.lock:
@@ -1092,27 +1049,24 @@ def main():
     ap.add_argument("--state-dir", required=True,
                     help="where tls-ca.pem, codesign-root.pem, codesign-chain.pem go")
     ap.add_argument("--port-file", help="write the listening port here once ready")
-    ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--tenant", default="tenant-1")
-    ap.add_argument("--client-id", default="app-1", help="the signing app's appId")
-    ap.add_argument("--app-object-id", default="obj-1", help="its Graph object id")
-    ap.add_argument("--account", default="acct", help="code signing account")
-    ap.add_argument("--cert-profile", default="prof", help="certificate profile")
-    ap.add_argument("--graph-client-id", default="graph-cli",
-                    help="public client for the refresh-token grant")
-    ap.add_argument("--refresh-token", default="rt-initial",
-                    help="the one valid Graph refresh token at start")
-    ap.add_argument("--manager-client-id", default="mgr-1",
-                    help="confidential client allowed to manage credentials")
-    ap.add_argument("--manager-secret", default="mgr-secret")
-    ap.add_argument("--credential-limit", type=int, default=10,
-                    help="max password credentials on the app")
     ap.add_argument("--existing-credential", action="append", default=[], metavar="NAME",
                     help="pre-create a credential with this displayName (repeatable)")
-    ap.add_argument("--op-delay-ms", type=int, default=300,
-                    help="time from sign submission until the operation is done")
-    ap.add_argument("--retry-after", type=int, default=1,
-                    help="seconds sent in Retry-After")
+    for opt, default, text in (
+            ("--port", 0, "0 picks a free one"),
+            ("--tenant", "tenant-1", "the one known tenant"),
+            ("--client-id", "app-1", "the signing app's appId"),
+            ("--app-object-id", "obj-1", "the signing app's Graph object id"),
+            ("--account", "acct", "code signing account"),
+            ("--cert-profile", "prof", "certificate profile"),
+            ("--graph-client-id", "graph-cli", "public client of the refresh-token grant"),
+            ("--refresh-token", "rt-initial", "the one valid Graph refresh token at start"),
+            ("--manager-client-id", "mgr-1", "app allowed to manage credentials"),
+            ("--manager-secret", "mgr-secret", "its client secret"),
+            ("--credential-limit", 10, "max password credentials on the app"),
+            ("--op-delay-ms", 300, "time from sign submission until the result is ready"),
+            ("--retry-after", 1, "seconds sent in Retry-After")):
+        ap.add_argument(opt, default=default, type=type(default),
+                        help="%s [%s]" % (text, default))
     a = ap.parse_args()
 
     os.makedirs(a.state_dir, exist_ok=True)

@@ -551,7 +551,7 @@ def test_signing(c, ctok, gtok, pki_dir):
 def test_load(c, ctok):
     """40 keep-alive connections, ~2000 requests: submit + poll each."""
     c.faults(reset=True, op_delay_ms=0)
-    c.call("POST", "/_emu/reset-stats")
+    before = c.call("POST", "/_emu/reset-stats").json()["counters"]["ops_in_flight"]
     errors, lock = [], threading.Lock()
     per_conn = 25
 
@@ -593,8 +593,10 @@ def test_load(c, ctok):
           and st["sign_succeeded"] == 40 * per_conn,
           "load: 40 keep-alive connections x %d submit+poll in %.1f s" % (per_conn, took),
           (errors[:3], st))
-    check(st["ops_in_flight"] == 0 and st["max_ops_in_flight"] >= 2,
-          "ops_in_flight back to 0, max_ops_in_flight=%d" % st["max_ops_in_flight"], st)
+    # Earlier checks left a few operations unpolled: they stay in flight.
+    check(st["ops_in_flight"] == before and st["max_ops_in_flight"] >= before + 2,
+          "ops_in_flight back to %d, max_ops_in_flight=%d" % (before, st["max_ops_in_flight"]),
+          st)
 
 
 def test_control(c):
