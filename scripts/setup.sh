@@ -6,7 +6,7 @@ set -eu
 # libclang-rt-dev: the sanitizer and libFuzzer runtimes for clang (the TSan
 # build of `make test`, `make fuzz`); clang only recommends it, and recommends
 # are not installed here.
-PKGS="build-essential pkg-config meson ninja-build clang libclang-rt-dev openssl curl python3
+PKGS="build-essential pkg-config meson ninja-build clang libclang-rt-dev openssl curl python3 python3-cryptography
 libssl-dev libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev
 libsqlite3-dev libsodium-dev libcmocka-dev
 osslsigncode sbsigntool gcc-mingw-w64-x86-64 gcc-mingw-w64-i686 lld-14

@@ -26,6 +26,10 @@
 #   make_pki DIR               the test PKI (tests/tools/mkpki.sh)
 #   start_tsa PKI [NAME [ARGS...]]  tests/tools/tsa_server.py on 127.0.0.1;
 #                              sets TSA_URL (no trailing slash) and TSA_PID
+#   start_azure_emu DIR [ARGS...]  tests/emulators/azure_emu.py (Entra, Graph, Trusted
+#                              Signing) on 127.0.0.1; sets AZ_URL, AZ_PID, AZ_DIR
+#   emu_faults JSON / emu_state FILE   set the emulator's faults / save its state
+#   azure_profile_json FILE [CREDENTIALS-JSON]  an Azure profile config for it
 #   qwickd_init DATA           `qwickd init --json` into $tmp/init.json; sets
 #                              QWICKD_API_KEY, QWICKD_ROOT_CA, QWICKD_TSA_ROOT_CA,
 #                              QWICKD_TLS_CA
@@ -201,6 +205,44 @@ start_tsa() { # PKI [NAME [tsa_server.py ARGS...]]
     track_pid "$TSA_PID"
     wait_port "$TSA_PID" "$tmp/$_n.port" "tsa_server.py ($_n)" "$tmp/$_n.log"
     TSA_URL="http://127.0.0.1:$port"
+}
+
+start_azure_emu() { # DIR [azure_emu.py ARGS...]
+    AZ_DIR=$1
+    shift
+    rm -f "$tmp/emu.port"
+    /usr/bin/python3 "$SRC_ROOT/tests/emulators/azure_emu.py" --state-dir "$AZ_DIR" \
+        --port-file "$tmp/emu.port" "$@" 2>>"$tmp/emu.log" &
+    AZ_PID=$!
+    track_pid "$AZ_PID"
+    _i=0
+    while [ ! -s "$tmp/emu.port" ]; do # RSA key generation takes a few seconds
+        _i=$((_i + 1))
+        if [ "$_i" -gt 300 ] || ! kill -0 "$AZ_PID" 2>/dev/null; then
+            die "azure_emu.py did not start" "$tmp/emu.log"
+        fi
+        sleep 0.1
+    done
+    AZ_URL="https://127.0.0.1:$(tr -d ' \n' <"$tmp/emu.port")"
+}
+emu_faults() { # JSON
+    curl -sS --fail --cacert "$AZ_DIR/tls-ca.pem" -H 'Content-Type: application/json' \
+        -d "$1" "$AZ_URL/_emu/faults" >/dev/null || die "emulator faults $1" "$tmp/emu.log"
+}
+emu_state() { # FILE
+    curl -sS --fail --cacert "$AZ_DIR/tls-ca.pem" "$AZ_URL/_emu/state" >"$1" ||
+        die "emulator state" "$tmp/emu.log"
+}
+azure_profile_json() { # FILE [CREDENTIALS-JSON]
+    _cred=${2:-'{"ttlSeconds": 300, "maxSecrets": 2}'}
+    cat >"$1" <<EOF
+{"backend": "azure", "azure": {
+  "endpoint": "$AZ_URL", "account": "acct", "certificateProfile": "prof",
+  "tenantId": "tenant-1", "clientId": "app-1", "applicationObjectId": "obj-1",
+  "authorityUrl": "$AZ_URL", "graphUrl": "$AZ_URL", "caFile": "$AZ_DIR/tls-ca.pem",
+  "graph": {"refreshToken": "rt-initial", "clientId": "graph-cli"},
+  "credentials": $_cred}}
+EOF
 }
 
 qwickd_init() { # DATA

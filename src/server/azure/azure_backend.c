@@ -59,7 +59,7 @@ qk_err azure_backend_new(const azure_options *o, azure_backend **out)
     host[sizeof(host) - 1] = '\0';
     randombytes_buf(rnd, sizeof(rnd));
     hex_encode(rnd, sizeof(rnd), hex);
-    snprintf(b->node, sizeof(b->node), "%s/%s", host, hex);
+    snprintf(b->node, sizeof(b->node), "%s/%ld/%s", host, (long)getpid(), hex);
     pthread_mutex_init(&b->apps_mu, NULL);
     pthread_mutex_init(&b->creds_mu, NULL);
     pthread_cond_init(&b->creds_cv, NULL);

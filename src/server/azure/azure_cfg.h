@@ -25,7 +25,7 @@
 #define AZURE_DEFAULT_AUTHORITY "https://login.microsoftonline.com"
 #define AZURE_DEFAULT_GRAPH "https://graph.microsoft.com"
 #define AZURE_DEFAULT_TTL 300u
-#define AZURE_MIN_TTL 30u
+#define AZURE_MIN_TTL 5u
 #define AZURE_MAX_TTL 86400u
 #define AZURE_DEFAULT_MAX_SECRETS 2u
 #define AZURE_MAX_SECRETS_LIMIT 100u

@@ -8,7 +8,9 @@
  * are made on the credential thread (or, for the startup reaper pass, before
  * that thread starts), so these fields need no lock; what the engine reads
  * (the token) sits behind az_app.mu. */
+#include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -193,7 +195,9 @@ static qk_err entra_token(az_app *a, CURL *e, char *form, char **token, int64_t 
                 sodium_memzero((char *)json_string_value(v), json_string_length(v));
         }
     }
-    if (r->body.data != NULL)
+    /* A success carries tokens: wipe it. An error body is kept for the
+     * caller (AADSTS codes); it holds no secret. */
+    if (rc == QK_OK && r->body.data != NULL)
         sodium_memzero(r->body.data, r->body.len);
     json_decref(j);
     curl_slist_free_all(t.hdrs);
@@ -462,7 +466,7 @@ static qk_err take_lease(az_app *a, int64_t *lease_id)
     int64_t deadline = az_now_ms() + (int64_t)a->cfg.lock_timeout_seconds * 1000;
     int waited = 0, granted = 0;
     for (;;) {
-        int64_t until = now_unix() + 3 * (int64_t)a->b->reaper_interval_s;
+        int64_t until = now_unix() + 2 * (int64_t)a->b->reaper_interval_s;
         qk_err rc = STORE_CALL(a->b->store, lease_acquire, a->org, a->cfg.app_object_id,
                                a->b->node, (int)a->cfg.max_secrets, until, lease_id, &granted);
         if (rc != QK_OK)
@@ -492,7 +496,8 @@ static qk_err create_secret(az_app *a, CURL *e)
     json_t *j = NULL;
     qk_err rc;
 
-    if ((rc = take_lease(a, &lease)) != QK_OK)
+    /* Graph first: a lease is only taken when addPassword can be called. */
+    if ((rc = graph_token(a, e)) != QK_OK || (rc = take_lease(a, &lease)) != QK_OK)
         return rc;
     int64_t now = now_unix();
     iso_time(now + (int64_t)a->cfg.ttl_seconds + SECRET_END_MARGIN_S, end);
@@ -519,11 +524,13 @@ static qk_err create_secret(az_app *a, CURL *e)
     if (r.body.data != NULL)
         sodium_memzero(r.body.data, r.body.len);
     json_decref(j);
+    long status = r.status;
     az_resp_reset(&r);
     if (rc != QK_OK) {
-        /* The secret may exist without our knowing its keyId (the answer was
-         * lost): the lease is left to run out and the reaper finds it. */
-        if (r.status >= 400)
+        /* Refused: no secret exists, the slot is free again. Otherwise (no
+         * answer) the secret may exist without our knowing its keyId: the
+         * lease is left to run out and the reaper finds the secret. */
+        if (status >= 400)
             STORE_CALL(a->b->store, lease_release, a->org, lease, now_unix());
         return rc;
     }
@@ -619,7 +626,7 @@ static void heartbeat(az_app *a)
 {
     if (a->secret == NULL || az_now_ms() < a->heartbeat_ms)
         return;
-    int64_t until = now_unix() + 3 * (int64_t)a->b->reaper_interval_s;
+    int64_t until = now_unix() + 2 * (int64_t)a->b->reaper_interval_s;
     if (STORE_CALL(a->b->store, lease_update, a->org, a->secret_lease, NULL, until) != QK_OK)
         log_kv(LOG_WARN, "azure: lease renewal failed", "detail", qk_error_detail(), NULL);
     a->heartbeat_ms = az_now_ms() + (int64_t)a->b->reaper_interval_s * 1000 / 2;
@@ -634,6 +641,28 @@ static int64_t parse_iso(const char *s)
     if (s == NULL || strptime(s, "%Y-%m-%dT%H:%M:%S", &tm) == NULL)
         return 0;
     return (int64_t)timegm(&tm);
+}
+
+/* A lease held by a process of this host that no longer exists: its holder
+ * crashed (kill -9), so it is dead now rather than when it runs out. */
+static int holder_dead_here(const azure_backend *b, const char *node)
+{
+    const char *slash = strchr(b->node, '/');
+    size_t hl = slash ? (size_t)(slash - b->node) : 0;
+    if (node == NULL || hl == 0 || strncmp(node, b->node, hl + 1) != 0)
+        return 0;
+    char *end = NULL;
+    long pid = strtol(node + hl + 1, &end, 10);
+    if (end == node + hl + 1 || *end != '/' || pid <= 0)
+        return 0;
+    if (strcmp(node, b->node) == 0)
+        return 0;
+    return kill((pid_t)pid, 0) != 0 && errno == ESRCH;
+}
+
+static int lease_live(const azure_backend *b, const store_lease *l, int64_t now)
+{
+    return l->lease_until > now && !holder_dead_here(b, l->node);
 }
 
 static int reap_with(az_app *a, CURL *e)
@@ -663,7 +692,7 @@ static int reap_with(az_app *a, CURL *e)
     }
     int creating = 0;
     for (size_t i = 0; i < nl; i++)
-        if (leases[i].key_id == NULL && leases[i].lease_until > now)
+        if (leases[i].key_id == NULL && lease_live(a->b, &leases[i], now))
             creating = 1;
     size_t idx;
     json_t *c;
@@ -676,7 +705,7 @@ static int reap_with(az_app *a, CURL *e)
         int held = 0;
         for (size_t i = 0; i < nl && !held; i++)
             held = leases[i].key_id != NULL && strcmp(leases[i].key_id, kid) == 0 &&
-                   leases[i].lease_until > now;
+                   lease_live(a->b, &leases[i], now);
         if (held)
             continue;
         int64_t start = parse_iso(json_string_value(json_object_get(c, "startDateTime")));
@@ -701,7 +730,7 @@ static int reap_with(az_app *a, CURL *e)
     }
     /* Leases that ran out and whose secret is no longer listed: release. */
     for (size_t i = 0; i < nl; i++) {
-        if (leases[i].lease_until > now)
+        if (lease_live(a->b, &leases[i], now))
             continue;
         int listed = 0;
         json_array_foreach(creds, idx, c) {

@@ -49,7 +49,7 @@ struct azure_backend {
     const qk_keyring *keyring;
     unsigned reaper_interval_s;
     unsigned op_timeout_s;
-    char node[AZ_NODE_MAX]; /* "<host>/<random>": this run's lease holder name */
+    char node[AZ_NODE_MAX]; /* "<host>/<pid>/<random>": this run's lease holder name */
     az_stats stats;
 
     /* App registrations in use, keyed by (org, application object id). */
