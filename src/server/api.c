@@ -112,7 +112,7 @@ void api_audit_init(http_req *req, const store_apikey *key, const char *action, 
 }
 
 /* Answers 403 and returns -1 unless the key has at least `role`. */
-static int need_role(http_req *req, const store_apikey *key, store_role role)
+int api_need_role(http_req *req, const store_apikey *key, store_role role)
 {
     if (key->role >= role)
         return 0;
@@ -136,7 +136,7 @@ void api_keys_list(http_req *req)
     size_t n = 0;
     if (api_authenticate(req, &key) != 0)
         return;
-    if (need_role(req, &key, ROLE_ADMIN) != 0)
+    if (api_need_role(req, &key, ROLE_ADMIN) != 0)
         goto out;
     if (STORE_CALL(req->srv->store, apikey_list, key.org_id, &keys, &n) != QK_OK) {
         http_error(req, 503, "store_unavailable", "cannot list keys now");
@@ -163,7 +163,7 @@ void api_keys_create(http_req *req)
 
     if (api_authenticate(req, &key) != 0)
         return;
-    if (need_role(req, &key, ROLE_ADMIN) != 0)
+    if (api_need_role(req, &key, ROLE_ADMIN) != 0)
         goto out;
     if ((body = api_parse_object(req)) == NULL || api_only_fields(req, body, NULL, fields) != 0 ||
         api_opt_string(req, body, "name", API_MAX_KEY_NAME, &name) != 0 ||
@@ -221,7 +221,7 @@ void api_keys_revoke(http_req *req)
     store_apikey key;
     if (api_authenticate(req, &key) != 0)
         return;
-    if (need_role(req, &key, ROLE_ADMIN) != 0)
+    if (api_need_role(req, &key, ROLE_ADMIN) != 0)
         goto out;
     const char *s = req->params[0];
     char *end = NULL;

@@ -6,6 +6,7 @@
  *       digest_length, unknown_algorithm, unknown_format, field_too_long, invalid_value
  *   401 missing_api_key, unknown_api_key, revoked_api_key, expired_api_key
  *   403 forbidden           404 not_found, unknown_profile
+ *   409 profile_exists, profile_disabled               400 invalid_config, timestamp_required
  *   405 method_not_allowed  413 body_too_large        415 unsupported_media_type
  *   500 internal, audit_failed, signing_failed        503 store_unavailable, shutting_down */
 #ifndef QWICKD_API_H
@@ -40,6 +41,9 @@ int api_only_fields(http_req *req, json_t *obj, const char *where, const char *c
  * long). */
 int api_opt_string(http_req *req, json_t *obj, const char *name, size_t max, const char **out);
 
+/* 0 when the key's role is at least `role`; otherwise answers 403, -1. */
+int api_need_role(http_req *req, const store_apikey *key, store_role role);
+
 /* An audit row for `key` acting now from the request's client address. */
 void api_audit_init(http_req *req, const store_apikey *key, const char *action, store_audit *a);
 
@@ -49,6 +53,10 @@ void api_sign_request_get(http_req *req);
 void api_keys_list(http_req *req);
 void api_keys_create(http_req *req);
 void api_keys_revoke(http_req *req);
+void api_profiles_list(http_req *req);
+void api_profiles_create(http_req *req);
+void api_profiles_get(http_req *req);
+void api_profiles_disable(http_req *req);
 void api_healthz(http_req *req);
 void api_metrics(http_req *req);
 

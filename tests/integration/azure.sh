@@ -127,6 +127,48 @@ refused "Failed operation" '{"op_fail": 1}' "SigningFailed"
 refused "bare 403" '{"bare_403": 1}' "HTTP 403"
 refused "429 beyond the retry budget" '{"sign_429": 1000, "retry_after": 0}' "429"
 
+# --- /api/v1/profiles -------------------------------------------------------------
+api() { # METHOD PATH [BODY-FILE] [KEY]: body in $tmp/api.json, status printed
+    curl -sS --cacert "$QWICKD_TLS_CA" -H "Authorization: Bearer ${4:-$QWICKD_API_KEY}" \
+        -H 'Content-Type: application/json' -X "$1" ${3:+--data-binary "@$3"} \
+        -o "$tmp/api.json" -w '%{http_code}' "$QWICKD_URL$2"
+}
+make_cert "$tmp/rel" "Release Signing"
+python3 - "$tmp" "$tmp/az.json" <<'PY'
+import json, sys
+t = sys.argv[1]
+local = {"backend": "local", "keyPem": open(t + "/rel.key").read(), "chainPem": open(t + "/rel.pem").read()}
+json.dump({"name": "rel", "config": local}, open(t + "/p-local.json", "w"))
+az = json.load(open(sys.argv[2]))
+az["azure"]["caPem"] = open(az["azure"].pop("caFile")).read()
+json.dump({"name": "az2", "config": az}, open(t + "/p-az.json", "w"))
+az["azure"]["caFile"] = "/etc/passwd"
+json.dump({"name": "az3", "config": az}, open(t + "/p-file.json", "w"))
+PY
+check_eq "API: create a local profile from PEM contents" "$(api POST /api/v1/profiles "$tmp/p-local.json")" 201
+check_py "API: the reply has the certificate, not the key" "$tmp/api.json" '
+assert d["name"] == "rel" and d["backend"] == "local" and d["timestampRequired"] is False
+assert "Release Signing" in d["certificate"]["subject"]
+assert "PRIVATE" not in json.dumps(d)'
+check_eq "API: duplicate name" "$(api POST /api/v1/profiles "$tmp/p-local.json")" 409
+check_eq "API: create an Azure profile (inline caPem)" "$(api POST /api/v1/profiles "$tmp/p-az.json")" 201
+check_py "API: refresh token never returned" "$tmp/api.json" '
+assert "rt-initial" not in json.dumps(d) and d["config"]["azure"]["graph"]["grant"] == "refresh_token"'
+check_eq "API: file names refused over the API" "$(api POST /api/v1/profiles "$tmp/p-file.json")" 400
+check_grep "API: says which key" "caFile" "$tmp/api.json"
+check_eq "API: list" "$(api GET /api/v1/profiles)" 200
+check_py "API: list has default, az, rel, az2" "$tmp/api.json" '
+assert sorted(p["name"] for p in d["profiles"]) == ["az", "az2", "default", "rel"], d'
+"$QWICKD" apikey create --data "$data" --role signer --json >"$tmp/signer.json" 2>/dev/null
+signer_key=$(json_get "$tmp/signer.json" api_key)
+check_eq "API: a signer may not list profiles" "$(api GET /api/v1/profiles "" "$signer_key")" 403
+check_eq "API: disable" "$(api POST /api/v1/profiles/rel/disable)" 200
+check_py "API: disabled" "$tmp/api.json" 'assert d["status"] == "disabled" and d["disabledAt"]'
+check_eq "API: unknown profile" "$(api GET /api/v1/profiles/nope)" 404
+cp "$tmp/app.exe" "$tmp/rel.exe"
+check_status 1 "signing with the disabled profile refused" "$QWICK" sign --profile rel "$tmp/rel.exe"
+check_grep "disabled: clear message" "profile_disabled" "$tmp/err"
+
 # --- metrics and audit --------------------------------------------------------
 check "metrics" curl -sS --fail --cacert "$QWICKD_TLS_CA" -H "Authorization: Bearer $QWICKD_API_KEY" \
     -o "$tmp/metrics.txt" "$QWICKD_URL/metrics"
