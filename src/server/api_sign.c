@@ -147,7 +147,8 @@ static int entry_matches(const cached_signer *e, const store_profile *p)
 {
     return e->org == p->org_id && e->profile_id == p->id && e->key_id == p->key_id &&
            e->chain_der.len == p->chain_der.len &&
-           memcmp(e->chain_der.data, p->chain_der.data, p->chain_der.len) == 0;
+           (p->chain_der.len == 0 ||
+            memcmp(e->chain_der.data, p->chain_der.data, p->chain_der.len) == 0);
 }
 
 /* The signer for profile `p`, with a reference the caller releases. */
@@ -177,7 +178,8 @@ static qk_err signer_get(server *srv, const store_profile *p, cached_signer **ou
     e->profile_id = p->id;
     e->key_id = p->key_id;
     e->chain_der.data = xmalloc(p->chain_der.len ? p->chain_der.len : 1);
-    memcpy(e->chain_der.data, p->chain_der.data, p->chain_der.len);
+    if (p->chain_der.len > 0) /* empty for Azure: its chain comes with each signature */
+        memcpy(e->chain_der.data, p->chain_der.data, p->chain_der.len);
     e->chain_der.len = p->chain_der.len;
     atomic_init(&e->refs, 1);
     if (p->backend != NULL && strcmp(p->backend, "azure") == 0)

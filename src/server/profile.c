@@ -169,16 +169,22 @@ static qk_err order_chain(EVP_PKEY *key, STACK_OF(X509) *certs, qk_buf *out)
         used[next] = 1;
         ordered[count++] = sk_X509_value(certs, next);
     }
-    for (int i = 0; i < n; i++)
-        if (!used[i] && X509_cmp(sk_X509_value(certs, i), ordered[0]) != 0)
+    for (int i = 0; i < n; i++) {
+        int dup = 0; /* a certificate given twice (in the PKCS#12 and the chain file) */
+        for (int k = 0; k < count && !dup; k++)
+            dup = X509_cmp(sk_X509_value(certs, i), ordered[k]) == 0;
+        if (!used[i] && !dup)
             return qk_fail(QK_ERR_INVALID_ARG,
                            "chain: certificate %d is not part of the leaf's issuer chain", i + 1);
+    }
     uint32_t flags = X509_get_extension_flags(ordered[0]);
     if ((flags & EXFLAG_XKUSAGE) == 0 || (X509_get_extended_key_usage(ordered[0]) & XKU_CODE_SIGN) == 0)
         return qk_fail(QK_ERR_INVALID_ARG, "chain: the leaf certificate does not allow code "
                                            "signing (extendedKeyUsage codeSigning)");
     if (X509_cmp_time(X509_get0_notAfter(ordered[0]), NULL) <= 0)
         return qk_fail(QK_ERR_INVALID_ARG, "chain: the leaf certificate has expired");
+    if (X509_cmp_time(X509_get0_notBefore(ordered[0]), NULL) > 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "chain: the leaf certificate is not valid yet");
     out->data = NULL;
     out->len = 0;
     for (int i = 0; i < count; i++) {

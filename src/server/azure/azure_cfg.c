@@ -38,9 +38,21 @@ static qk_err only_keys(json_t *obj, const char *where, const char *const *allow
     return QK_OK;
 }
 
+/* Refresh tokens and client secrets run to kilobytes. */
+#define AZ_MAX_SECRET (16 * 1024)
+
+static qk_err get_str_max(json_t *obj, const char *where, const char *key, const char *def,
+                          size_t max, const char **out);
+
 /* A required (or optional when `def` is given) string of sane characters. */
 static qk_err get_str(json_t *obj, const char *where, const char *key, const char *def,
                       const char **out)
+{
+    return get_str_max(obj, where, key, def, AZ_MAX_STR, out);
+}
+
+static qk_err get_str_max(json_t *obj, const char *where, const char *key, const char *def,
+                          size_t max, const char **out)
 {
     json_t *v = json_object_get(obj, key);
     *out = def;
@@ -53,9 +65,8 @@ static qk_err get_str(json_t *obj, const char *where, const char *key, const cha
     if (s == NULL)
         return qk_fail(QK_ERR_INVALID_ARG, "%s.%s must be a string", where, key);
     size_t n = strlen(s);
-    if (n == 0 || n > AZ_MAX_STR || n != json_string_length(v))
-        return qk_fail(QK_ERR_INVALID_ARG, "%s.%s must be 1 to %d characters", where, key,
-                       AZ_MAX_STR);
+    if (n == 0 || n > max || n != json_string_length(v))
+        return qk_fail(QK_ERR_INVALID_ARG, "%s.%s must be 1 to %zu characters", where, key, max);
     for (size_t i = 0; i < n; i++)
         if ((unsigned char)s[i] < 0x21 || s[i] == 0x7f)
             return qk_fail(QK_ERR_INVALID_ARG, "%s.%s must not contain spaces or controls",
@@ -147,8 +158,8 @@ static qk_err import_graph(json_t *g, const char *client_id, json_t *pub, json_t
     if (!json_is_object(g))
         return qk_fail(QK_ERR_INVALID_ARG, "azure.graph must be an object");
     if ((rc = only_keys(g, "azure.graph", graph_keys)) != QK_OK ||
-        (rc = get_str(g, "azure.graph", "refreshToken", "", &rt)) != QK_OK ||
-        (rc = get_str(g, "azure.graph", "clientSecret", "", &cs)) != QK_OK ||
+        (rc = get_str_max(g, "azure.graph", "refreshToken", "", AZ_MAX_SECRET, &rt)) != QK_OK ||
+        (rc = get_str_max(g, "azure.graph", "clientSecret", "", AZ_MAX_SECRET, &cs)) != QK_OK ||
         (rc = get_str(g, "azure.graph", "clientId", client_id, &cid)) != QK_OK)
         return rc;
     if ((rt[0] != '\0') == (cs[0] != '\0'))
@@ -212,6 +223,8 @@ qk_err azure_cfg_import(json_t *in, const char *base_dir, json_t **public_json,
         return qk_fail(QK_ERR_INVALID_ARG, "\"azure\" must be an object");
     if ((rc = only_keys(in, "azure", azure_keys)) != QK_OK)
         return rc;
+    if (json_object_get(in, "caFile") != NULL && json_object_get(in, "caPem") != NULL)
+        return qk_fail(QK_ERR_INVALID_ARG, "azure: give caFile or caPem, not both");
     if (base_dir == NULL && json_object_get(in, "caFile") != NULL)
         return qk_fail(QK_ERR_INVALID_ARG, "azure.caFile: files cannot be named here, give caPem");
     pub = json_object();
@@ -237,8 +250,10 @@ qk_err azure_cfg_import(json_t *in, const char *base_dir, json_t **public_json,
             rc = qk_fail(QK_ERR_INVALID_ARG, "azure.caPem must be PEM text");
             goto out;
         }
-        if ((rc = check_ca_pem(json_string_value(v), json_string_length(v))) != QK_OK)
+        if (check_ca_pem(json_string_value(v), json_string_length(v)) != QK_OK) {
+            rc = qk_fail(QK_ERR_BAD_DER, "azure.caPem holds no PEM certificate");
             goto out;
+        }
         ca = xstrdup(json_string_value(v));
     }
     if (ca != NULL)

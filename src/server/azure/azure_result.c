@@ -199,6 +199,15 @@ qk_err az_chain_for_signature(qk_slice pkcs7_der, qk_hash_alg alg, const uint8_t
         rc = qk_fail_ossl(QK_ERR_BAD_DER, "Azure signingCertificate is not one DER PKCS#7");
         goto out;
     }
+    /* DER, not any BER: the encoding must be the one re-encoding gives. */
+    unsigned char *re = NULL;
+    int relen = i2d_PKCS7(p7, &re);
+    int same = relen > 0 && (size_t)relen == pkcs7_der.len && memcmp(re, pkcs7_der.data, pkcs7_der.len) == 0;
+    OPENSSL_free(re);
+    if (!same) {
+        rc = qk_fail(QK_ERR_BAD_DER, "Azure signingCertificate is BER, not DER");
+        goto out;
+    }
     if (!PKCS7_type_is_signed(p7) || p7->d.sign == NULL ||
         (certs = p7->d.sign->cert) == NULL || (n = sk_X509_num(certs)) == 0) {
         rc = qk_fail(QK_ERR_BAD_DER, "Azure signingCertificate holds no certificate");
@@ -210,6 +219,8 @@ qk_err az_chain_for_signature(qk_slice pkcs7_der, qk_hash_alg alg, const uint8_t
     }
     for (int i = 0; i < n; i++)
         if (verifies(sk_X509_value(certs, i), md, digest, dlen, sig)) {
+            if (leaf >= 0 && X509_cmp(sk_X509_value(certs, leaf), sk_X509_value(certs, i)) == 0)
+                continue; /* the same certificate twice */
             if (leaf >= 0) {
                 rc = qk_fail(QK_ERR_BAD_DER, "Azure chain: two certificates share the leaf's key");
                 goto out;
