@@ -1626,46 +1626,6 @@ out:
     return rc;
 }
 
-static qk_err sq_apikey_list(qk_store *base, int64_t org, store_apikey **out, size_t *n)
-{
-    sq_store *s = (sq_store *)base;
-    conn *c = NULL;
-    sqlite3_stmt *st = NULL;
-    store_apikey *keys = NULL;
-    size_t count = 0, cap = 0;
-    qk_err rc;
-    int r;
-
-    *out = NULL;
-    *n = 0;
-    if ((rc = reader_get(s, &c)) != QK_OK)
-        return rc;
-    if ((rc = stmt(c, R_APIKEY_LIST, &st)) != QK_OK)
-        goto out;
-    sqlite3_bind_int64(st, 1, org);
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        if (count == cap) {
-            cap = cap ? 2 * cap : 8;
-            keys = xrealloc(keys, cap * sizeof(*keys));
-        }
-        memset(&keys[count], 0, sizeof(keys[count]));
-        read_apikey(st, &keys[count++]);
-    }
-    if (r != SQLITE_DONE) {
-        rc = db_fail(c->db, r, "list API keys");
-        goto out;
-    }
-    *out = keys;
-    *n = count;
-    keys = NULL;
-    rc = QK_OK;
-out:
-    store_apikey_list_free(keys, count);
-    stmt_done(st);
-    reader_put(s, c);
-    return rc;
-}
-
 static qk_err sq_request_get(qk_store *base, int64_t org, const char *id, store_sign_request *out,
                              int *found)
 {
@@ -2039,6 +1999,18 @@ static void fill_org(sqlite3_stmt *st, void *e)
     store_org *o = e;
     o->id = sqlite3_column_int64(st, 0);
     o->name = col_strdup(st, 1);
+}
+
+static void fill_apikey(sqlite3_stmt *st, void *e)
+{
+    read_apikey(st, e);
+}
+
+static qk_err sq_apikey_list(qk_store *base, int64_t org, store_apikey **out, size_t *n)
+{
+    sq_val v[] = {V_INT(org)};
+    return query_rows((sq_store *)base, R_APIKEY_LIST, v, 1, sizeof(**out), fill_apikey,
+                      (row_list_free_fn)store_apikey_list_free, "list API keys", (void **)out, n);
 }
 
 static qk_err sq_org_list(qk_store *base, store_org **out, size_t *n)
