@@ -42,6 +42,7 @@ bench: build
 	@sh bench/digest.sh $(BUILD)
 	@sh bench/server.sh $(BUILD)
 	@sh bench/batch.sh $(BUILD)
+	@sh bench/azure.sh $(BUILD)
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')

@@ -311,6 +311,8 @@ typedef struct sign_job {
     cached_signer *cs;
     qk_tbs *tbs;
     char note[96];          /* the audit row's detail: the credential used */
+    azure_result az;        /* Azure's answer, carried to a signing thread */
+    char az_detail[512];
 } sign_job;
 
 /* Frees the job, then lets the pool thread answer: `req` is not touched
@@ -408,12 +410,13 @@ static void sign_failed(sign_job *j, int status, const char *code, const char *d
     sign_job_done(j);
 }
 
-/* Azure's answer, on the Azure engine's thread: assemble the signature
- * around Azure's raw value (checked against the leaf it came with), then
- * record it like any other. */
-static void azure_done(void *arg, azure_result *r)
+/* Azure's answer, on a signing thread: assemble the signature around
+ * Azure's raw value (checked against the leaf it came with), then record it
+ * like any other. */
+static void azure_finish(void *arg)
 {
     sign_job *j = arg;
+    azure_result *r = &j->az;
     qk_slice chain[QK_MAX_CHAIN_LEN];
     char *b64[QK_MAX_CHAIN_LEN] = {NULL};
     size_t n = 0;
@@ -434,8 +437,6 @@ static void azure_done(void *arg, azure_result *r)
                                    n, &sig)) != QK_OK) {
         goto fail;
     }
-    if (r->note != NULL)
-        snprintf(j->note, sizeof(j->note), "%s", r->note);
     chain_json = chain_json_of(b64, n);
     record_signed(j, sig, chain_json, 1);
     goto out;
@@ -447,6 +448,27 @@ out:
         free(b64[i]);
     qk_buf_free(&r->signature);
     qk_buf_free(&r->chain_der);
+}
+
+/* On the Azure engine's thread: the answer moves to a signing thread, so
+ * the engine goes back to its transfers at once (assembly and the audit of a
+ * failure take time the engine should not spend). */
+static void azure_done(void *arg, azure_result *r)
+{
+    sign_job *j = arg;
+    j->az = *r;
+    if (r->detail != NULL) {
+        snprintf(j->az_detail, sizeof(j->az_detail), "%s", r->detail);
+        j->az.detail = j->az_detail;
+    }
+    if (r->note != NULL) {
+        snprintf(j->note, sizeof(j->note), "%s", r->note);
+        j->az.note = j->note;
+    }
+    r->signature = (qk_buf){NULL, 0};
+    r->chain_der = (qk_buf){NULL, 0};
+    if (workq_push(j->req->srv->signq, azure_finish, j) != 0)
+        azure_finish(j); /* no signing thread (shutting down): here */
 }
 
 /* Hands the hash of the signed attributes (or the raw digest) to Azure. */

@@ -69,7 +69,9 @@ qk_err azure_backend_new(const azure_options *o, azure_backend **out)
     }
     /* Before serving: secrets left behind by a crashed run are revoked now,
      * not an interval later. */
+    b->starting = 1;
     int reaped = azure_backend_reap_now(b);
+    b->starting = 0;
     if (reaped > 0) {
         char n[16];
         snprintf(n, sizeof(n), "%d", reaped);

@@ -127,7 +127,8 @@ static qk_err call(az_app *a, CURL *e, az_resp *r, prep_fn prep, void *ctx, cons
         if (r->status >= 200 && r->status < 300)
             return QK_OK;
         az_count_error(a->b, az_class_of(r));
-        if (!az_status_retryable(r) || attempt >= MAX_TRIES)
+        /* The startup pass tries once: serving is not held up by Graph. */
+        if (!az_status_retryable(r) || attempt >= MAX_TRIES || a->b->starting)
             break;
         int64_t wait = r->retry_after >= 0 ? r->retry_after * 1000 : 250L << attempt;
         if (wait > AZ_MAX_RETRY_AFTER_S * 1000)

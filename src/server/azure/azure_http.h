@@ -22,8 +22,8 @@
 
 typedef struct az_trust az_trust;
 
-/* Extra trust anchors (PEM text) for one profile's endpoints; NULL pem gives
- * NULL (the system store alone). Shared read-only by every transfer. */
+/* The trust anchors for one app registration's endpoints: the system's,
+ * loaded once, plus `pem` (NULL: none). Shared by every transfer. */
 qk_err az_trust_new(const char *pem, az_trust **out);
 void az_trust_free(az_trust *t);
 
@@ -37,7 +37,7 @@ typedef struct az_resp {
     char curl_err[CURL_ERROR_SIZE];
 } az_resp;
 
-/* Sets the shared options and points the body/header callbacks at `r`
+/* Sets the shared options (trust must not be NULL) and points the body/header callbacks at `r`
  * (which must outlive the transfer). `headers` may be NULL; the caller owns
  * it. total_timeout_ms bounds the whole transfer. */
 void az_http_prepare(CURL *e, const char *url, const az_trust *trust, struct curl_slist *headers,

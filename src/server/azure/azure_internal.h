@@ -51,6 +51,7 @@ struct azure_backend {
     unsigned op_timeout_s;
     char node[AZ_NODE_MAX]; /* "<host>/<pid>/<random>": this run's lease holder name */
     az_stats stats;
+    int starting; /* the startup reaper pass: one try per call, no retries */
 
     /* App registrations in use, keyed by (org, application object id). */
     pthread_mutex_t apps_mu;
