@@ -1,5 +1,7 @@
-/* Key backends: something that signs a digest with a key that never leaves the
- * server. "local" (an encrypted PEM key) now; "pkcs11" and "azure" later. */
+/* Key backends that sign in-process: something that signs a digest with a key
+ * that never leaves the server. "local" (a sealed PEM key) now; "pkcs11"
+ * later. Azure Trusted Signing signs remotely and asynchronously: see
+ * azure/azure.h. */
 #ifndef QWICKD_SIGNER_H
 #define QWICKD_SIGNER_H
 
