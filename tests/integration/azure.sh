@@ -126,6 +126,12 @@ refused() { # DESC FAULTS-JSON PATTERN
 refused "Failed operation" '{"op_fail": 1}' "SigningFailed"
 refused "bare 403" '{"bare_403": 1}' "HTTP 403"
 refused "429 beyond the retry budget" '{"sign_429": 1000, "retry_after": 0}' "429"
+# Azure's {"errorDetail":{…}} shape: an account the emulator does not know.
+sed 's/"account": "acct"/"account": "nope"/' "$tmp/az.json" >"$tmp/nope.json"
+check "profile for an unknown account" "$QWICKD" profile create --data "$data" --name nope --config "$tmp/nope.json"
+cp "$tmp/app.exe" "$tmp/nope.exe"
+check_status 1 "unknown account: qwick sign fails" "$QWICK" sign --profile nope "$tmp/nope.exe"
+check_grep "unknown account: Azure's code and message" "HTTP 404 NotFound" "$tmp/err"
 
 # --- /api/v1/profiles -------------------------------------------------------------
 api() { # METHOD PATH [BODY-FILE] [KEY]: body in $tmp/api.json, status printed
@@ -157,14 +163,14 @@ assert "rt-initial" not in json.dumps(d) and d["config"]["azure"]["graph"]["gran
 check_eq "API: file names refused over the API" "$(api POST /api/v1/profiles "$tmp/p-file.json")" 400
 check_grep "API: says which key" "caFile" "$tmp/api.json"
 check_eq "API: list" "$(api GET /api/v1/profiles)" 200
-check_py "API: list has default, az, rel, az2" "$tmp/api.json" '
-assert sorted(p["name"] for p in d["profiles"]) == ["az", "az2", "default", "rel"], d'
+check_py "API: list has default, az, nope, rel, az2" "$tmp/api.json" '
+assert sorted(p["name"] for p in d["profiles"]) == ["az", "az2", "default", "nope", "rel"], d'
 "$QWICKD" apikey create --data "$data" --role signer --json >"$tmp/signer.json" 2>/dev/null
 signer_key=$(json_get "$tmp/signer.json" api_key)
 check_eq "API: a signer may not list profiles" "$(api GET /api/v1/profiles "" "$signer_key")" 403
 check_eq "API: disable" "$(api POST /api/v1/profiles/rel/disable)" 200
 check_py "API: disabled" "$tmp/api.json" 'assert d["status"] == "disabled" and d["disabledAt"]'
-check_eq "API: unknown profile" "$(api GET /api/v1/profiles/nope)" 404
+check_eq "API: unknown profile" "$(api GET /api/v1/profiles/none-such)" 404
 cp "$tmp/app.exe" "$tmp/rel.exe"
 check_status 1 "signing with the disabled profile refused" "$QWICK" sign --profile rel "$tmp/rel.exe"
 check_grep "disabled: clear message" "profile_disabled" "$tmp/err"
