@@ -1,4 +1,5 @@
 /* qwickd API client (see client.h). */
+#include <arpa/inet.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@ struct client {
     CURL *curl;
     struct curl_slist *headers; /* holds the Authorization header: wiped on free */
     char *base;                 /* server URL without trailing slash */
+    int plain;                  /* http:// (to a loopback IP literal only) */
     char errbuf[CURL_ERROR_SIZE];
     uint64_t rng; /* jitter for backoff, per client so threads never share it */
     const client_cancel_flag *cancel;
@@ -63,13 +65,38 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ctx)
     return n;
 }
 
-/* Plain HTTP would send the bearer key in clear: allow it only to this host. */
+/* Plain HTTP would send the bearer key in clear: allow it only to an IP
+ * literal of this host, 127.0.0.0/8 or ::1. A name ("localhost",
+ * "127.attacker.example") resolves to wherever DNS says; a literal cannot. */
 static int is_loopback(const char *host)
 {
-    return strcasecmp(host, "localhost") == 0 || strncmp(host, "127.", 4) == 0 ||
-           strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0;
+    struct in_addr a4;
+    struct in6_addr a6;
+    char buf[INET6_ADDRSTRLEN + 2];
+    size_t n = strlen(host);
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (n >= 2 && n - 2 < sizeof(buf) && host[0] == '[' && host[n - 1] == ']') {
+        memcpy(buf, host + 1, n - 2);
+        buf[n - 2] = '\0';
+        host = buf;
+    }
+    return inet_pton(AF_INET6, host, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
 }
 
+/* Called once the connection is up and before the request (and its bearer
+ * key) is sent: over plain HTTP, the address actually connected to must be
+ * a loopback address too. */
+static int check_peer(void *ctx, char *peer_ip, char *local_ip, int peer_port, int local_port)
+{
+    const client *c = ctx;
+    (void)local_ip, (void)peer_port, (void)local_port;
+    if (!c->plain || is_loopback(peer_ip))
+        return CURL_PREREQFUNC_OK;
+    return CURL_PREREQFUNC_ABORT;
+}
+
+/* 0: https; 1: plain http to a loopback IP literal; -1: refused (*err). */
 static int check_url(const char *url, char **err)
 {
     int rc = -1;
@@ -88,11 +115,12 @@ static int check_url(const char *url, char **err)
     }
     if (strcasecmp(scheme, "https") != 0 &&
         !(strcasecmp(scheme, "http") == 0 && is_loopback(host))) {
-        *err =
-            xasprintf("server URL '%s': use https (plain http only to a loopback address)", url);
+        *err = xasprintf("server URL '%s': use https (plain http only to a loopback IP "
+                         "address: 127.0.0.0/8 or [::1])",
+                         url);
         goto out;
     }
-    rc = 0;
+    rc = strcasecmp(scheme, "http") == 0 ? 1 : 0;
 out:
     curl_free(scheme);
     curl_free(host);
@@ -107,9 +135,11 @@ client *client_new(const cli_config *cfg, char **err)
     struct curl_slist *h;
 
     *err = NULL;
-    if (check_url(cfg->server, err) != 0)
+    int plain = check_url(cfg->server, err);
+    if (plain < 0)
         goto out;
     c = xcalloc(1, sizeof(*c));
+    c->plain = plain;
     c->base = xstrdup(cfg->server);
     c->rng = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)c ^ 0x9e3779b97f4a7c15u;
     if ((c->curl = curl_easy_init()) == NULL) {
@@ -147,6 +177,8 @@ client *client_new(const cli_config *cfg, char **err)
 #endif
     curl_easy_setopt(k, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(k, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(k, CURLOPT_PREREQFUNCTION, check_peer);
+    curl_easy_setopt(k, CURLOPT_PREREQDATA, c);
     if (cfg->cacert != NULL)
         curl_easy_setopt(k, CURLOPT_CAINFO, cfg->cacert);
     ret = c;

@@ -265,6 +265,13 @@ check "scripted: file untouched" cmp "$tmp/huge.exe" "$tmp/pe64.exe"
 stop_pid "$mpid"
 check_status 2 "plain http off loopback: exit 2" "$QWICK" sign --server "http://192.0.2.1:8080" "$tmp/huge.exe"
 check_grep "plain http off loopback refused" "https" "$tmp/err"
+# A host name that merely starts with "127." is not a loopback address: the key
+# would go in clear to wherever it resolves (issue: prefix match).
+for u in http://127.attacker.example:8080 http://127.0.0.1.nip.example http://localhost:8080 \
+    http://[::ffff:7f00:1]:8080; do
+    check_status 2 "plain http to $u refused" "$QWICK" sign --server "$u" "$tmp/huge.exe"
+    check_grep "plain http to $u: says why" "loopback IP" "$tmp/err"
+done
 
 # --- a killed CLI leaves the original intact ----------------------------------
 # ~200 MiB (an overlay is hashed like the rest), killed at several points of
