@@ -5,6 +5,7 @@
 #include <jansson.h>
 
 #include "config.h"
+#include "http.h"
 #include "internal.h"
 #include "pki.h"
 #include "store.h"
@@ -68,6 +69,16 @@ static qk_err get_uint(json_t *v, const char *key, json_int_t max, json_int_t *o
     if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > max)
         return qk_fail(QK_ERR_INVALID_ARG, "%s: \"%s\" must be an integer in 0..%lld", CONFIG_FILE,
                        key, (long long)max);
+    *out = json_integer_value(v);
+    return QK_OK;
+}
+
+/* An integer in lo..hi, the key named in full when it is not. */
+static qk_err get_range(json_t *v, const char *key, json_int_t lo, json_int_t hi, json_int_t *out)
+{
+    if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: \"%s\" must be an integer in %lld..%lld",
+                       CONFIG_FILE, key, (long long)lo, (long long)hi);
     *out = json_integer_value(v);
     return QK_OK;
 }
@@ -155,13 +166,17 @@ static qk_err parse_limits(json_t *obj, qwickd_config *c)
             if ((rc = get_uint(v, k, 1000000, &n)) == QK_OK)
                 c->max_connections = (unsigned)n;
         } else if (strcmp(k, "max_body_bytes") == 0) {
-            if ((rc = get_uint(v, k, 64L * 1024 * 1024, &n)) == QK_OK)
+            /* What the HTTP layer can honour, not more: a larger value used to
+             * be accepted and silently clamped. */
+            if ((rc = get_range(v, "limits.max_body_bytes", 1024, QK_HTTP_MAX_BODY_LIMIT, &n)) ==
+                QK_OK)
                 c->max_body = (size_t)n;
         } else if (strcmp(k, "commit_delay_us") == 0) {
             if ((rc = get_uint(v, k, STORE_MAX_COMMIT_DELAY_US, &n)) == QK_OK)
                 c->commit_delay_us = (unsigned)n;
         } else if (strcmp(k, "connection_timeout_seconds") == 0) {
-            if ((rc = get_uint(v, k, 86400, &n)) == QK_OK)
+            /* 0 would mean "no timeout at all" to libmicrohttpd. */
+            if ((rc = get_range(v, "limits.connection_timeout_seconds", 1, 86400, &n)) == QK_OK)
                 c->connection_timeout = (unsigned)n;
         } else {
             rc = unknown("limits.", k);

@@ -102,9 +102,14 @@ static void route(const http_ctx *ctx, http_req *req)
             req->route = r;
             return;
         }
+        /* Allow lists every method the path takes (RFC 9110 15.5.6). */
+        size_t used = strlen(req->allow);
+        snprintf(req->allow + used, sizeof(req->allow) - used, "%s%s", path_known ? ", " : "",
+                 r->method);
         path_known = 1;
-        http_header_set(req, MHD_HTTP_HEADER_ALLOW, r->method);
     }
+    if (path_known)
+        http_header_set(req, MHD_HTTP_HEADER_ALLOW, req->allow);
     req->nparams = 0;
     if (path_known)
         http_error(req, 405, "method_not_allowed", "%s is not allowed on this resource",

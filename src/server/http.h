@@ -40,7 +40,8 @@ typedef struct http_resp {
     char *body;               /* heap, owned; may be NULL for an empty body */
     size_t len;
     const char *error_code; /* static string when the response is an error */
-    const char *extra_name; /* one more header (Allow, WWW-Authenticate): static strings */
+    const char *extra_name; /* one more header (Allow, WWW-Authenticate): static strings,
+                             * or strings of the request (http_req.allow) */
     const char *extra_value;
     int secret; /* body holds a secret (a new API key): wiped when freed */
 } http_resp;
@@ -63,6 +64,7 @@ typedef struct http_req {
     char id[HTTP_REQUEST_ID_SIZE];
     char client_ip[INET6_ADDRSTRLEN];
     char actor[32]; /* "apikey:12" once authenticated, for the log line */
+    char allow[48]; /* a 405's Allow header: the path's methods */
     struct timespec start;
     int deferred;       /* suspended by the handler; written by the pool thread only */
     atomic_int resumed; /* set by the thread that filled resp */

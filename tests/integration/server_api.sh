@@ -254,6 +254,10 @@ call POST /api/v1/sign/digest "$admin_key" --data-binary "{\"digest\":\"$d32\",\
 expect_error 415 unsupported_media_type "form content type"
 call GET /api/v1/sign/digest "$admin_key"
 expect_error 405 method_not_allowed "GET on the sign endpoint"
+call DELETE /api/v1/keys "$admin_key"
+expect_error 405 method_not_allowed "DELETE on the keys collection"
+check_eq "405 Allow lists every method of the path" \
+    "$(tr -d '\r' <"$tmp/headers" | sed -n 's/^[Aa]llow: *//p')" "GET, POST"
 call GET /nope -
 expect_error 404 not_found "unknown path"
 call POST /tsa - -H 'Content-Type: application/json' --data-binary '{}'

@@ -139,6 +139,13 @@ bad_config "public_url not http(s) refused" 'c["public_url"] = "ftp://example.co
 bad_config "public_url with a trailing slash refused" 'c["public_url"] = "https://example.com/"' 'public_url'
 bad_config "commit delay over 100 ms refused" 'c["limits"]["commit_delay_us"] = 100001' 'commit_delay_us'
 bad_config "unknown limits key refused" 'c["limits"]["commit_delay"] = 5' 'commit_delay'
+# Values libmicrohttpd would take to mean something else, or that were clamped.
+bad_config "connection timeout 0 (no timeout at all) refused" \
+    'c["limits"]["connection_timeout_seconds"] = 0' 'limits.connection_timeout_seconds'
+bad_config "max_body_bytes over what the HTTP layer honours refused" \
+    'c["limits"]["max_body_bytes"] = 64 * 1024 * 1024' 'limits.max_body_bytes'
+bad_config "unknown azure key refused" 'c["azure"]["reaper"] = 5' 'azure.reaper'
+bad_config "azure reaper interval 0 refused" 'c["azure"]["reaper_interval_seconds"] = 0' 'reaper_interval_seconds'
 check_grep "init writes the commit delay default" '"commit_delay_us": 4000' "$D/qwickd.json"
 check_grep "init keeps /metrics behind a key" '"anonymous": false' "$D/qwickd.json"
 bad_config "metrics.anonymous must be a boolean" 'c["metrics"]["anonymous"] = "yes"' 'true or false'
