@@ -423,18 +423,22 @@ static void azure_finish(void *arg)
     qk_buf sig = {NULL, 0};
     char *chain_json = NULL;
     qk_err rc;
+    /* Owned here: `j` is freed by whoever answers (sign_failed, or the
+     * commit that record_signed queues), possibly before this returns. */
+    qk_buf az_sig = r->signature, az_chain = r->chain_der;
+    r->signature = r->chain_der = (qk_buf){NULL, 0};
 
     if (r->rc != QK_OK) {
         sign_failed(j, r->status ? r->status : 502, "signing_failed", r->detail);
         goto out;
     }
-    if ((rc = split_der(&r->chain_der, chain, b64, &n)) != QK_OK)
+    if ((rc = split_der(&az_chain, chain, b64, &n)) != QK_OK)
         goto fail;
     if (j->in.format == FMT_RAW) {
-        sig = r->signature;
-        r->signature = (qk_buf){NULL, 0};
-    } else if ((rc = qk_tbs_finish(j->tbs, (qk_slice){r->signature.data, r->signature.len}, chain,
-                                   n, &sig)) != QK_OK) {
+        sig = az_sig;
+        az_sig = (qk_buf){NULL, 0};
+    } else if ((rc = qk_tbs_finish(j->tbs, (qk_slice){az_sig.data, az_sig.len}, chain, n, &sig)) !=
+               QK_OK) {
         goto fail;
     }
     chain_json = chain_json_of(b64, n);
@@ -446,8 +450,8 @@ out:
     free(chain_json);
     for (size_t i = 0; i < n; i++)
         free(b64[i]);
-    qk_buf_free(&r->signature);
-    qk_buf_free(&r->chain_der);
+    qk_buf_free(&az_sig);
+    qk_buf_free(&az_chain);
 }
 
 /* On the Azure engine's thread: the answer moves to a signing thread, so

@@ -45,6 +45,7 @@ void config_free(qwickd_config *c)
     free(c->tsa_cert);
     free(c->tsa_key);
     free(c->tsa_policy);
+    free(c->tls_priorities);
     memset(c, 0, sizeof(*c));
 }
 
@@ -88,8 +89,9 @@ static qk_err unknown(const char *where, const char *key)
     return qk_fail(QK_ERR_INVALID_ARG, "%s: unknown key \"%s%s\"", CONFIG_FILE, where, key);
 }
 
-static qk_err parse_pair(json_t *obj, const char *section, char **cert, char **key, char **policy,
-                         const char *dir)
+/* {"cert", "key", EXTRA}: EXTRA is "policy" for the TSA, "priorities" for TLS. */
+static qk_err parse_pair(json_t *obj, const char *section, char **cert, char **key,
+                         const char *extra_name, char **extra, const char *dir)
 {
     const char *k;
     json_t *v;
@@ -102,8 +104,8 @@ static qk_err parse_pair(json_t *obj, const char *section, char **cert, char **k
             rc = get_str(v, "cert", 0, cert, dir);
         else if (strcmp(k, "key") == 0)
             rc = get_str(v, "key", 0, key, dir);
-        else if (policy != NULL && strcmp(k, "policy") == 0)
-            rc = get_str(v, "policy", 1, policy, NULL);
+        else if (extra != NULL && strcmp(k, extra_name) == 0)
+            rc = get_str(v, extra_name, 1, extra, NULL);
         else
             rc = unknown(section, k);
         if (rc != QK_OK)
@@ -254,9 +256,10 @@ qk_err config_load(const char *data_dir, qwickd_config *out)
         else if (strcmp(k, "default_org") == 0)
             rc = get_str(v, k, 0, &c.default_org, NULL);
         else if (strcmp(k, "tls") == 0)
-            rc = parse_pair(v, "tls.", &c.tls_cert, &c.tls_key, NULL, data_dir);
+            rc = parse_pair(v, "tls.", &c.tls_cert, &c.tls_key, "priorities", &c.tls_priorities,
+                            data_dir);
         else if (strcmp(k, "tsa") == 0)
-            rc = parse_pair(v, "tsa.", &c.tsa_cert, &c.tsa_key, &c.tsa_policy, data_dir);
+            rc = parse_pair(v, "tsa.", &c.tsa_cert, &c.tsa_key, "policy", &c.tsa_policy, data_dir);
         else if (strcmp(k, "limits") == 0)
             rc = parse_limits(v, &c);
         else if (strcmp(k, "metrics") == 0)

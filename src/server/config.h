@@ -8,7 +8,9 @@
  *     "listen": "127.0.0.1:8443",
  *     "public_url": null,                 // base of timestampUrl; null: from listen
  *     "default_org": "default",
- *     "tls": {"cert": "tls.pem", "key": "tls.key"},
+ *     "tls": {"cert": "tls.pem", "key": "tls.key",
+ *             "priorities": null},            // GnuTLS priorities; null: TLS 1.3, and
+ *                                             // TLS 1.2 with ECDHE and AEAD ciphers only
  *     "tsa": {"cert": "tsa.pem", "key": "tsa.key.sealed", "policy": null},
  *     "metrics": {"anonymous": false},    // true: GET /metrics without an API key
  *     "limits": {"threads": 0,            // 0: one per core
@@ -37,6 +39,11 @@
  * to share its fsync (store_sqlite_set_commit_delay). */
 #define CONFIG_DEFAULT_COMMIT_DELAY_US 4000u
 #define CONFIG_MAX_FILE (64u * 1024u)
+/* TLS 1.3, and TLS 1.2 with ECDHE key exchange and AEAD ciphers only (no
+ * CBC, no SHA-1 MACs, no RSA key transport); the server's order wins. */
+#define CONFIG_DEFAULT_TLS_PRIORITIES                                                             \
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:"            \
+    "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:%SERVER_PRECEDENCE"
 #define CONFIG_DEFAULT_AZURE_REAPER 60u
 #define CONFIG_DEFAULT_AZURE_OP_TIMEOUT 120u
 
@@ -49,6 +56,7 @@ typedef struct qwickd_config {
     char *tsa_cert;
     char *tsa_key;    /* sealed under the master key */
     char *tsa_policy; /* NULL: TSA_DEFAULT_POLICY */
+    char *tls_priorities; /* GnuTLS priority string; NULL: CONFIG_DEFAULT_TLS_PRIORITIES */
     unsigned threads; /* 0: one per core */
     unsigned max_connections;
     size_t max_body;

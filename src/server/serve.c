@@ -445,10 +445,9 @@ int cmd_serve(int argc, char **argv)
     if (srv.tls) {
         opts[no++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, cert_pem.data};
         opts[no++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, key_pem.data};
-        /* TLS 1.2 and 1.3 only. */
         opts[no++] = (struct MHD_OptionItem){
             MHD_OPTION_HTTPS_PRIORITIES, 0,
-            "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:%SERVER_PRECEDENCE"};
+            cfg.tls_priorities ? cfg.tls_priorities : CONFIG_DEFAULT_TLS_PRIORITIES};
     }
     opts[no++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
@@ -457,7 +456,8 @@ int cmd_serve(int argc, char **argv)
     /* GnuTLS has its own copy now; the key bytes need not linger. */
     qk_buf_free(&key_pem);
     if (d == NULL) {
-        fprintf(stderr, "qwickd: serve: cannot listen on %s (in use, or bad TLS files?)\n", listen);
+        fprintf(stderr, "qwickd: serve: cannot listen on %s (in use, bad TLS files, or bad "
+                        "tls.priorities?)\n", listen);
         goto out;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);

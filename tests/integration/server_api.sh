@@ -254,6 +254,18 @@ call POST /api/v1/sign/digest "$admin_key" --data-binary "{\"digest\":\"$d32\",\
 expect_error 415 unsupported_media_type "form content type"
 call GET /api/v1/sign/digest "$admin_key"
 expect_error 405 method_not_allowed "GET on the sign endpoint"
+# TLS: 1.3, and 1.2 with ECDHE + AEAD only (no CBC-SHA1, no RSA key transport).
+hostport=${base#https://}
+tls_cipher() { # s_client ARGS...: the negotiated cipher, or (NONE)
+    echo | timeout 10 openssl s_client -connect "$hostport" "$@" 2>/dev/null |
+        sed -n 's/.*Cipher is \([^ ]*\).*/\1/p' | head -n 1
+}
+check_eq "TLS 1.2 CBC-SHA1 suite refused" "$(tls_cipher -tls1_2 -cipher ECDHE-ECDSA-AES128-SHA)" "(NONE)"
+check_eq "TLS 1.2 RSA key transport refused" "$(tls_cipher -tls1_2 -cipher AES128-GCM-SHA256)" "(NONE)"
+check_eq "TLS 1.1 refused" "$(tls_cipher -tls1_1)" "(NONE)"
+check_eq "TLS 1.2 ECDHE + AES-GCM accepted" \
+    "$(tls_cipher -tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256)" "ECDHE-ECDSA-AES128-GCM-SHA256"
+check_eq "TLS 1.3 accepted" "$(tls_cipher -tls1_3)" "TLS_AES_256_GCM_SHA384"
 call DELETE /api/v1/keys "$admin_key"
 expect_error 405 method_not_allowed "DELETE on the keys collection"
 check_eq "405 Allow lists every method of the path" \

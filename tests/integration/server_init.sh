@@ -144,6 +144,7 @@ bad_config "connection timeout 0 (no timeout at all) refused" \
     'c["limits"]["connection_timeout_seconds"] = 0' 'limits.connection_timeout_seconds'
 bad_config "max_body_bytes over what the HTTP layer honours refused" \
     'c["limits"]["max_body_bytes"] = 64 * 1024 * 1024' 'limits.max_body_bytes'
+bad_config "bad tls.priorities refused at start" 'c["tls"]["priorities"] = "BOGUS:STRING"' 'tls.priorities'
 bad_config "unknown azure key refused" 'c["azure"]["reaper"] = 5' 'azure.reaper'
 bad_config "azure reaper interval 0 refused" 'c["azure"]["reaper_interval_seconds"] = 0' 'reaper_interval_seconds'
 check_grep "init writes the commit delay default" '"commit_delay_us": 4000' "$D/qwickd.json"
