@@ -229,6 +229,9 @@ static void take_body(http_req *req, size_t max, const char *data, size_t n)
     req->body_len += n;
 }
 
+/* 0: within max; 1: over it but small enough to read and drop (the client
+ * then reads its 413 instead of losing it to a reset while still sending);
+ * 2: refuse before reading. */
 static int content_length_too_large(const http_req *req, size_t max)
 {
     const char *cl = http_header(req, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -239,8 +242,10 @@ static int content_length_too_large(const http_req *req, size_t max)
     unsigned long long v = strtoull(cl, &end, 10);
     /* MHD has already rejected a malformed Content-Length; be safe anyway. */
     if (errno != 0 || end == cl)
-        return 1;
-    return v > max;
+        return 2;
+    if (v <= max)
+        return 0;
+    return v - max <= QK_HTTP_MAX_DISCARD ? 1 : 2;
 }
 
 enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const char *url,
@@ -273,11 +278,14 @@ enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const char *
             return queue(ctx, req);
         }
         route(ctx, req);
-        if (req->resp.status == 0 && content_length_too_large(req, ctx->max_body)) {
+        int big = req->resp.status == 0 ? content_length_too_large(req, ctx->max_body) : 0;
+        if (big == 2) {
             /* Refuse before reading: MHD skips "100 Continue" and closes. */
             http_error(req, 413, "body_too_large", "request body exceeds %zu bytes", ctx->max_body);
             return queue(ctx, req);
         }
+        if (big == 1)
+            req->body_too_large = 1; /* read and dropped; 413 once it is in */
         return MHD_YES;
     }
 

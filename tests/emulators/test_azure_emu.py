@@ -50,8 +50,11 @@ def check(cond, name, detail=""):
     else:
         n_failed += 1
         print("not ok %d - %s" % (n_checks, name))
+        # Also on stderr: meson shows a failed test's stderr, not its TAP stream.
+        sys.stderr.write("not ok %d - %s\n" % (n_checks, name))
         for line in str(detail).splitlines() or [""]:
             print("#   " + line)
+            sys.stderr.write("#   " + line + "\n")
     sys.stdout.flush()
     return cond
 
@@ -660,8 +663,10 @@ def main():
         errf.close()
         if n_failed or not ok_exit:
             print("# emulator stderr (tail):")
+            sys.stderr.write("# emulator stderr (tail):\n")
             for line in open(err_path, errors="replace").read().splitlines()[-40:]:
                 print("#   " + line)
+                sys.stderr.write("#   " + line + "\n")
         shutil.rmtree(d, ignore_errors=True)
     print("1..%d" % n_checks)
     return 1 if n_failed else 0
