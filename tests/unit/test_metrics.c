@@ -91,6 +91,25 @@ static void bounded_series(void **state)
     metrics_free(m);
 }
 
+/* Methods come from clients: 300 junk ones must not crowd out real ones. */
+static void junk_methods(void **state)
+{
+    (void)state;
+    metrics *m = metrics_new();
+    char method[32];
+    for (int i = 0; i < 300; i++) {
+        snprintf(method, sizeof(method), "JUNK%d", i);
+        metrics_request(m, "not_found", method, 405, 0.001);
+    }
+    metrics_request(m, "healthz", "GET", 200, 0.001);
+    char *t = render(m);
+    assert_non_null(strstr(t, "{route=\"healthz\",method=\"GET\",status=\"200\"} 1\n"));
+    assert_non_null(strstr(t, "{route=\"not_found\",method=\"other\",status=\"405\"} 300\n"));
+    assert_null(strstr(t, "JUNK"));
+    free(t);
+    metrics_free(m);
+}
+
 static void *hammer(void *p)
 {
     metrics *m = p;
@@ -123,6 +142,7 @@ int main(void)
         cmocka_unit_test(exposition),
         cmocka_unit_test(escapes_labels),
         cmocka_unit_test(bounded_series),
+        cmocka_unit_test(junk_methods),
         cmocka_unit_test(concurrent_counts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
