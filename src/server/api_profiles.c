@@ -26,23 +26,6 @@ static void wipe_body(http_req *req)
         sodium_memzero(req->body, req->body_len);
 }
 
-static void wipe_json(json_t *j)
-{
-    const char *k;
-    json_t *v;
-    size_t i;
-    if (json_is_object(j)) {
-        json_object_foreach(j, k, v) {
-            if (json_is_string(v))
-                sodium_memzero((char *)json_string_value(v), json_string_length(v));
-            else
-                wipe_json(v);
-        }
-    } else if (json_is_array(j)) {
-        json_array_foreach(j, i, v) wipe_json(v);
-    }
-}
-
 static int admin_key(http_req *req, store_apikey *key)
 {
     if (api_authenticate(req, key) != 0)
@@ -164,7 +147,7 @@ void api_profiles_create(http_req *req)
     reply_profile(req, 201, key.org_id, name);
 out:
     profile_import_clear(&imp);
-    wipe_json(body);
+    profile_json_wipe(body);
     json_decref(body);
     store_apikey_clear(&key);
 }

@@ -280,18 +280,6 @@ out:
     return rc;
 }
 
-/* Wipes every string of a secrets object before it is freed. */
-static void secrets_json_free(json_t *s)
-{
-    const char *k;
-    json_t *v;
-    json_object_foreach(s, k, v) {
-        if (json_is_string(v))
-            sodium_memzero((char *)json_string_value(v), json_string_length(v));
-    }
-    json_decref(s);
-}
-
 static qk_err import_azure(json_t *cfg, const char *base_dir, profile_import *out)
 {
     json_t *pub = NULL, *secrets = NULL, *doc = NULL;
@@ -321,7 +309,8 @@ static qk_err import_azure(json_t *cfg, const char *base_dir, profile_import *ou
         out->secret.len = strlen(sec_text);
     }
     json_decref(doc);
-    secrets_json_free(secrets);
+    profile_json_wipe(secrets);
+    json_decref(secrets);
     return rc;
 }
 
@@ -347,21 +336,18 @@ qk_err profile_import_json(json_t *cfg, const char *base_dir, profile_import *ou
     return rc;
 }
 
-/* Wipes the string values of a parsed config (passwords, tokens) before it
- * is freed: jansson's copies would otherwise linger in freed heap memory. */
-static void config_json_free(json_t *j)
+void profile_json_wipe(json_t *j)
 {
     const char *k;
     json_t *v;
-    if (json_is_object(j)) {
-        json_object_foreach(j, k, v) {
-            if (json_is_string(v))
-                sodium_memzero((char *)json_string_value(v), json_string_length(v));
-            else
-                config_json_free(json_incref(v));
-        }
+    size_t i;
+    if (json_is_string(j)) {
+        sodium_memzero((char *)json_string_value(j), json_string_length(j));
+    } else if (json_is_object(j)) {
+        json_object_foreach(j, k, v) profile_json_wipe(v);
+    } else if (json_is_array(j)) {
+        json_array_foreach(j, i, v) profile_json_wipe(v);
     }
-    json_decref(j);
 }
 
 qk_err profile_import_file(const char *path, profile_import *out)
@@ -381,7 +367,8 @@ qk_err profile_import_file(const char *path, profile_import *out)
     char *copy = xstrdup(path);
     rc = profile_import_json(cfg, dirname(copy), out);
     free(copy);
-    config_json_free(cfg);
+    profile_json_wipe(cfg);
+    json_decref(cfg);
     return rc;
 }
 

@@ -49,6 +49,11 @@ void profile_import_clear(profile_import *p);
 qk_err profile_store(qk_store *st, const qk_keyring *kr, int64_t org, const char *name,
                      const profile_import *imp, int64_t *id);
 
+/* Wipes every string in `j` (a config or secrets document, recursively)
+ * before the caller frees it: jansson's copies would otherwise linger in
+ * freed heap memory. */
+void profile_json_wipe(json_t *j);
+
 /* The profile for display: name, backend, status, times, public config,
  * leaf certificate summary; never a secret. NULL on allocation failure. */
 json_t *profile_json(const store_profile *p);

@@ -121,9 +121,7 @@ static qk_err call(az_app *a, CURL *e, az_resp *r, prep_fn prep, void *ctx, cons
     for (int attempt = 1;; attempt++) {
         curl_easy_reset(e);
         prep(a, e, r, ctx);
-        int64_t t0 = az_now_ms();
         rc = az_http_perform(e, r);
-        (void)t0;
         if (r->status >= 200 && r->status < 300)
             return QK_OK;
         az_count_error(a->b, az_class_of(r));
@@ -826,8 +824,6 @@ qk_err az_app_get(azure_backend *b, const store_profile *p, const azure_cfg *cfg
     a->org = p->org_id;
     a->secrets_row = p->key_id;
     /* A deep copy of the config. */
-    json_t *tmp = NULL;
-    (void)tmp;
     a->cfg = *cfg;
     a->cfg.endpoint = xstrdup(cfg->endpoint);
     a->cfg.account = xstrdup(cfg->account);
