@@ -20,8 +20,8 @@
 typedef qk_err (*emit_fn)(void *ctx, const uint8_t *p, size_t n);
 
 typedef struct layout {
-    size_t image_end;   /* bytes of the original image kept */
-    size_t pad;         /* zeros after them */
+    size_t image_end; /* bytes of the original image kept */
+    size_t pad;       /* zeros after them */
     uint64_t table_size;
     uint64_t total;
 } layout;
@@ -91,7 +91,8 @@ static qk_err produce(const qk_pe *pe, const qk_slice *sigs, size_t n, const lay
         qk_csum_update(&cs, wh, 8);
         qk_csum_update(&cs, sigs[i].data, sigs[i].len);
         qk_csum_update(&cs, zeros, epad);
-        if ((rc = emit(ctx, wh, 8)) != QK_OK || (rc = emit(ctx, sigs[i].data, sigs[i].len)) != QK_OK ||
+        if ((rc = emit(ctx, wh, 8)) != QK_OK ||
+            (rc = emit(ctx, sigs[i].data, sigs[i].len)) != QK_OK ||
             (epad && (rc = emit(ctx, zeros, epad)) != QK_OK))
             return rc;
     }
@@ -261,7 +262,8 @@ qk_err qk_pe_write_signed_begin(const qk_pe *pe, const qk_slice *sigs, size_t n,
     if ((p->tmp = malloc(tl)) == NULL)
         goto out;
     snprintf(p->tmp, tl, "%s/.%s.qwick-XXXXXX", dir, base);
-    if ((fd = mkstemp(p->tmp)) < 0) {
+    /* A new file (O_EXCL), never a link planted under the name. */
+    if ((fd = mkostemp(p->tmp, O_CLOEXEC | O_NOFOLLOW)) < 0) {
         rc = qk_fail(QK_ERR_IO, "creating a temporary file in %s: %s", dir, strerror(errno));
         free(p->tmp);
         p->tmp = NULL;
@@ -269,7 +271,8 @@ qk_err qk_pe_write_signed_begin(const qk_pe *pe, const qk_slice *sigs, size_t n,
     }
     sink->fd = fd;
     sink->used = 0;
-    if ((rc = produce(pe, sigs, n, &l, fd_emit, sink, &sum)) != QK_OK || (rc = fd_flush(sink)) != QK_OK)
+    if ((rc = produce(pe, sigs, n, &l, fd_emit, sink, &sum)) != QK_OK ||
+        (rc = fd_flush(sink)) != QK_OK)
         goto out;
     qk_put_u32le(sumle, sum);
     if (pwrite(fd, sumle, 4, (off_t)pe->checksum_off) != 4) {
@@ -306,7 +309,10 @@ out:
     return rc;
 }
 
-const char *qk_pe_pending_path(const qk_pe_pending *p) { return p->tmp; }
+const char *qk_pe_pending_path(const qk_pe_pending *p)
+{
+    return p->tmp;
+}
 
 qk_err qk_pe_pending_commit(qk_pe_pending *p)
 {

@@ -171,8 +171,7 @@ static int ensure_tsa(worker *w, const char *server_url, char **err)
         *err = xstrdup("the server named no timestamp URL: use --timestamp-url or --no-timestamp");
         return -1;
     }
-    url =
-        server_url[0] == '/' ? xasprintf("%s%s", o->cfg.server, server_url) : xstrdup(server_url);
+    url = server_url[0] == '/' ? xasprintf("%s%s", o->cfg.server, server_url) : xstrdup(server_url);
     if (w->tsa != NULL && strcmp(w->tsa_url, url) == 0) {
         free(url);
         return 0;
@@ -236,7 +235,7 @@ static char *check_report(const sign_opts *o, const qk_verify_report *rep, size_
                                               : "timestamp invalid";
         if (why != NULL)
             return xasprintf("written file does not verify (signature %zu): %s%s%s", i, why,
-                               s->error ? ": " : "", s->error ? s->error : "");
+                             s->error ? ": " : "", s->error ? s->error : "");
     }
     /* Replacing: exactly our signature; it must carry the token we attached. */
     if (!o->append && !o->detached && rep->nsigs != 1)
@@ -261,7 +260,44 @@ static qk_err make_verify_ctx(const sign_opts *o, qk_verify_ctx **out)
     return qk_verify_ctx_new(&vo, out);
 }
 
+/* Where the result for an input goes, decided once, before anything is sent:
+ * --out is never written through a symbolic link; an in-place write
+ * (`inplace`: the file itself, or FILE.p7s) follows links only where the
+ * kernel's protected_symlinks rule would (see afile_resolve). */
+static char *write_target(const sign_opts *o, const char *inplace, char **err)
+{
+    char *why = NULL, *dest;
+    if (o->out == NULL)
+        return afile_resolve(inplace, AFILE_FOLLOW_LAST, err);
+    if ((dest = afile_resolve(o->out, AFILE_NOFOLLOW_LAST, &why)) == NULL) {
+        *err = xasprintf("--out: %s", why);
+        free(why);
+    }
+    return dest;
+}
+
 /* --- PE files ---------------------------------------------------------- */
+
+/* qk_pe_write_signed_begin follows a symbolic link at the path it is given,
+ * on its own. `dest` has no links, so its temporary is `.NAME.qwick-XXXXXX`
+ * beside `dest` unless a link was planted at `dest` since: then the library
+ * picked another file, and nothing may be committed. A link planted after
+ * this check is harmless: the commit's rename replaces the link itself. */
+static int pending_is_beside(const qk_pe_pending *p, const char *dest, char **err)
+{
+    char *dcopy = xstrdup(dest), *bcopy = xstrdup(dest);
+    char *want = xasprintf("%s/.%s.qwick-", dirname(dcopy), basename(bcopy));
+    const char *tmp = qk_pe_pending_path(p);
+    size_t n = strlen(want);
+    int rc = strncmp(tmp, want, n) == 0 && strlen(tmp) == n + 6 ? 0 : -1;
+    if (rc != 0)
+        *err =
+            xasprintf("%s became a symbolic link while it was being signed: nothing written", dest);
+    free(want);
+    free(bcopy);
+    free(dcopy);
+    return rc;
+}
 
 /* One signing round trip for `jb`: the server signs `md` in `format`, the
  * request id is kept for the report, and the result is timestamped into *sig. */
@@ -306,9 +342,12 @@ static int sign_pe(worker *w, job *jb, char **err)
     qk_slice *sigs = NULL;
     size_t nsigs = 0, ncerts, expect = 1;
     uint8_t md[QK_HASH_MAX_SIZE];
-    const char *dest = o->out != NULL ? o->out : jb->path;
+    char *dest = write_target(o, jb->path, err);
 
-    if ((e = qk_pe_open(jb->path, &pe)) != QK_OK) {
+    if (dest == NULL)
+        goto out;
+    /* In place, what is read is what will be replaced: the resolved file. */
+    if ((e = qk_pe_open(o->out != NULL ? jb->path : dest, &pe)) != QK_OK) {
         *err = qk_msg(NULL, e);
         goto out;
     }
@@ -341,6 +380,8 @@ static int sign_pe(worker *w, job *jb, char **err)
         goto out;
     }
     tmp_track(w->slot, qk_pe_pending_path(pending));
+    if (pending_is_beside(pending, dest, err) != 0)
+        goto out;
     /* Check the bytes on disk, not the ones we meant to write. */
     if ((e = qk_pe_open(qk_pe_pending_path(pending), &check)) != QK_OK) {
         *err = qk_msg("re-reading the written file", e);
@@ -374,6 +415,7 @@ out:
     qk_buf_free(&nested);
     qk_buf_free(&sig);
     client_sign_res_free(&res);
+    free(dest);
     return rc;
 }
 
@@ -439,8 +481,8 @@ static int sign_detached(worker *w, job *jb, char **err)
     qk_buf sig = {0};
     qk_verify_report *rep = NULL;
     uint8_t md[QK_HASH_MAX_SIZE];
-    char *named = o->out != NULL ? xstrdup(o->out) : xasprintf("%s.p7s", jb->path);
-    char *dest = afile_target(named, err);
+    char *named = xasprintf("%s.p7s", jb->path);
+    char *dest = write_target(o, named, err);
     char *tmp = NULL, *why = NULL;
 
     free(named);

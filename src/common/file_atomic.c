@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,16 +47,160 @@ static char *base_of(const char *path)
     return b;
 }
 
-char *afile_target(const char *path, char **err)
+/* Linux's MAXSYMLINKS: links followed in one resolution before ELOOP. */
+#define AFILE_MAX_LINKS 40
+
+/* A path being resolved, one component at a time, as the kernel walks it.
+ * `done` is absolute and free of links ("" stands for the root); `todo`
+ * from `pos` holds the components still to walk. */
+typedef struct walk {
+    char *done, *todo;
+    size_t pos;
+    int nlinks;
+    char *last_link; /* set once the last component is a link's target */
+} walk;
+
+/* fs.protected_symlinks (Documentation/admin-guide/sysctl/fs.rst): a link
+ * in a sticky world-writable directory is followed only by its owner or when
+ * it belongs to the directory's owner; elsewhere only someone allowed to
+ * write the directory could have put it there. */
+static int link_followable(const char *dir, const char *link, const struct stat *lst, char **err)
 {
-    struct stat lst;
-    if (lstat(path, &lst) != 0 || !S_ISLNK(lst.st_mode))
-        return xstrdup(path);
-    char *r = realpath(path, NULL);
-    if (r == NULL)
-        *err = xasprintf("%s: symbolic link to %s", path,
-                         errno == ENOENT ? "a missing file" : strerror(errno));
-    return r;
+    struct stat dst;
+    if (lst->st_uid == geteuid())
+        return 0;
+    if (stat(dir, &dst) != 0) {
+        *err = xasprintf("%s: %s", dir, strerror(errno));
+        return -1;
+    }
+    if ((dst.st_mode & (S_ISVTX | S_IWOTH)) != (S_ISVTX | S_IWOTH) || dst.st_uid == lst->st_uid)
+        return 0;
+    *err = xasprintf("refusing to follow symlink %s owned by uid %lu in sticky world-writable "
+                     "directory %s",
+                     link, (unsigned long)lst->st_uid, dir);
+    return -1;
+}
+
+/* The next component of w->todo (NUL-terminated in place), NULL at the end;
+ * *last tells whether others follow it. */
+static char *next_component(walk *w, int *last)
+{
+    char *c = w->todo + w->pos + strspn(w->todo + w->pos, "/");
+    size_t n = strcspn(c, "/");
+    if (n == 0)
+        return NULL;
+    w->pos = (size_t)(c - w->todo) + n;
+    if (c[n] != '\0') {
+        c[n] = '\0';
+        w->pos++;
+    }
+    *last = w->todo[w->pos + strspn(w->todo + w->pos, "/")] == '\0';
+    return c;
+}
+
+/* Continues the walk at the target of `link`, found where w->done ends. */
+static int follow_link(walk *w, const char *link, const struct stat *lst, int last, char **err)
+{
+    char target[PATH_MAX];
+    ssize_t n;
+    if (++w->nlinks > AFILE_MAX_LINKS) {
+        *err = xasprintf("%s: %s", link, strerror(ELOOP));
+        return -1;
+    }
+    if (link_followable(w->done[0] != '\0' ? w->done : "/", link, lst, err) != 0)
+        return -1;
+    if ((n = readlink(link, target, sizeof(target))) < 0 || (size_t)n >= sizeof(target)) {
+        *err = xasprintf("%s: %s", link, strerror(n < 0 ? errno : ENAMETOOLONG));
+        return -1;
+    }
+    target[n] = '\0';
+    if (target[0] == '/')
+        w->done[0] = '\0';
+    char *todo = xasprintf("%s/%s", target, w->todo + w->pos);
+    free(w->todo);
+    w->todo = todo;
+    w->pos = 0;
+    if (last) {
+        free(w->last_link);
+        w->last_link = xstrdup(link);
+    }
+    return 0;
+}
+
+/* One component: a directory (or the last component) is appended to
+ * w->done, a link is followed or refused. */
+static int walk_step(walk *w, const char *c, int last, int follow_last, char **err)
+{
+    struct stat st;
+    char *next = xasprintf("%s/%s", w->done, c);
+    int rc = -1;
+    if (lstat(next, &st) != 0) {
+        if (errno != ENOENT || !last)
+            *err = xasprintf("%s: %s", next, strerror(errno));
+        else if (w->last_link != NULL)
+            *err = xasprintf("%s: symbolic link to a missing file", w->last_link);
+        else
+            rc = 0; /* a new file */
+    } else if (S_ISLNK(st.st_mode)) {
+        if (last && !follow_last)
+            *err = xasprintf("refusing to write through symlink %s", next);
+        else
+            rc = follow_link(w, next, &st, last, err);
+        free(next);
+        return rc;
+    } else if (!last && !S_ISDIR(st.st_mode)) {
+        *err = xasprintf("%s: %s", next, strerror(ENOTDIR));
+    } else {
+        rc = 0;
+    }
+    if (rc == 0) {
+        free(w->done);
+        w->done = next;
+        next = NULL;
+    }
+    free(next);
+    return rc;
+}
+
+/* Like realpath(3), but every link is vetted before it is followed, and
+ * the last component need not exist. */
+char *afile_resolve(const char *path, int follow_last, char **err)
+{
+    walk w = {0};
+    char *c, *res = NULL;
+    int last = 0;
+
+    if (path[0] == '\0') {
+        *err = xstrdup("empty file name");
+        return NULL;
+    }
+    if (path[0] == '/') {
+        w.done = xstrdup("");
+    } else if ((w.done = getcwd(NULL, 0)) == NULL) {
+        *err = xasprintf("current directory: %s", strerror(errno));
+        return NULL;
+    } else if (strcmp(w.done, "/") == 0) {
+        w.done[0] = '\0';
+    }
+    w.todo = xstrdup(path);
+    while ((c = next_component(&w, &last)) != NULL) {
+        if (strcmp(c, ".") == 0)
+            continue;
+        if (strcmp(c, "..") == 0) {
+            *(w.done[0] != '\0' ? strrchr(w.done, '/') : w.done) = '\0';
+            continue;
+        }
+        if (walk_step(&w, c, last, follow_last, err) != 0)
+            goto out;
+    }
+    res = w.done[0] != '\0' ? w.done : xstrdup("/");
+    if (res == w.done)
+        w.done = NULL;
+out:
+    free(w.done);
+    free(w.todo);
+    free(w.last_link);
+    return res;
 }
 
 int afile_write_temp(const char *dest, const void *data, size_t len, mode_t mode, char **tmp,
@@ -63,7 +208,7 @@ int afile_write_temp(const char *dest, const void *data, size_t len, mode_t mode
 {
     char *dir = dir_of(dest), *base = base_of(dest);
     char *path = xasprintf("%s/.%s.qwick-XXXXXX", dir, base);
-    int fd = mkostemp(path, O_CLOEXEC), rc = -1;
+    int fd = mkostemp(path, O_CLOEXEC | O_NOFOLLOW), rc = -1;
 
     *tmp = NULL;
     if (fd < 0) {

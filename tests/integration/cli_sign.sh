@@ -106,12 +106,20 @@ check "sign through a symlink" "$QWICK" sign "$tmp/link.exe"
 check "symlink: the target verifies" osslverify "$tmp/real/app.exe"
 check_eq "symlink: the target keeps its mode" "$(stat -c %a "$tmp/real/app.exe")" 750
 ls -a "$tmp/real" | grep -q qwick && fail "symlink: temporary file left" || ok "symlink: no temporary file left"
+# --out is never written through a link (more in cli_symlink.sh); in place, a
+# link to a missing file is an error.
 ln -s missing.exe "$tmp/dangling.exe"
 check_status 1 "--out to a dangling symlink fails" "$QWICK" sign --out "$tmp/dangling.exe" "$tmp/pe32.exe"
-grep -q "symbolic link to a missing file" "$tmp/err" && ok "dangling symlink: clear error" ||
+grep -q "refusing to write through symlink" "$tmp/err" && ok "dangling symlink: clear error" ||
     fail "dangling symlink: clear error ($(cat "$tmp/err"))"
 [ -L "$tmp/dangling.exe" ] && [ ! -e "$tmp/missing.exe" ] && ok "dangling symlink: nothing written" ||
     fail "dangling symlink: something was written"
+ln -s missing.txt "$tmp/dangling.txt.p7s"
+printf 'notes\n' >"$tmp/dangling.txt"
+check_status 1 "--detached: FILE.p7s a dangling symlink fails" "$QWICK" sign --detached "$tmp/dangling.txt"
+check_grep "--detached: dangling FILE.p7s: clear error" "symbolic link to a missing file" "$tmp/err"
+[ ! -e "$tmp/missing.txt" ] && ok "--detached: dangling FILE.p7s: nothing written" ||
+    fail "--detached: dangling FILE.p7s: something was written"
 printf 'notes\n' >"$tmp/notes-link.txt"
 : >"$tmp/real/notes.sig"
 ln -s real/notes.sig "$tmp/notes-link.txt.p7s"
