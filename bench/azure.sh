@@ -57,11 +57,15 @@ path, threads, maxconn = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 c = json.load(open(path))
 c["limits"]["threads"] = threads
 c["limits"]["max_connections"] = max(c["limits"]["max_connections"], maxconn)
+# All the load comes from one address (127.0.0.1): lift the per-address cap.
+c["limits"]["max_connections_per_ip"] = c["limits"]["max_connections"] - 1
 with open(path, "w") as f:
     json.dump(c, f, indent=2)
 EOF
 azure_profile_json "$tmp/az.json" \
     '{"ttlSeconds": 300, "maxSecrets": 2, "maxConcurrent": 2000}'
+# The load signs bare values (--format raw): a profile allows them only when asked.
+python3 -c "import json,sys; d=json.load(open(sys.argv[1])); d['formats']=['authenticode-pe','cms','raw']; json.dump(d, open(sys.argv[1],'w'))" "$tmp/az.json"
 "$QWICKD" profile create --data "$tmp/data" --name az --config "$tmp/az.json" \
     >"$tmp/profile.out" 2>&1 || die "qwickd profile create" "$tmp/profile.out"
 start_qwickd "$tmp/data"
@@ -73,7 +77,7 @@ echo "azure: $REQUESTS x POST /api/v1/sign/digest ($FORMAT, sha256, profile az) 
 # --- load ------------------------------------------------------------------------
 rc=0
 python3 "$SRC_ROOT/bench/azure_load.py" --url "$QWICKD_URL" --ca "$QWICKD_TLS_CA" \
-    --key "$QWICKD_API_KEY" --pid "$QWICKD_PID" --emu-pid "$AZ_PID" \
+    --key "$QWICKD_API_KEY" --operator-token "$QWICKD_OPERATOR_TOKEN" --pid "$QWICKD_PID" --emu-pid "$AZ_PID" \
     --emu-url "$AZ_URL" --emu-ca "$AZ_DIR/tls-ca.pem" --profile az --format "$FORMAT" \
     --requests "$REQUESTS" --concurrency "$CONCURRENCY" --warmup "$WARMUP" \
     ${TIMELINE:+--timeline} --json "$tmp/load.json" || rc=$?

@@ -210,7 +210,7 @@ def metrics(args):
     """qwickd's /metrics as {name{labels}: value}; {} if unavailable."""
     ctx = ssl.create_default_context(cafile=args.ca)
     req = urllib.request.Request(args.url + "/metrics",
-                                 headers={"Authorization": "Bearer " + args.key})
+                                 headers={"Authorization": "Bearer " + (args.operator_token or args.key)})
     try:
         with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
             text = r.read().decode()
@@ -390,6 +390,7 @@ def main():
     ap.add_argument("--emu-url")
     ap.add_argument("--emu-ca")
     ap.add_argument("--profile", default="az")
+    ap.add_argument("--operator-token", default=None, help="for GET /metrics")
     ap.add_argument("--format", default="raw")
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=500)

@@ -48,6 +48,16 @@ jget() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.arg
 # --- server ------------------------------------------------------------------
 "$QWICKD" init --data "$tmp/data" --json >"$tmp/init.json"
 key=$(jget "$tmp/init.json" api_key)
+optok=$(jget "$tmp/init.json" operator_token)
+# All the load comes from one address (127.0.0.1): room for CONNS connections from it.
+python3 - "$tmp/data/qwickd.json" "$CONNS" <<'PYEOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+need = int(sys.argv[2]) + 16
+c["limits"]["max_connections"] = max(c["limits"]["max_connections"], need + 1)
+c["limits"]["max_connections_per_ip"] = max(c["limits"].get("max_connections_per_ip", 0), need)
+json.dump(c, open(sys.argv[1], "w"), indent=2)
+PYEOF
 "$QWICKD" serve --data "$tmp/data" --listen 127.0.0.1:0 --port-file "$tmp/port" \
     2>"$tmp/server.log" &
 pid=$!
@@ -150,7 +160,7 @@ print(db.execute("SELECT count(*) FROM audit WHERE action = '"'"'sign.digest'"'"
     "$tmp/data/qwick.db")
 echo "  audit rows   $audited (warm-up included)"
 # Group commit as the server saw it (warm-up included).
-python3 - "$port" "$tmp/data/tls-ca.pem" "$key" <<'PYEOF' || true
+python3 - "$port" "$tmp/data/tls-ca.pem" "$optok" <<'PYEOF' || true
 import ssl, sys, urllib.request
 ctx = ssl.create_default_context(cafile=sys.argv[2])
 req = urllib.request.Request(f"https://127.0.0.1:{sys.argv[1]}/metrics",

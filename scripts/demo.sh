@@ -66,7 +66,17 @@ if command -v wine >/dev/null 2>&1; then
     echo "  run      $(wine "$tmp/hello.exe" 2>/dev/null | tr -d '\r')"
 fi
 
-# 6. Graceful stop (SIGTERM lets in-flight requests finish).
+# 6. The signature is on record: the transparency log, checked from outside
+#    under the log key init printed.
+logkey=$(json_get "$tmp/init.json" log_public_key)
+XDG_STATE_HOME=$tmp/state "$QWICK" log inclusion --log-key "$logkey" "$tmp/hello.exe" \
+    >"$tmp/incl.out" 2>"$tmp/incl.err" || die "qwick log inclusion" "$tmp/incl.err"
+echo "  log      $(sed 's|^.*/hello.exe: ||' "$tmp/incl.out")"
+XDG_STATE_HOME=$tmp/state "$QWICK" log verify --log-key "$logkey" >"$tmp/lv.out" 2>"$tmp/lv.err" ||
+    die "qwick log verify" "$tmp/lv.err"
+echo "  log      checkpoint verified: $(cat "$tmp/lv.out")"
+
+# 7. Graceful stop (SIGTERM lets in-flight requests finish).
 stop_qwickd
 echo "  stop     qwickd stopped"
 echo "demo: OK: hello.exe signed through the API without leaving this machine"

@@ -15,7 +15,6 @@
 
 extern const char *qk_progname;
 
-
 /* "qwick: <prefix>: <qk message>[: <detail>]" on stderr. */
 void cli_err(const char *prefix, qk_err err);
 /* "qwick: <message>" on stderr. */
@@ -26,5 +25,6 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 int cmd_digest(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_sign(int argc, char **argv);
+int cmd_log(int argc, char **argv);
 
 #endif

@@ -313,16 +313,15 @@ static char *server_error(long status, json_t *j)
 /* Sends one request (body NULL: GET) and parses the JSON answer. Returns 0
  * with the HTTP status and the parsed JSON for any 2xx; -1 with *err for
  * transport failures, non-JSON answers and 4xx/5xx. */
-static int exchange(client *c, const char *path, const char *req, long *status, json_t **resp,
-                    char **err)
+/* One request with retries (connection errors, 429/503 with Retry-After):
+ * the final status and body in *status and *b (the caller frees b->data). */
+static int perform(client *c, const char *path, const char *req, long *status, resp_body *b,
+                   char **err)
 {
     int rc = -1;
-    resp_body b = {0};
-    json_t *j = NULL;
     char *url = xasprintf("%s%s", c->base, path);
     CURL *k = c->curl;
 
-    *resp = NULL;
     *status = 0;
     curl_easy_setopt(k, CURLOPT_URL, url);
     if (req != NULL) {
@@ -331,12 +330,12 @@ static int exchange(client *c, const char *path, const char *req, long *status, 
     } else {
         curl_easy_setopt(k, CURLOPT_HTTPGET, 1L);
     }
-    curl_easy_setopt(k, CURLOPT_WRITEDATA, &b);
+    curl_easy_setopt(k, CURLOPT_WRITEDATA, b);
 
     for (int attempt = 0;; attempt++) {
         long wait_ms;
-        b.len = 0;
-        b.too_large = 0;
+        b->len = 0;
+        b->too_large = 0;
         c->errbuf[0] = '\0';
         CURLcode cc = curl_easy_perform(k);
         if (cancelled(c)) {
@@ -344,7 +343,7 @@ static int exchange(client *c, const char *path, const char *req, long *status, 
             goto out;
         }
         if (cc != CURLE_OK) {
-            if (b.too_large) {
+            if (b->too_large) {
                 *err = xasprintf("server response larger than %u bytes", CLIENT_MAX_RESPONSE);
                 goto out;
             }
@@ -353,7 +352,7 @@ static int exchange(client *c, const char *path, const char *req, long *status, 
                 continue;
             }
             *err = xasprintf("cannot reach %s: %s", c->base,
-                               c->errbuf[0] ? c->errbuf : curl_easy_strerror(cc));
+                             c->errbuf[0] ? c->errbuf : curl_easy_strerror(cc));
             goto out;
         }
         curl_easy_getinfo(k, CURLINFO_RESPONSE_CODE, status);
@@ -368,6 +367,24 @@ static int exchange(client *c, const char *path, const char *req, long *status, 
         }
         break;
     }
+    rc = 0;
+out:
+    /* Don't leave a pointer to the caller's buffer in the handle. */
+    curl_easy_setopt(k, CURLOPT_WRITEDATA, NULL);
+    free(url);
+    return rc;
+}
+
+static int exchange(client *c, const char *path, const char *req, long *status, json_t **resp,
+                    char **err)
+{
+    int rc = -1;
+    resp_body b = {0};
+    json_t *j = NULL;
+
+    *resp = NULL;
+    if (perform(c, path, req, status, &b, err) != 0)
+        goto out;
 
     json_error_t jerr;
     if (b.len > 0)
@@ -384,12 +401,41 @@ static int exchange(client *c, const char *path, const char *req, long *status, 
     j = NULL;
     rc = 0;
 out:
-    /* Don't leave a pointer to this call's stack buffer in the handle. */
-    curl_easy_setopt(k, CURLOPT_WRITEDATA, NULL);
     json_decref(j);
     free(b.data);
-    free(url);
     return rc;
+}
+
+int client_get_json(client *c, const char *path, json_t **out, char **err)
+{
+    long status = 0;
+    return exchange(c, path, NULL, &status, out, err);
+}
+
+int client_get_text(client *c, const char *path, char **out, size_t *len, char **err)
+{
+    resp_body b = {0};
+    long status = 0;
+    *out = NULL;
+    *len = 0;
+    if (perform(c, path, NULL, &status, &b, err) != 0)
+        goto fail;
+    if (status < 200 || status >= 300) {
+        json_error_t jerr;
+        json_t *j = json_loadb(b.data, b.len, JSON_REJECT_DUPLICATES, &jerr);
+        *err = server_error(status, j);
+        json_decref(j);
+        goto fail;
+    }
+    *out = xmalloc(b.len + 1);
+    memcpy(*out, b.data, b.len);
+    (*out)[b.len] = '\0';
+    *len = b.len;
+    free(b.data);
+    return 0;
+fail:
+    free(b.data);
+    return -1;
 }
 
 /* --- sign/digest ------------------------------------------------------- */
@@ -478,7 +524,7 @@ static int poll_request(client *c, const char *id, json_t **done, char **err)
         json_decref(j);
         if (time(NULL) >= deadline) {
             *err = xasprintf("server: request %s still %s after %d s", id, st ? st : "pending",
-                               CLIENT_MAX_PENDING_S);
+                             CLIENT_MAX_PENDING_S);
             goto out;
         }
         if (delay < 5000)

@@ -63,6 +63,12 @@ typedef struct client_sign_res {
 int client_sign_digest(client *c, const client_sign_req *req, client_sign_res *res, char **err);
 void client_sign_res_free(client_sign_res *res);
 
+/* GET `path` (from the server's base URL): a JSON object, or the raw body
+ * (NUL-terminated copy; *len excludes the NUL). 0, or -1 with *err set. */
+typedef struct json_t json_t;
+int client_get_json(client *c, const char *path, json_t **out, char **err);
+int client_get_text(client *c, const char *path, char **out, size_t *len, char **err);
+
 /* printf into a new heap string (aborts on OOM). */
 
 #endif

@@ -151,7 +151,8 @@ static int new_tsa(worker *w, const char *const *urls, size_t n, char **err)
         on_server |= strncmp(urls[i], o->cfg.server, blen) == 0 &&
                      (urls[i][blen] == '/' || urls[i][blen] == '\0');
     if ((w->tsa = tsa_client_new(urls, n)) == NULL ||
-        (on_server && o->cfg.cacert != NULL && tsa_client_set_cacert(w->tsa, o->cfg.cacert) != 0)) {
+        (on_server && o->cfg.cacert != NULL && tsa_client_set_cacert(w->tsa, o->cfg.cacert) != 0) ||
+        (on_server && tsa_client_set_bearer(w->tsa, o->cfg.api_key, o->cfg.server) != 0)) {
         *err = xstrdup("timestamp: cannot set up the TSA client");
         return -1;
     }

@@ -30,6 +30,7 @@ void cli_config_free(cli_config *cfg)
     free_secret(cfg->api_key);
     free(cfg->cacert);
     free(cfg->profile);
+    free(cfg->log_key);
     memset(cfg, 0, sizeof(*cfg));
 }
 
@@ -157,7 +158,8 @@ int cli_config_load(const cli_config *flags, cli_config *out)
     int rc = QK_EXIT_USAGE;
     char *path = config_path();
     json_t *root = NULL;
-    const char *f_server = NULL, *f_key = NULL, *f_cacert = NULL, *f_profile = NULL;
+    const char *f_server = NULL, *f_key = NULL, *f_cacert = NULL, *f_profile = NULL,
+               *f_log_key = NULL;
     const char *v;
 
     memset(out, 0, sizeof(*out));
@@ -166,7 +168,8 @@ int cli_config_load(const cli_config *flags, cli_config *out)
     if (root != NULL && (file_string(path, root, "server", &f_server) != 0 ||
                          file_string(path, root, "api_key", &f_key) != 0 ||
                          file_string(path, root, "cacert", &f_cacert) != 0 ||
-                         file_string(path, root, "profile", &f_profile) != 0))
+                         file_string(path, root, "profile", &f_profile) != 0 ||
+                         file_string(path, root, "log_key", &f_log_key) != 0))
         goto out;
 
     if ((v = flags->server) != NULL || (v = env_nonempty("QWICK_SERVER")) != NULL ||
@@ -188,6 +191,9 @@ int cli_config_load(const cli_config *flags, cli_config *out)
         out->profile = xstrdup(v);
     else
         out->profile = xstrdup("default");
+    if ((v = flags->log_key) != NULL || (v = env_nonempty("QWICK_LOG_KEY")) != NULL ||
+        (v = f_log_key) != NULL)
+        out->log_key = xstrdup(v);
 
     if (out->server == NULL || out->server[0] == '\0') {
         cli_msg("no server configured: use --server, QWICK_SERVER or \"server\" in %s",

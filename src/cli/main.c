@@ -10,6 +10,7 @@ static const subcmd commands[] = {
     {"digest", cmd_digest, "print the Authenticode digest of PE files"},
     {"verify", cmd_verify, "verify the Authenticode signatures of PE files"},
     {"sign", cmd_sign, "sign PE files (or any file, --detached) through a qwickd server"},
+    {"log", cmd_log, "check the server's transparency log: verify, inclusion FILE"},
 };
 
 int main(int argc, char **argv)

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 
 #include "qwick/tsp.h"
 #include "tsa_client.h"
@@ -20,6 +21,9 @@ struct tsa_client {
     unsigned attempts;
     long backoff_ms;
     char *cacert;
+    char *auth_header;   /* "Authorization: Bearer <key>" (secret), or NULL */
+    char *auth_prefix;   /* sent only to URLs under this base */
+    long retry_after_ms; /* the last 429/503's Retry-After, 0 if none */
     char curl_err[CURL_ERROR_SIZE];
     char err[512];
 };
@@ -98,6 +102,13 @@ fail:
 
 void tsa_client_free(tsa_client *c)
 {
+    if (c != NULL && c->auth_header != NULL) {
+        OPENSSL_cleanse(c->auth_header, strlen(c->auth_header));
+        free(c->auth_header);
+        c->auth_header = NULL;
+        free(c->auth_prefix);
+        c->auth_prefix = NULL;
+    }
     if (c == NULL)
         return;
     if (c->curl != NULL)
@@ -169,6 +180,25 @@ static int transient_curl(CURLcode cc)
 
 typedef enum { TRY_OK, TRY_RETRY, TRY_NEXT_URL, TRY_FATAL } try_result;
 
+int tsa_client_set_bearer(tsa_client *c, const char *key, const char *base)
+{
+    if (c == NULL || key == NULL || base == NULL)
+        return -1;
+    size_t n = strlen("Authorization: Bearer ") + strlen(key) + 1;
+    if ((c->auth_header = malloc(n)) == NULL || (c->auth_prefix = strdup(base)) == NULL)
+        return -1;
+    snprintf(c->auth_header, n, "Authorization: Bearer %s", key);
+    return 0;
+}
+
+/* Whether `url` is under the base the credential belongs to. */
+static int gets_credential(const tsa_client *c, const char *url)
+{
+    size_t n = c->auth_prefix != NULL ? strlen(c->auth_prefix) : 0;
+    return c->auth_header != NULL && strncmp(url, c->auth_prefix, n) == 0 &&
+           (url[n] == '/' || url[n] == '\0');
+}
+
 /* One POST. On TRY_OK *reply holds the body. */
 static try_result try_once(tsa_client *c, const char *url, struct curl_slist *hdrs, qk_slice req,
                            qk_buf *reply, qk_err *rc)
@@ -192,7 +222,15 @@ static try_result try_once(tsa_client *c, const char *url, struct curl_slist *hd
     curl_easy_setopt(h, CURLOPT_POST, 1L);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, (const char *)req.data);
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req.len);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    /* The API key goes only to the server's own TSA (and, by libcurl's rule,
+     * never on to another host a redirect names). */
+    struct curl_slist *with_auth = NULL;
+    if (gets_credential(c, url)) {
+        with_auth = curl_slist_append(NULL, c->auth_header);
+        for (struct curl_slist *l = hdrs; with_auth != NULL && l != NULL; l = l->next)
+            with_auth = curl_slist_append(with_auth, l->data);
+    }
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, with_auth != NULL ? with_auth : hdrs);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "qwick-tsa/1");
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, c->connect_ms);
     curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, c->total_ms);
@@ -223,9 +261,13 @@ static try_result try_once(tsa_client *c, const char *url, struct curl_slist *hd
     }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
     if (status != 200) {
+        curl_off_t ra = 0;
         *rc = QK_ERR_IO;
         set_err(c, "%s: HTTP status %ld", url, status);
         res = (status >= 500 || status == 429) ? TRY_RETRY : TRY_NEXT_URL;
+        if ((status == 429 || status == 503) &&
+            curl_easy_getinfo(h, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0)
+            c->retry_after_ms = ra > 30 ? 30000L : (long)ra * 1000L;
         goto out;
     }
     curl_easy_getinfo(h, CURLINFO_CONTENT_TYPE, &ctype);
@@ -242,6 +284,7 @@ static try_result try_once(tsa_client *c, const char *url, struct curl_slist *hd
     b.p = NULL;
     res = TRY_OK;
 out:
+    curl_slist_free_all(with_auth);
     free(b.p);
     return res;
 }
@@ -275,9 +318,11 @@ qk_err tsa_client_send(void *ctx, qk_slice request, qk_buf *reply)
         long delay = c->backoff_ms;
         for (unsigned a = 0; a < c->attempts; a++) {
             if (a > 0) {
-                sleep_ms(delay);
+                /* A server's Retry-After (capped at 30 s) wins over the backoff. */
+                sleep_ms(c->retry_after_ms > delay ? c->retry_after_ms : delay);
                 delay *= 2;
             }
+            c->retry_after_ms = 0;
             try_result r = try_once(c, c->urls[u], hdrs, request, reply, &rc);
             if (r == TRY_OK) {
                 c->last_url = c->urls[u];

@@ -24,6 +24,10 @@ void tsa_client_free(tsa_client *c);
  * backoff 500 ms doubling). */
 void tsa_client_set_timeouts(tsa_client *c, long connect_ms, long total_ms);
 void tsa_client_set_retries(tsa_client *c, unsigned attempts, long backoff_ms);
+/* Sends "Authorization: Bearer <key>" to TSA URLs under `base` (the qwickd
+ * server whose /tsa may require an API key; tsa.require_api_key). Copied;
+ * the copy is wiped on free. 0, or -1 out of memory. */
+int tsa_client_set_bearer(tsa_client *c, const char *key, const char *base);
 /* PEM CA bundle for https TSAs (NULL: the system store). Copied. */
 int tsa_client_set_cacert(tsa_client *c, const char *path);
 

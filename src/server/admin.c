@@ -1,10 +1,13 @@
 /* Helpers shared by qwickd's administrative commands. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "qwickd.h"
@@ -38,6 +41,60 @@ const char *data_dir_arg(const char *opt)
     return env != NULL && env[0] != '\0' ? env : NULL;
 }
 
+char *master_key_path(const char *dir, const char *opt)
+{
+    if (opt != NULL && opt[0] != '\0')
+        return xstrdup(opt);
+    const char *env = getenv(MASTER_KEY_ENV);
+    if (env != NULL && env[0] != '\0')
+        return xstrdup(env);
+    const char *creds = getenv("CREDENTIALS_DIRECTORY");
+    if (creds != NULL && creds[0] != '\0') {
+        char *p = path_join(creds, MASTER_KEY_CREDENTIAL);
+        if (access(p, F_OK) == 0)
+            return p;
+        free(p);
+    }
+    return path_join(dir, KEYRING_FILE);
+}
+
+qk_err master_key_load(const char *dir, const char *opt, qk_keyring **out)
+{
+    char *path = master_key_path(dir, opt);
+    char *dflt = path_join(dir, KEYRING_FILE);
+    qk_err rc;
+
+    *out = NULL;
+    if (strcmp(path, dflt) == 0 && access(path, F_OK) != 0 && errno == ENOENT)
+        rc = qk_fail(QK_ERR_IO,
+                     "no master key: %s does not exist, and none was named (--master-key FILE, "
+                     "$" MASTER_KEY_ENV ", or the systemd credential " MASTER_KEY_CREDENTIAL
+                     "); a data directory whose key is kept elsewhere cannot be opened without it",
+                     path);
+    else
+        rc = keyring_load(path, out);
+    free(dflt);
+    free(path);
+    return rc;
+}
+
+qk_err data_dir_lock(const char *dir, int exclusive, int *fd)
+{
+    *fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (*fd < 0)
+        return qk_fail(QK_ERR_IO, "%s: %s", dir, strerror(errno));
+    if (flock(*fd, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) == 0)
+        return QK_OK;
+    int e = errno;
+    close(*fd);
+    *fd = -1;
+    if (e == EWOULDBLOCK && exclusive)
+        return qk_fail(QK_ERR_IO, "%s is in use by a running `qwickd serve`: stop it first", dir);
+    if (e == EWOULDBLOCK)
+        return qk_fail(QK_ERR_IO, "%s is locked by a `qwickd keyring` rotation or retirement", dir);
+    return qk_fail(QK_ERR_IO, "flock %s: %s", dir, strerror(e));
+}
+
 qk_err admin_open(const char *dir, const char *org_name, admin_ctx *out)
 {
     qk_err rc;
@@ -62,7 +119,7 @@ qk_err admin_open(const char *dir, const char *org_name, admin_ctx *out)
         goto fail;
     out->org_name = org_name != NULL ? org_name : out->cfg.default_org;
     if ((rc = STORE_CALL(out->store, org_find, out->org_name, &out->org, &found)) != QK_OK) {
-        if (!found)
+        if (!found && rc == QK_ERR_INVALID_ARG)
             rc = qk_fail(QK_ERR_INVALID_ARG, "no org named '%s'", out->org_name);
         goto fail;
     }
@@ -80,6 +137,15 @@ void admin_close(admin_ctx *a)
         a->store->ops->close(a->store);
     config_free(&a->cfg);
     memset(a, 0, sizeof(*a));
+}
+
+void admin_audit_init(admin_ctx *a, const char *action, store_audit *out)
+{
+    memset(out, 0, sizeof(*out));
+    out->org_id = a->org;
+    out->actor = "cli";
+    out->action = action;
+    out->outcome = AUDIT_ALLOWED;
 }
 
 qk_err admin_audit(admin_ctx *a, const char *action, const char *detail)

@@ -4,10 +4,12 @@
  * Error codes (the "code" of {"error":{"code","message"}}):
  *   400 invalid_json, unknown_field, missing_field, invalid_type, invalid_digest,
  *       digest_length, unknown_algorithm, unknown_format, field_too_long, invalid_value
- *   401 missing_api_key, unknown_api_key, revoked_api_key, expired_api_key
+ *   401 missing_api_key, unknown_api_key, revoked_api_key, expired_api_key,
+ *       missing_operator_token, unknown_operator_token (/metrics)
  *   403 forbidden           404 not_found, unknown_profile
  *   409 profile_exists, profile_disabled               400 invalid_config, timestamp_required
  *   405 method_not_allowed  413 body_too_large        415 unsupported_media_type
+ *   403 format_not_allowed  429 rate_limited (/tsa)
  *   500 internal, audit_failed, signing_failed        503 store_unavailable, shutting_down */
 #ifndef QWICKD_API_H
 #define QWICKD_API_H
@@ -57,6 +59,17 @@ void api_profiles_list(http_req *req);
 void api_profiles_create(http_req *req);
 void api_profiles_get(http_req *req);
 void api_profiles_disable(http_req *req);
+void api_log_public_key(http_req *req);
+void api_log_checkpoint(http_req *req);
+void api_log_entries(http_req *req);
+void api_log_inclusion(http_req *req);
+void api_log_consistency(http_req *req);
+/* One log entry as the API shows it (also in sign request answers). */
+json_t *api_log_entry_json(const store_log_entry *e);
+void api_usage(http_req *req);
+/* Writes the counted failed authentications once their interval is over
+ * (`force`: now; serve calls it at shutdown). */
+void api_auth_failures_flush(qk_store *st, int force);
 void api_healthz(http_req *req);
 void api_metrics(http_req *req);
 

@@ -7,8 +7,8 @@
  *
  * A config is what `qwickd profile create` reads, with contents instead of
  * file names (keyPem, chainPem, pkcs12Base64, azure.caPem). Secrets in it are
- * sealed and never returned. Every change is audited before it is made
- * (fail-closed: no audit row, no change). */
+ * sealed and never returned. Every change commits with its audit entry in
+ * one transaction (fail-closed: no entry, no change). */
 #include <string.h>
 
 #include <sodium.h>
@@ -37,27 +37,13 @@ static int admin_key(http_req *req, store_apikey *key)
     return 0;
 }
 
-/* Audits the change first; answers 500 and returns -1 if that fails. */
-static int audit_first(http_req *req, const store_apikey *key, const char *action,
-                       const char *profile)
-{
-    store_audit a;
-    api_audit_init(req, key, action, &a);
-    a.profile = profile;
-    if (STORE_CALL(req->srv->store, audit_append, &a) == QK_OK)
-        return 0;
-    log_kv(LOG_ERROR, "audit append failed", "request_id", req->id, "detail", qk_error_detail(),
-           NULL);
-    http_error(req, 500, "audit_failed", "the change could not be recorded, so it was not made");
-    return -1;
-}
-
 static void reply_profile(http_req *req, int status, int64_t org, const char *name)
 {
     store_profile p;
     int found = 0;
-    if (STORE_CALL(req->srv->store, profile_get, org, name, &p, &found) != QK_OK) {
-        if (!found)
+    qk_err rc = STORE_CALL(req->srv->store, profile_get, org, name, &p, &found);
+    if (rc != QK_OK) {
+        if (!found && rc == QK_ERR_INVALID_ARG)
             http_error(req, 404, "not_found", "no such profile");
         else
             http_error(req, 503, "store_unavailable", "cannot read the profile now");
@@ -117,8 +103,8 @@ void api_profiles_create(http_req *req)
         api_opt_string(req, body, "name", PROFILE_MAX_NAME, &name) != 0)
         goto out;
     if (name == NULL || !profile_name_ok(name)) {
-        http_error(req, 400, "invalid_value",
-                   "'name' is required: 1 to %d of A-Z a-z 0-9 . _ -", PROFILE_MAX_NAME);
+        http_error(req, 400, "invalid_value", "'name' is required: 1 to %d of A-Z a-z 0-9 . _ -",
+                   PROFILE_MAX_NAME);
         goto out;
     }
     if (!json_is_object(json_object_get(body, "config"))) {
@@ -135,13 +121,14 @@ void api_profiles_create(http_req *req)
         http_error(req, 400, "invalid_config", "%s", qk_error_detail());
         goto out;
     }
-    if (audit_first(req, &key, "profile.create", name) != 0)
-        goto out;
-    if ((rc = profile_store(req->srv->store, req->srv->keyring, key.org_id, name, &imp, &id)) !=
+    store_audit a;
+    api_audit_init(req, &key, "profile.create", &a);
+    if ((rc = profile_store(req->srv->store, req->srv->keyring, key.org_id, name, &imp, &a, &id)) !=
         QK_OK) {
         log_kv(LOG_ERROR, "profile create failed", "request_id", req->id, "detail",
                qk_error_detail(), NULL);
-        http_error(req, 500, "internal", "cannot store the profile");
+        http_error(req, 503, "store_unavailable",
+                   "the profile and its audit entry could not be recorded, so it was not made");
         goto out;
     }
     reply_profile(req, 201, key.org_id, name);
@@ -159,17 +146,18 @@ void api_profiles_disable(http_req *req)
     int found = 0;
     if (admin_key(req, &key) != 0)
         return;
-    if (STORE_CALL(req->srv->store, profile_get, key.org_id, req->params[0], &p, &found) != QK_OK) {
-        if (!found)
+    qk_err rc = STORE_CALL(req->srv->store, profile_get, key.org_id, req->params[0], &p, &found);
+    if (rc != QK_OK) {
+        if (!found && rc == QK_ERR_INVALID_ARG)
             http_error(req, 404, "not_found", "no such profile");
         else
             http_error(req, 503, "store_unavailable", "cannot read the profile now");
         goto out;
     }
     store_profile_clear(&p);
-    if (audit_first(req, &key, "profile.disable", req->params[0]) != 0)
-        goto out;
-    if (STORE_CALL(req->srv->store, profile_disable, key.org_id, req->params[0], now_unix(),
+    store_audit a;
+    api_audit_init(req, &key, "profile.disable", &a);
+    if (STORE_CALL(req->srv->store, profile_disable, key.org_id, req->params[0], now_unix(), &a,
                    &found) != QK_OK) {
         http_error(req, 503, "store_unavailable", "cannot disable the profile now");
         goto out;

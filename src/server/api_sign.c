@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include <openssl/x509.h>
+#include <sodium.h>
 
 #include "azure/azure.h"
 #include "b64.h"
@@ -26,6 +27,7 @@
 #include "qwick/authenticode.h"
 #include "sign_input.h"
 #include "signer.h"
+#include "transparency.h"
 #include "util.h"
 #include "workq.h"
 
@@ -38,14 +40,15 @@
  * an entry replaced after a profile change is freed by its last user. */
 typedef struct cached_signer {
     int64_t org, profile_id, key_id;
-    qk_buf chain_der; /* as in the profile row: compared to detect a change */
-    qk_signer *signer;  /* local backends */
-    az_profile *azure;  /* Azure: the chain comes with each signature */
+    qk_buf chain_der;  /* as in the profile row: compared to detect a change */
+    qk_signer *signer; /* local backends */
+    az_profile *azure; /* Azure: the chain comes with each signature */
     qk_chain *decoded; /* the chain parsed once: decoding per request costs ~15% */
     qk_slice chain[QK_MAX_CHAIN_LEN];
     size_t nchain;
     char *chain_b64[QK_MAX_CHAIN_LEN];
     char *chain_json; /* ["b64",...]: the response's certificateChain */
+    char leaf_fp[65]; /* SHA-256 hex of the leaf certificate, for the log */
     atomic_int refs;
     struct cached_signer *next;
 } cached_signer;
@@ -119,6 +122,14 @@ static qk_err split_der(const qk_buf *der, qk_slice chain[QK_MAX_CHAIN_LEN],
     return QK_OK;
 }
 
+/* SHA-256 of p as 64 lowercase hex digits. */
+static void sha256_hex(const uint8_t *p, size_t n, char out[65])
+{
+    uint8_t d[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(d, p, n);
+    hex_encode(d, sizeof(d), out);
+}
+
 /* ["b64",...]: a response's certificateChain. */
 static char *chain_json_of(char *const *b64, size_t n)
 {
@@ -140,6 +151,7 @@ static qk_err split_chain(cached_signer *e)
     if (rc != QK_OK)
         return rc;
     e->chain_json = chain_json_of(e->chain_b64, e->nchain);
+    sha256_hex(e->chain[0].data, e->chain[0].len, e->leaf_fp);
     return qk_chain_new(e->chain, e->nchain, &e->decoded);
 }
 
@@ -233,6 +245,7 @@ static void audit_from_input(http_req *req, const store_apikey *key, const sign_
     a->request_id = req->id;
     hex_encode(in->digest, in->digest_len, digest_hex);
     a->digest_hex = digest_hex;
+    a->format = sign_format_name(in->format);
     a->algorithm = in->algorithm;
     a->profile = in->profile;
     a->filename = in->filename;
@@ -252,10 +265,27 @@ static int audit_decision(http_req *req, store_audit *a, audit_outcome outcome, 
     return -1;
 }
 
-static qk_err do_sign(const sign_input *in, cached_signer *cs, qk_buf *sig)
+/* The signer's callback during assembly, noting the signature value's hash
+ * for the log (the value is what a signed file keeps after timestamping). */
+typedef struct value_tap {
+    qk_signer *signer;
+    char *sigval_hex;
+} value_tap;
+
+static qk_err tap_sign(void *ctx, qk_hash_alg alg, const uint8_t *digest, size_t len, qk_buf *sig)
 {
+    value_tap *t = ctx;
+    qk_err rc = t->signer->ops->sign(t->signer, alg, digest, len, sig);
+    if (rc == QK_OK)
+        sha256_hex(sig->data, sig->len, t->sigval_hex);
+    return rc;
+}
+
+static qk_err do_sign(const sign_input *in, cached_signer *cs, qk_buf *sig, char sigval_hex[65])
+{
+    value_tap tap = {cs->signer, sigval_hex};
     if (in->format == FMT_RAW)
-        return cs->signer->ops->sign(cs->signer, in->alg, in->digest, in->digest_len, sig);
+        return tap_sign(&tap, in->alg, in->digest, in->digest_len, sig);
     qk_sign_request r = {
         .format = in->format == FMT_CMS ? QK_FORMAT_CMS_DETACHED : QK_FORMAT_AUTHENTICODE_PE,
         .alg = in->alg,
@@ -266,7 +296,20 @@ static qk_err do_sign(const sign_input *in, cached_signer *cs, qk_buf *sig)
         .signing_time = 0,
         .self_checked = cs->signer->self_checked,
     };
-    return qk_sign_chain(&r, signer_sign_fn, cs->signer, cs->decoded, sig);
+    return qk_sign_chain(&r, tap_sign, &tap, cs->decoded, sig);
+}
+
+/* The log index is known only once the entry commits: the body keeps room
+ * for it (20 digits; the unused ones become spaces, which JSON allows). */
+#define LOG_INDEX_SLOT "                    "
+#define LOG_INDEX_SLOT_LEN (sizeof(LOG_INDEX_SLOT) - 1)
+
+static void fill_log_index(char *body, size_t len, int64_t index)
+{
+    char digits[24];
+    int n = snprintf(digits, sizeof(digits), "%" PRId64, index);
+    char *slot = body + len - 1 - LOG_INDEX_SLOT_LEN;
+    memcpy(slot, digits, (size_t)n);
 }
 
 /* The 200 body, written directly: everything in it but the timestamp URL is
@@ -282,11 +325,11 @@ static char *build_response(http_req *req, const char *chain_json, int ts_requir
     char *url_json = url_str != NULL ? json_dumps(url_str, JSON_ENCODE_ANY) : NULL;
     json_decref(url_str);
     b64_encode(sig.data, sig.len, b64);
-    char *text = xasprintf("{\"requestId\":\"%s\",\"status\":\"SIGNED\",\"signature\":\"%s\","
-                           "\"certificateChain\":%s%s%s%s}",
-                           req->id, b64, chain_json, url_json ? ",\"timestampUrl\":" : "",
-                           url_json ? url_json : "",
-                           ts_required ? ",\"timestampRequired\":true" : "");
+    char *text =
+        xasprintf("{\"requestId\":\"%s\",\"status\":\"SIGNED\",\"signature\":\"%s\","
+                  "\"certificateChain\":%s%s%s%s,\"logIndex\":" LOG_INDEX_SLOT "}",
+                  req->id, b64, chain_json, url_json ? ",\"timestampUrl\":" : "",
+                  url_json ? url_json : "", ts_required ? ",\"timestampRequired\":true" : "");
     *len = strlen(text);
     free(url_json);
     free(url);
@@ -310,8 +353,10 @@ typedef struct sign_job {
     /* Azure: the signed attributes wait here while Azure signs their hash. */
     cached_signer *cs;
     qk_tbs *tbs;
-    char note[96];          /* the audit row's detail: the credential used */
-    azure_result az;        /* Azure's answer, carried to a signing thread */
+    char note[96]; /* the audit row's detail: the credential used */
+    char signer_fp[65], sig_sha256[65], sigval_sha256[65]; /* the log entry's hashes */
+    int64_t log_index; /* set by the store when the entry commits */
+    azure_result az;   /* Azure's answer, carried to a signing thread */
     char az_detail[512];
 } sign_job;
 
@@ -339,6 +384,7 @@ static void commit_done(void *arg, qk_err rc, const char *detail)
     sign_job *j = arg;
     http_req *req = j->req;
     if (rc == QK_OK) {
+        fill_log_index(j->response, j->response_len, j->log_index);
         http_bytes(req, 200, "application/json", j->response, j->response_len);
         j->response = NULL;
         metrics_signature(req->srv->metrics, j->in.profile, j->in.algorithm,
@@ -361,7 +407,8 @@ static void commit_run(void *arg)
 }
 
 /* Queues the request and audit rows of a signature; the 200 with `sig`
- * goes out once they are durable. Takes `sig`. */
+ * goes out once they are durable. Takes `sig`. The caller has set
+ * j->signer_fp and j->sigval_sha256. */
 static void record_signed(sign_job *j, qk_buf sig, const char *chain_json, int ts_required)
 {
     http_req *req = j->req;
@@ -388,6 +435,11 @@ static void record_signed(sign_job *j, qk_buf sig, const char *chain_json, int t
     row->signature = sig;
     if (j->note[0] != '\0')
         j->audit.detail = j->note;
+    sha256_hex(sig.data, sig.len, j->sig_sha256);
+    j->audit.signer_fp = j->signer_fp;
+    j->audit.sig_sha256 = j->sig_sha256;
+    j->audit.sigval_sha256 = j->sigval_sha256;
+    j->audit.log_index = &j->log_index;
     if (srv->store->ops->request_record_async != NULL) {
         rc = srv->store->ops->request_record_async(srv->store, &j->row, &j->audit, commit_done, j);
         if (rc != QK_OK)
@@ -442,6 +494,11 @@ static void azure_finish(void *arg)
         goto fail;
     }
     chain_json = chain_json_of(b64, n);
+    sha256_hex(chain[0].data, chain[0].len, j->signer_fp);
+    if (j->in.format == FMT_RAW)
+        sha256_hex(sig.data, sig.len, j->sigval_sha256);
+    else
+        sha256_hex(az_sig.data, az_sig.len, j->sigval_sha256);
     record_signed(j, sig, chain_json, 1);
     goto out;
 fail:
@@ -518,7 +575,7 @@ static void sign_run(void *arg)
         return;
     }
     if (rc == QK_OK)
-        rc = do_sign(&j->in, cs, &sig);
+        rc = do_sign(&j->in, cs, &sig, j->sigval_sha256);
     /* Signed (or failed): this request's write is about to be queued, no
      * longer "on its way" for the commit delay. Before the enqueue, so an
      * enqueue that leaves nothing coming wakes a delaying writer. */
@@ -528,6 +585,7 @@ static void sign_run(void *arg)
         sign_failed(j, 500, "signing_failed", qk_strerror(rc));
         return;
     }
+    memcpy(j->signer_fp, cs->leaf_fp, sizeof(j->signer_fp));
     record_signed(j, sig, cs->chain_json, 0);
     cached_release(cs);
 }
@@ -560,7 +618,7 @@ void api_sign_digest(http_req *req)
         goto out;
     }
     rc = STORE_CALL(srv->store, profile_get, j->key.org_id, j->in.profile, &j->prof, &found);
-    if (rc != QK_OK && !found) {
+    if (rc == QK_ERR_INVALID_ARG && !found) {
         /* 404: the profile is a resource the body names; an unknown one is
          * "not found" in this org, like a request id of another org. */
         if (audit_decision(req, &j->audit, AUDIT_DENIED, "unknown profile") == 0)
@@ -575,6 +633,13 @@ void api_sign_digest(http_req *req)
     if (j->prof.disabled_at != 0) {
         if (audit_decision(req, &j->audit, AUDIT_DENIED, "profile disabled") == 0)
             http_error(req, 409, "profile_disabled", "profile '%.64s' is disabled", j->in.profile);
+        goto out;
+    }
+    if (!profile_format_allowed(&j->prof, sign_format_name(j->in.format))) {
+        if (audit_decision(req, &j->audit, AUDIT_DENIED, "format not allowed") == 0)
+            http_error(req, 403, "format_not_allowed",
+                       "profile '%.64s' does not sign the '%s' format (its config's \"formats\")",
+                       j->in.profile, sign_format_name(j->in.format));
         goto out;
     }
     if (j->in.no_timestamp && profile_requires_timestamp(&j->prof)) {
@@ -610,6 +675,36 @@ static int request_id_ok(const char *id)
     return strspn(id + 4, "0123456789abcdef") == 32;
 }
 
+/* A signed request's log entry: its index, and its inclusion proof against
+ * the latest checkpoint (included too, so the answer checks on its own).
+ * Left out when the log cannot be read: the request itself still answers. */
+static void add_log_proof(http_req *req, int64_t org, const char *id, json_t *j)
+{
+    server *srv = req->srv;
+    store_checkpoint cp;
+    store_proof p;
+    int64_t index = 0;
+    int found = 0, empty = 0;
+    if (srv->logkey == NULL ||
+        STORE_CALL(srv->store, log_find_request, org, id, &index, &found) != QK_OK || !found)
+        return;
+    json_object_set_new(j, "logIndex", json_integer(index));
+    if (tl_checkpoint(srv->store, srv->logkey, org, &cp, &empty) != QK_OK || empty)
+        return;
+    if (STORE_CALL(srv->store, log_prove, org, PROOF_INCLUSION, index, cp.size, &p) == QK_OK) {
+        json_t *hashes = json_array();
+        for (size_t i = 0; i < p.n; i++) {
+            char b64[B64_ENCODED_SIZE(32)];
+            b64_encode(p.hashes[i], 32, b64);
+            json_array_append_new(hashes, json_string(b64));
+        }
+        json_object_set_new(j, "inclusionProof",
+                            json_pack("{s:I,s:s,s:o}", "treeSize", (json_int_t)cp.size,
+                                      "checkpoint", cp.note, "hashes", hashes));
+    }
+    store_checkpoint_clear(&cp);
+}
+
 void api_sign_request_get(http_req *req)
 {
     store_apikey key;
@@ -625,7 +720,7 @@ void api_sign_request_get(http_req *req)
     /* The org comes from the key: another org's request id is simply not
      * found, with no hint that it exists. */
     qk_err rc = STORE_CALL(req->srv->store, request_get, key.org_id, req->params[0], &r, &found);
-    if (rc != QK_OK && !found) {
+    if (rc == QK_ERR_INVALID_ARG && !found) {
         http_error(req, 404, "not_found", "no such request");
         goto out;
     }
@@ -655,6 +750,8 @@ void api_sign_request_get(http_req *req)
     }
     if (j != NULL && r.error != NULL)
         json_object_set_new(j, "failureReason", json_string(r.error));
+    if (j != NULL && r.status == REQ_SIGNED)
+        add_log_proof(req, key.org_id, r.id, j);
     http_json(req, 200, j);
 out:
     store_sign_request_clear(&r);

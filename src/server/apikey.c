@@ -50,15 +50,33 @@ void apikey_hash(const char *key, size_t len, uint8_t hash[32])
 
 void apikey_generate(char key[APIKEY_LEN + 1], char prefix[APIKEY_PREFIX_LEN + 1], uint8_t hash[32])
 {
+    token_generate(APIKEY_TAG, key, prefix, hash);
+}
+
+void token_generate(const char tag[4], char key[APIKEY_LEN + 1], char prefix[APIKEY_PREFIX_LEN + 1],
+                    uint8_t hash[32])
+{
     uint8_t rnd[APIKEY_RANDOM_BYTES];
     randombytes_buf(rnd, sizeof(rnd));
-    memcpy(key, APIKEY_TAG, 3);
+    memcpy(key, tag, 3);
     base62_256(rnd, key + 3);
     key[APIKEY_LEN] = '\0';
     sodium_memzero(rnd, sizeof(rnd));
     memcpy(prefix, key, APIKEY_PREFIX_LEN);
     prefix[APIKEY_PREFIX_LEN] = '\0';
     apikey_hash(key, APIKEY_LEN, hash);
+}
+
+int operator_token_well_formed(const char *token, size_t len)
+{
+    if (token == NULL || len != APIKEY_LEN || memcmp(token, OPERATOR_TOKEN_TAG, 3) != 0)
+        return 0;
+    for (size_t i = 3; i < len; i++) {
+        char c = token[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')))
+            return 0;
+    }
+    return 1;
 }
 
 int apikey_well_formed(const char *key, size_t len)
@@ -74,7 +92,8 @@ int apikey_well_formed(const char *key, size_t len)
 }
 
 qk_err apikey_create(qk_store *s, int64_t org, int64_t user, const char *name, store_role role,
-                     int64_t expires_at, char key_out[APIKEY_LEN + 1], int64_t *id)
+                     int64_t expires_at, const store_audit *audit, char key_out[APIKEY_LEN + 1],
+                     int64_t *id)
 {
     char key[APIKEY_LEN + 1], prefix[APIKEY_PREFIX_LEN + 1];
     uint8_t hash[32];
@@ -83,7 +102,7 @@ qk_err apikey_create(qk_store *s, int64_t org, int64_t user, const char *name, s
     *id = 0;
     key_out[0] = '\0';
     apikey_generate(key, prefix, hash);
-    rc = STORE_CALL(s, apikey_create, org, user, name, prefix, hash, role, expires_at, id);
+    rc = STORE_CALL(s, apikey_create, org, user, name, prefix, hash, role, expires_at, audit, id);
     if (rc == QK_OK)
         memcpy(key_out, key, sizeof(key));
     sodium_memzero(key, sizeof(key));
@@ -107,7 +126,7 @@ qk_err apikey_authenticate(qk_store *s, const char *presented, int64_t now, stor
         return QK_OK;
     apikey_hash(presented, len, hash);
     rc = STORE_CALL(s, apikey_lookup, hash, out, stored, &found);
-    if (rc != QK_OK && !found) {
+    if (rc == QK_ERR_INVALID_ARG && !found) {
         memset(out, 0, sizeof(*out));
         return QK_OK; /* unknown key: not an error of the store */
     }

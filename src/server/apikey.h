@@ -33,6 +33,13 @@ const char *apikey_status_code(apikey_status st);
  * (sodium_memzero) once it has been shown. */
 void apikey_generate(char key[APIKEY_LEN + 1], char prefix[APIKEY_PREFIX_LEN + 1],
                      uint8_t hash[32]);
+/* The same for another kind of secret: `tag` is its 3-character prefix
+ * ("qo_" for operator tokens). */
+void token_generate(const char tag[4], char key[APIKEY_LEN + 1], char prefix[APIKEY_PREFIX_LEN + 1],
+                    uint8_t hash[32]);
+#define OPERATOR_TOKEN_TAG "qo_"
+/* 1 when `token` has the form of an operator token. */
+int operator_token_well_formed(const char *token, size_t len);
 /* 1 if `key` (len bytes) has the shape of a qwick API key. */
 int apikey_well_formed(const char *key, size_t len);
 /* SHA-256 of the key text, as stored. */
@@ -40,8 +47,10 @@ void apikey_hash(const char *key, size_t len, uint8_t hash[32]);
 
 /* Generates and stores a key for `org`; the plaintext is written to key_out
  * (wipe it after showing it). user 0: not tied to a user; expires_at 0: never. */
+/* `audit`: the entry committed with the key (store.h); NULL only for init. */
 qk_err apikey_create(qk_store *s, int64_t org, int64_t user, const char *name, store_role role,
-                     int64_t expires_at, char key_out[APIKEY_LEN + 1], int64_t *id);
+                     int64_t expires_at, const store_audit *audit, char key_out[APIKEY_LEN + 1],
+                     int64_t *id);
 
 /* Checks a presented key (NUL-terminated, e.g. from "Authorization: Bearer").
  * Returns QK_OK with *status set, or a store error. With APIKEY_OK, *out is the

@@ -60,7 +60,7 @@ static int do_create(admin_ctx *a, const apikey_opts *o)
 {
     store_role role = ROLE_SIGNER;
     int64_t expires = 0, id = 0, now = now_unix();
-    char key[APIKEY_LEN + 1] = "", detail[128], exp_s[32];
+    char key[APIKEY_LEN + 1] = "", exp_s[32];
     int status = EXIT_FAIL;
     qk_err rc;
 
@@ -84,13 +84,10 @@ static int do_create(admin_ctx *a, const apikey_opts *o)
             return usage_error("apikey", "--expires is in the past");
     }
     const char *name = o->name != NULL ? o->name : "api key";
-    if ((rc = apikey_create(a->store, a->org, 0, name, role, expires, key, &id)) != QK_OK) {
-        report_err("apikey create", rc);
-        goto out;
-    }
-    snprintf(detail, sizeof(detail), "key %" PRId64 " role %s", id, store_role_name(role));
-    if ((rc = admin_audit(a, "apikey.create", detail)) != QK_OK) {
-        report_err("apikey create: audit", rc);
+    store_audit au;
+    admin_audit_init(a, "apikey.create", &au);
+    if ((rc = apikey_create(a->store, a->org, 0, name, role, expires, &au, key, &id)) != QK_OK) {
+        report_err("apikey create (nothing recorded, no key made)", rc);
         goto out;
     }
     if (o->json) {
@@ -164,7 +161,7 @@ static int do_list(admin_ctx *a, const apikey_opts *o)
 static int do_revoke(admin_ctx *a, const apikey_opts *o, const char *id_s)
 {
     store_apikey k;
-    char *end = NULL, detail[64];
+    char *end = NULL;
     int found = 0, status = EXIT_FAIL;
     qk_err rc;
 
@@ -172,16 +169,13 @@ static int do_revoke(admin_ctx *a, const apikey_opts *o, const char *id_s)
     long long id = strtoll(id_s, &end, 10);
     if (errno != 0 || end == id_s || *end != '\0' || id <= 0)
         return usage_error("apikey", "'%s' is not a key id (see 'qwickd apikey list')", id_s);
-    if ((rc = STORE_CALL(a->store, apikey_revoke, a->org, (int64_t)id, &found)) != QK_OK) {
-        if (!found)
+    store_audit au;
+    admin_audit_init(a, "apikey.revoke", &au);
+    if ((rc = STORE_CALL(a->store, apikey_revoke, a->org, (int64_t)id, &au, &found)) != QK_OK) {
+        if (!found && rc == QK_ERR_INVALID_ARG)
             fprintf(stderr, "qwickd apikey revoke: no API key %lld in org %s\n", id, a->org_name);
         else
-            report_err("apikey revoke", rc);
-        return EXIT_FAIL;
-    }
-    snprintf(detail, sizeof(detail), "key %lld", id);
-    if ((rc = admin_audit(a, "apikey.revoke", detail)) != QK_OK) {
-        report_err("apikey revoke: audit", rc);
+            report_err("apikey revoke (nothing recorded, key not revoked)", rc);
         return EXIT_FAIL;
     }
     if ((rc = STORE_CALL(a->store, apikey_get, a->org, (int64_t)id, &k, &found)) != QK_OK) {

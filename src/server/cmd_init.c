@@ -15,6 +15,7 @@
 #include "internal.h"
 #include "pki.h"
 #include "qwickd.h"
+#include "transparency.h"
 #include "util.h"
 
 #define DEFAULT_ADMIN_EMAIL "admin@localhost"
@@ -40,18 +41,22 @@ static const char *const created_files[] = {
 static void help(void)
 {
     printf("Usage: qwickd init --data DIR [--json] [--org NAME] [--admin-email EMAIL]\n"
-           "                   [--listen ADDR:PORT]\n\n"
+           "                   [--listen ADDR:PORT] [--master-key FILE]\n\n"
            "Creates a qwickd data directory (mode 0700): the master key (master.key,\n"
            "0600), the SQLite database, a development PKI (code-signing, TSA and TLS\n"
            "certificates under three dev roots), an org, an admin user, the certificate\n"
            "profile 'default' and a first admin API key, which is printed once.\n"
            "Refuses a directory that exists and is not empty.\n\n"
            "  -d, --data DIR        data directory (default: $QWICKD_DATA)\n"
-           "      --json            print {api_key, root_ca, tsa_root_ca, tls_ca, server}\n"
+           "      --json            print {api_key, root_ca, tsa_root_ca, tls_ca, server, ...,\n"
+           "                        log_public_key}\n"
            "      --org NAME        name of the first org (default 'default')\n"
            "      --admin-email E   the admin user's email (default " DEFAULT_ADMIN_EMAIL ")\n"
            "      --listen A:P      listen address written to qwickd.json "
            "(default " CONFIG_DEFAULT_LISTEN ")\n"
+           "      --master-key FILE create the master key there instead of DIR/" KEYRING_FILE "\n"
+           "                        (default: $" MASTER_KEY_ENV "); nothing in DIR records it,\n"
+           "                        so serve and the admin commands need it named too\n"
            "  -h, --help            show this help\n\n"
            "The admin user has no password yet (dashboard login arrives later); the API\n"
            "key is bound to it.\n");
@@ -142,11 +147,16 @@ typedef struct init_opts {
     const char *email;
     const char *listen;
     int json;
+    const char *master_key;   /* --master-key FILE, or NULL */
+    const char *keyring_path; /* where the master key was created */
 } init_opts;
 
 /* Everything after the master key exists: database, PKI, org, key, config. */
-static qk_err populate(const init_opts *o, const char *keyring_path, char key[APIKEY_LEN + 1])
+static qk_err populate(const init_opts *o, const char *keyring_path, char key[APIKEY_LEN + 1],
+                       char optok[APIKEY_LEN + 1], char **vkey)
 {
+    int64_t optok_id = 0;
+    tl_key *lk = NULL;
     qk_err rc;
     qk_keyring *kr = NULL;
     qk_store *st = NULL;
@@ -170,9 +180,10 @@ static qk_err populate(const init_opts *o, const char *keyring_path, char key[AP
     if ((rc = STORE_CALL(st, signing_key_create, org, "local-pem",
                          (qk_slice){sealed.data, sealed.len}, &key_id)) != QK_OK ||
         (rc = STORE_CALL(st, profile_create, org, "default", "local", key_id,
-                         (qk_slice){cs.chain_der.data, cs.chain_der.len}, NULL, &profile_id)) != QK_OK ||
-        (rc = apikey_create(st, org, user, "initial admin key", ROLE_ADMIN, 0, key, &apikey_id)) !=
-            QK_OK)
+                         (qk_slice){cs.chain_der.data, cs.chain_der.len}, NULL, NULL,
+                         &profile_id)) != QK_OK ||
+        (rc = apikey_create(st, org, user, "initial admin key", ROLE_ADMIN, 0, NULL, key,
+                            &apikey_id)) != QK_OK)
         goto out;
     store_audit au = {.org_id = org,
                       .actor = "cli",
@@ -181,9 +192,17 @@ static qk_err populate(const init_opts *o, const char *keyring_path, char key[AP
                       .detail = "data directory created; profile default; admin API key 1"};
     if ((rc = STORE_CALL(st, audit_append, &au)) != QK_OK)
         goto out;
+    /* The operator's credential for /metrics (it belongs to no org). */
+    if ((rc = operator_token_issue(st, "initial operator token", optok, &optok_id)) != QK_OK)
+        goto out;
+    /* The transparency log's signing key, sealed like the others. */
+    if ((rc = tl_key_load(st, kr, 1, &lk)) != QK_OK)
+        goto out;
+    *vkey = xstrdup(tl_key_vkey(lk));
     /* Written last: its presence is what marks the directory as initialised. */
     rc = config_write_defaults(o->dir, o->listen);
 out:
+    tl_key_free(lk);
     if (st != NULL)
         st->ops->close(st);
     keyring_free(kr);
@@ -192,17 +211,27 @@ out:
     return rc;
 }
 
-static int print_result(const init_opts *o, const char *abs, char key[APIKEY_LEN + 1])
+static int print_result(const init_opts *o, const char *abs, char key[APIKEY_LEN + 1],
+                        const char *optok, const char *vkey)
 {
     char *root = path_join(abs, PKI_ROOT_CA), *tsa = path_join(abs, PKI_TSA_ROOT_CA),
          *tls = path_join(abs, PKI_TLS_CA);
     char *url = config_url_from_listen(o->listen != NULL ? o->listen : CONFIG_DEFAULT_LISTEN, 1);
-    int status = EXIT_OK;
+    char *dflt = path_join(o->dir, KEYRING_FILE), mk[PATH_MAX];
+    int status = EXIT_OK, outside = strcmp(dflt, o->keyring_path) != 0;
+    if (realpath(o->keyring_path, mk) == NULL)
+        snprintf(mk, sizeof(mk), "%s", o->keyring_path);
+    free(dflt);
 
     if (o->json) {
-        json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "api_key", key, "root_ca",
-                              root, "tsa_root_ca", tsa, "tls_ca", tls, "server", url, "data_dir",
-                              abs, "org", o->org, "profile", "default");
+        json_t *j =
+            json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "api_key", key, "root_ca",
+                      root, "tsa_root_ca", tsa, "tls_ca", tls, "server", url, "data_dir", abs,
+                      "org", o->org, "profile", "default", "log_public_key", vkey);
+        if (j != NULL)
+            json_object_set_new(j, "operator_token", json_string(optok));
+        if (j != NULL)
+            json_object_set_new(j, "master_key", json_string(mk));
         char *text = j != NULL ? json_dumps(j, JSON_PRESERVE_ORDER) : NULL;
         if (text == NULL) {
             fprintf(stderr, "qwickd init: out of memory\n");
@@ -217,22 +246,27 @@ static int print_result(const init_opts *o, const char *abs, char key[APIKEY_LEN
             char *copy = (char *)json_string_value(json_object_get(j, "api_key"));
             if (copy != NULL)
                 sodium_memzero(copy, strlen(copy));
+            copy = (char *)json_string_value(json_object_get(j, "operator_token"));
+            if (copy != NULL)
+                sodium_memzero(copy, strlen(copy));
         }
         json_decref(j);
     } else {
         printf("Initialised qwickd data directory %s\n\n"
-               "  master key   %s/%s  (back it up: it decrypts the signing keys)\n"
+               "  master key   %s  (back it up: it decrypts the signing keys%s)\n"
                "  database     %s/%s\n"
                "  root CA      %s\n"
                "  TSA root CA  %s\n"
                "  TLS CA       %s\n"
                "  org          %s (admin user %s)\n"
+               "  log key      %s\n"
                "  profile      default (Qwick Dev Code Signing, RSA-3072, key sealed in the "
                "database)\n\n"
                "Start the server:  qwickd serve --data %s   (%s)\n\n"
-               "Admin API key (shown once, store it now):\n\n  %s\n",
-               abs, abs, KEYRING_FILE, abs, STORE_SQLITE_FILE, root, tsa, tls, o->org, o->email,
-               abs, url, key);
+               "Admin API key (shown once, store it now):\n\n  %s\n\n"
+               "Operator token for GET /metrics (shown once):\n\n  %s\n",
+               abs, mk, outside ? "; name it to serve and every admin command" : "", abs,
+               STORE_SQLITE_FILE, root, tsa, tls, o->org, o->email, vkey, abs, url, key, optok);
     }
     if (fflush(stdout) != 0)
         status = EXIT_FAIL;
@@ -246,19 +280,16 @@ static int print_result(const init_opts *o, const char *abs, char key[APIKEY_LEN
 int cmd_init(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"data", required_argument, NULL, 'd'},
-        {"json", no_argument, NULL, 'j'},
-        {"org", required_argument, NULL, 'o'},
-        {"admin-email", required_argument, NULL, 'e'},
-        {"listen", required_argument, NULL, 'l'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"data", required_argument, NULL, 'd'},   {"json", no_argument, NULL, 'j'},
+        {"org", required_argument, NULL, 'o'},    {"admin-email", required_argument, NULL, 'e'},
+        {"listen", required_argument, NULL, 'l'}, {"master-key", required_argument, NULL, 'm'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     init_opts o = {NULL, CONFIG_DEFAULT_ORG, DEFAULT_ADMIN_EMAIL, NULL, 0};
     const char *data_opt = NULL;
-    char key[APIKEY_LEN + 1] = "";
+    char key[APIKEY_LEN + 1] = "", optok[APIKEY_LEN + 1] = "";
     char abs[PATH_MAX];
-    char *keyring_path = NULL;
+    char *keyring_path = NULL, *vkey = NULL;
     int c, created_dir = 0, status = EXIT_FAIL;
     qk_err rc;
 
@@ -281,6 +312,9 @@ int cmd_init(int argc, char **argv)
         case 'l':
             o.listen = optarg;
             break;
+        case 'm':
+            o.master_key = optarg;
+            break;
         case 'h':
             help();
             return EXIT_OK;
@@ -299,7 +333,8 @@ int cmd_init(int argc, char **argv)
         report_err("init", rc);
         return EXIT_FAIL;
     }
-    keyring_path = path_join(o.dir, KEYRING_FILE);
+    keyring_path = master_key_path(o.dir, o.master_key);
+    o.keyring_path = keyring_path;
     /* O_EXCL on the master key also settles a race between two inits of the
      * same empty directory: the loser stops here and removes nothing. */
     if ((rc = keyring_create(keyring_path)) != QK_OK) {
@@ -308,16 +343,19 @@ int cmd_init(int argc, char **argv)
             rmdir(o.dir);
         goto out;
     }
-    if ((rc = populate(&o, keyring_path, key)) != QK_OK) {
+    if ((rc = populate(&o, keyring_path, key, optok, &vkey)) != QK_OK) {
         report_err("init", rc);
         cleanup(o.dir, created_dir);
+        unlink(keyring_path); /* also when it is outside DIR */
         goto out;
     }
     if (realpath(o.dir, abs) == NULL)
         snprintf(abs, sizeof(abs), "%s", o.dir);
-    status = print_result(&o, abs, key);
+    status = print_result(&o, abs, key, optok, vkey);
 out:
+    free(vkey);
     sodium_memzero(key, sizeof(key));
+    sodium_memzero(optok, sizeof(optok));
     free(keyring_path);
     return status;
 }

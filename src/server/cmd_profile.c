@@ -31,11 +31,14 @@ static void help(void)
            "      --org NAME     org (default: default_org of qwickd.json)\n"
            "      --name NAME    new profile's name (A-Z a-z 0-9 . _ -, at most 64)\n"
            "      --config FILE  the profile's config\n"
-           "      --json         machine-readable output\n");
+           "      --json         machine-readable output\n"
+           "      --master-key F the master key (default: $" MASTER_KEY_ENV ",\n"
+           "                     $CREDENTIALS_DIRECTORY/" MASTER_KEY_CREDENTIAL
+           ", DIR/" KEYRING_FILE ")\n");
 }
 
 typedef struct profile_opts {
-    const char *data, *org, *name, *config;
+    const char *data, *org, *name, *config, *master_key;
     int json;
 } profile_opts;
 
@@ -72,8 +75,8 @@ static void print_profile_text(const store_profile *p)
     if (az != NULL) {
         json_t *cr = json_object_get(az, "credentials");
         printf("endpoint  %s\naccount   %s / %s\ntenant    %s\napp       %s (object %s)\n"
-               "graph     %s (%s)\nsecrets   ttl %" JSON_INTEGER_FORMAT " s, at most %"
-               JSON_INTEGER_FORMAT " alive\n",
+               "graph     %s (%s)\nsecrets   ttl %" JSON_INTEGER_FORMAT
+               " s, at most %" JSON_INTEGER_FORMAT " alive\n",
                json_string_value(json_object_get(az, "endpoint")),
                json_string_value(json_object_get(az, "account")),
                json_string_value(json_object_get(az, "certificateProfile")),
@@ -95,7 +98,7 @@ static int show_one(admin_ctx *a, const char *name, int as_json)
     int found = 0, status;
     qk_err rc = STORE_CALL(a->store, profile_get, a->org, name, &p, &found);
     if (rc != QK_OK) {
-        if (!found)
+        if (!found && rc == QK_ERR_INVALID_ARG)
             fprintf(stderr, "qwickd profile: no profile '%s' in org %s\n", name, a->org_name);
         else
             report_err("profile", rc);
@@ -118,7 +121,6 @@ static int do_create(admin_ctx *a, const profile_opts *o)
     profile_import imp;
     qk_keyring *kr = NULL;
     int64_t id = 0;
-    char detail[160];
     int status = EXIT_FAIL;
     qk_err rc;
 
@@ -131,23 +133,15 @@ static int do_create(admin_ctx *a, const profile_opts *o)
         report_err("profile create", rc);
         return EXIT_FAIL;
     }
-    char *kr_path = path_join(a->dir, KEYRING_FILE);
-    rc = keyring_load(kr_path, &kr);
-    free(kr_path);
-    if (rc != QK_OK) {
-        report_err("keyring", rc);
+    if ((rc = master_key_load(a->dir, o->master_key, &kr)) != QK_OK) {
+        report_err("master key", rc);
         goto out;
     }
-    /* Fail-closed: the change is on record before it is made. */
-    snprintf(detail, sizeof(detail), "profile %s backend %s", o->name, imp.backend);
-    if ((rc = admin_audit(a, "profile.create", detail)) != QK_OK) {
-        report_err("profile create: audit", rc);
-        goto out;
-    }
-    if ((rc = profile_store(a->store, kr, a->org, o->name, &imp, &id)) != QK_OK) {
-        report_err("profile create", rc);
-        snprintf(detail, sizeof(detail), "profile %s not created", o->name);
-        (void)admin_audit(a, "profile.create.failed", detail);
+    /* The profile and its audit entry commit together, or neither. */
+    store_audit au;
+    admin_audit_init(a, "profile.create", &au);
+    if ((rc = profile_store(a->store, kr, a->org, o->name, &imp, &au, &id)) != QK_OK) {
+        report_err("profile create (nothing recorded, no profile made)", rc);
         goto out;
     }
     if (!o->json)
@@ -184,7 +178,8 @@ static int do_list(admin_ctx *a, const profile_opts *o)
             json_t *az = json_object_get(json_object_get(j, "config"), "azure");
             char who[256] = "-";
             if (cert != NULL && json_is_object(cert))
-                snprintf(who, sizeof(who), "%s", json_string_value(json_object_get(cert, "subject")));
+                snprintf(who, sizeof(who), "%s",
+                         json_string_value(json_object_get(cert, "subject")));
             else if (az != NULL)
                 snprintf(who, sizeof(who), "azure %s/%s",
                          json_string_value(json_object_get(az, "account")),
@@ -202,12 +197,11 @@ static int do_list(admin_ctx *a, const profile_opts *o)
 
 static int do_disable(admin_ctx *a, const profile_opts *o, const char *name)
 {
-    char detail[128];
     int found = 0;
     qk_err rc;
     store_profile p;
     if ((rc = STORE_CALL(a->store, profile_get, a->org, name, &p, &found)) != QK_OK) {
-        if (!found)
+        if (!found && rc == QK_ERR_INVALID_ARG)
             fprintf(stderr, "qwickd profile disable: no profile '%s' in org %s\n", name,
                     a->org_name);
         else
@@ -215,12 +209,10 @@ static int do_disable(admin_ctx *a, const profile_opts *o, const char *name)
         return EXIT_FAIL;
     }
     store_profile_clear(&p);
-    snprintf(detail, sizeof(detail), "profile %s", name);
-    if ((rc = admin_audit(a, "profile.disable", detail)) != QK_OK) {
-        report_err("profile disable: audit", rc);
-        return EXIT_FAIL;
-    }
-    if ((rc = STORE_CALL(a->store, profile_disable, a->org, name, now_unix(), &found)) != QK_OK) {
+    store_audit au;
+    admin_audit_init(a, "profile.disable", &au);
+    if ((rc = STORE_CALL(a->store, profile_disable, a->org, name, now_unix(), &au, &found)) !=
+        QK_OK) {
         report_err("profile disable", rc);
         return EXIT_FAIL;
     }
@@ -232,11 +224,14 @@ static int do_disable(admin_ctx *a, const profile_opts *o, const char *name)
 
 int cmd_profile(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"data", required_argument, NULL, 'd'},   {"org", required_argument, NULL, 'o'},
-        {"name", required_argument, NULL, 'n'},   {"config", required_argument, NULL, 'c'},
-        {"json", no_argument, NULL, 'j'},         {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {{"data", required_argument, NULL, 'd'},
+                                             {"org", required_argument, NULL, 'o'},
+                                             {"name", required_argument, NULL, 'n'},
+                                             {"config", required_argument, NULL, 'c'},
+                                             {"json", no_argument, NULL, 'j'},
+                                             {"help", no_argument, NULL, 'h'},
+                                             {"master-key", required_argument, NULL, 'm'},
+                                             {NULL, 0, NULL, 0}};
     profile_opts o = {0};
     admin_ctx a;
     int c, status;
@@ -254,13 +249,29 @@ int cmd_profile(int argc, char **argv)
     /* Permuting parse: `show NAME --data DIR` works too. */
     while ((c = getopt_long(argc, argv, "d:h", longopts, NULL)) != -1) {
         switch (c) {
-        case 'd': o.data = optarg; break;
-        case 'o': o.org = optarg; break;
-        case 'n': o.name = optarg; break;
-        case 'c': o.config = optarg; break;
-        case 'j': o.json = 1; break;
-        case 'h': help(); return EXIT_OK;
-        default: return usage_error("profile", "unrecognized option '%s'", argv[optind - 1]);
+        case 'd':
+            o.data = optarg;
+            break;
+        case 'o':
+            o.org = optarg;
+            break;
+        case 'n':
+            o.name = optarg;
+            break;
+        case 'c':
+            o.config = optarg;
+            break;
+        case 'j':
+            o.json = 1;
+            break;
+        case 'm':
+            o.master_key = optarg;
+            break;
+        case 'h':
+            help();
+            return EXIT_OK;
+        default:
+            return usage_error("profile", "unrecognized option '%s'", argv[optind - 1]);
         }
     }
     int is_create = strcmp(sub, "create") == 0, is_list = strcmp(sub, "list") == 0;

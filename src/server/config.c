@@ -8,6 +8,7 @@
 #include "http.h"
 #include "internal.h"
 #include "pki.h"
+#include "ratelimit.h"
 #include "store.h"
 #include "util.h"
 
@@ -28,6 +29,12 @@ void config_defaults(const char *data_dir, qwickd_config *c)
     c->max_connections = CONFIG_DEFAULT_MAX_CONNECTIONS;
     c->max_body = CONFIG_DEFAULT_MAX_BODY;
     c->connection_timeout = CONFIG_DEFAULT_CONN_TIMEOUT;
+    c->max_connections_per_ip = CONFIG_DEFAULT_MAX_PER_IP;
+    c->handshake_timeout = CONFIG_DEFAULT_HANDSHAKE_TIMEOUT;
+    c->head_timeout = CONFIG_DEFAULT_HEAD_TIMEOUT;
+    c->body_timeout = CONFIG_DEFAULT_BODY_TIMEOUT;
+    c->tsa_rate = CONFIG_DEFAULT_TSA_RATE;
+    c->tsa_burst = CONFIG_DEFAULT_TSA_BURST;
     c->commit_delay_us = CONFIG_DEFAULT_COMMIT_DELAY_US;
     c->azure_reaper_interval = CONFIG_DEFAULT_AZURE_REAPER;
     c->azure_op_timeout = CONFIG_DEFAULT_AZURE_OP_TIMEOUT;
@@ -89,7 +96,7 @@ static qk_err unknown(const char *where, const char *key)
     return qk_fail(QK_ERR_INVALID_ARG, "%s: unknown key \"%s%s\"", CONFIG_FILE, where, key);
 }
 
-/* {"cert", "key", EXTRA}: EXTRA is "policy" for the TSA, "priorities" for TLS. */
+/* {"cert", "key", EXTRA}: "tls" with EXTRA "priorities". */
 static qk_err parse_pair(json_t *obj, const char *section, char **cert, char **key,
                          const char *extra_name, char **extra, const char *dir)
 {
@@ -133,6 +140,46 @@ static qk_err check_public_url(const char *u)
     return QK_OK;
 }
 
+/* "tsa": the identity (cert, key, policy) and who may ask how often. */
+static qk_err parse_tsa(json_t *obj, qwickd_config *c, const char *dir)
+{
+    const char *k;
+    json_t *v;
+    json_int_t n = 0;
+    qk_err rc;
+    if (!json_is_object(obj))
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: \"tsa\" must be an object", CONFIG_FILE);
+    json_object_foreach(obj, k, v)
+    {
+        if (strcmp(k, "cert") == 0) {
+            rc = get_str(v, "tsa.cert", 0, &c->tsa_cert, dir);
+        } else if (strcmp(k, "key") == 0) {
+            rc = get_str(v, "tsa.key", 0, &c->tsa_key, dir);
+        } else if (strcmp(k, "policy") == 0) {
+            rc = get_str(v, "tsa.policy", 1, &c->tsa_policy, NULL);
+        } else if (strcmp(k, "rate_per_ip_per_second") == 0) {
+            if ((rc = get_range(v, "tsa.rate_per_ip_per_second", 1, RATELIMIT_MAX_RATE, &n)) ==
+                QK_OK)
+                c->tsa_rate = (unsigned)n;
+        } else if (strcmp(k, "burst_per_ip") == 0) {
+            if ((rc = get_range(v, "tsa.burst_per_ip", 1, RATELIMIT_MAX_BURST, &n)) == QK_OK)
+                c->tsa_burst = (unsigned)n;
+        } else if (strcmp(k, "require_api_key") == 0) {
+            rc = json_is_boolean(v)
+                     ? QK_OK
+                     : qk_fail(QK_ERR_INVALID_ARG,
+                               "%s: \"tsa.require_api_key\" must be true or false", CONFIG_FILE);
+            if (rc == QK_OK)
+                c->tsa_require_key = json_is_true(v);
+        } else {
+            rc = unknown("tsa.", k);
+        }
+        if (rc != QK_OK)
+            return rc;
+    }
+    return QK_OK;
+}
+
 static qk_err parse_metrics(json_t *obj, qwickd_config *c)
 {
     const char *k;
@@ -151,11 +198,27 @@ static qk_err parse_metrics(json_t *obj, qwickd_config *c)
     return QK_OK;
 }
 
+/* One address at its cap must leave room for everyone else: the per-address
+ * cap is below the total. Left at its default, it is half of a total too low for it. */
+static qk_err check_per_ip(qwickd_config *c, int per_ip_set)
+{
+    if (c->max_connections_per_ip < c->max_connections)
+        return QK_OK;
+    if (per_ip_set)
+        return qk_fail(QK_ERR_INVALID_ARG,
+                       "%s: \"limits.max_connections_per_ip\" must be below "
+                       "limits.max_connections (%u)",
+                       CONFIG_FILE, c->max_connections);
+    c->max_connections_per_ip = c->max_connections > 1 ? c->max_connections / 2 : 1;
+    return QK_OK;
+}
+
 static qk_err parse_limits(json_t *obj, qwickd_config *c)
 {
     const char *k;
     json_t *v;
     json_int_t n = 0;
+    int per_ip_set = 0;
     qk_err rc;
     if (!json_is_object(obj))
         return qk_fail(QK_ERR_INVALID_ARG, "%s: \"limits\" must be an object", CONFIG_FILE);
@@ -180,13 +243,30 @@ static qk_err parse_limits(json_t *obj, qwickd_config *c)
             /* 0 would mean "no timeout at all" to libmicrohttpd. */
             if ((rc = get_range(v, "limits.connection_timeout_seconds", 1, 86400, &n)) == QK_OK)
                 c->connection_timeout = (unsigned)n;
+        } else if (strcmp(k, "max_connections_per_ip") == 0) {
+            if ((rc = get_range(v, "limits.max_connections_per_ip", 1, 1000000, &n)) == QK_OK) {
+                c->max_connections_per_ip = (unsigned)n;
+                per_ip_set = 1;
+            }
+        } else if (strcmp(k, "tls_handshake_timeout_seconds") == 0) {
+            if ((rc = get_range(v, "limits.tls_handshake_timeout_seconds", 1,
+                                CONFIG_MAX_PHASE_TIMEOUT, &n)) == QK_OK)
+                c->handshake_timeout = (unsigned)n;
+        } else if (strcmp(k, "request_head_timeout_seconds") == 0) {
+            if ((rc = get_range(v, "limits.request_head_timeout_seconds", 1,
+                                CONFIG_MAX_PHASE_TIMEOUT, &n)) == QK_OK)
+                c->head_timeout = (unsigned)n;
+        } else if (strcmp(k, "request_body_timeout_seconds") == 0) {
+            if ((rc = get_range(v, "limits.request_body_timeout_seconds", 1,
+                                CONFIG_MAX_PHASE_TIMEOUT, &n)) == QK_OK)
+                c->body_timeout = (unsigned)n;
         } else {
             rc = unknown("limits.", k);
         }
         if (rc != QK_OK)
             return rc;
     }
-    return QK_OK;
+    return check_per_ip(c, per_ip_set);
 }
 
 static qk_err parse_azure(json_t *obj, qwickd_config *c)
@@ -252,14 +332,13 @@ qk_err config_load(const char *data_dir, qwickd_config *out)
         else if (strcmp(k, "public_url") == 0) {
             if ((rc = get_str(v, k, 1, &c.public_url, NULL)) == QK_OK && c.public_url != NULL)
                 rc = check_public_url(c.public_url);
-        }
-        else if (strcmp(k, "default_org") == 0)
+        } else if (strcmp(k, "default_org") == 0)
             rc = get_str(v, k, 0, &c.default_org, NULL);
         else if (strcmp(k, "tls") == 0)
             rc = parse_pair(v, "tls.", &c.tls_cert, &c.tls_key, "priorities", &c.tls_priorities,
                             data_dir);
         else if (strcmp(k, "tsa") == 0)
-            rc = parse_pair(v, "tsa.", &c.tsa_cert, &c.tsa_key, "policy", &c.tsa_policy, data_dir);
+            rc = parse_tsa(v, &c, data_dir);
         else if (strcmp(k, "limits") == 0)
             rc = parse_limits(v, &c);
         else if (strcmp(k, "metrics") == 0)
@@ -287,16 +366,22 @@ qk_err config_write_defaults(const char *data_dir, const char *listen)
     char *path = path_join(data_dir, CONFIG_FILE);
     char *text = NULL;
     json_t *root = json_pack(
-        "{s:i, s:s, s:n, s:s, s:{s:s, s:s}, s:{s:s, s:s, s:n}, s:{s:b}, s:{s:i, s:i, s:i, s:i, s:i}, "
-        "s:{s:i, s:i}}", "version",
-        1, "listen", listen != NULL ? listen : CONFIG_DEFAULT_LISTEN, "public_url", "default_org",
-        CONFIG_DEFAULT_ORG, "tls", "cert", PKI_TLS_CERT, "key", PKI_TLS_KEY, "tsa", "cert",
-        PKI_TSA_CERT, "key", PKI_TSA_KEY_SEALED, "policy", "metrics", "anonymous", 0, "limits", "threads", 0,
-        "max_connections", (int)CONFIG_DEFAULT_MAX_CONNECTIONS, "max_body_bytes",
-        (int)CONFIG_DEFAULT_MAX_BODY, "connection_timeout_seconds",
-        (int)CONFIG_DEFAULT_CONN_TIMEOUT, "commit_delay_us", (int)CONFIG_DEFAULT_COMMIT_DELAY_US,
-        "azure", "reaper_interval_seconds", (int)CONFIG_DEFAULT_AZURE_REAPER,
-        "op_timeout_seconds", (int)CONFIG_DEFAULT_AZURE_OP_TIMEOUT);
+        "{s:i, s:s, s:n, s:s, s:{s:s, s:s}, s:{s:s, s:s, s:n, s:i, s:i, s:b}, s:{s:b}, "
+        "s:{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i}, s:{s:i, s:i}}",
+        "version", 1, "listen", listen != NULL ? listen : CONFIG_DEFAULT_LISTEN, "public_url",
+        "default_org", CONFIG_DEFAULT_ORG, "tls", "cert", PKI_TLS_CERT, "key", PKI_TLS_KEY, "tsa",
+        "cert", PKI_TSA_CERT, "key", PKI_TSA_KEY_SEALED, "policy", "rate_per_ip_per_second",
+        (int)CONFIG_DEFAULT_TSA_RATE, "burst_per_ip", (int)CONFIG_DEFAULT_TSA_BURST,
+        "require_api_key", 0, "metrics", "anonymous", 0, "limits", "threads", 0, "max_connections",
+        (int)CONFIG_DEFAULT_MAX_CONNECTIONS, "max_connections_per_ip",
+        (int)CONFIG_DEFAULT_MAX_PER_IP, "max_body_bytes", (int)CONFIG_DEFAULT_MAX_BODY,
+        "connection_timeout_seconds", (int)CONFIG_DEFAULT_CONN_TIMEOUT,
+        "tls_handshake_timeout_seconds", (int)CONFIG_DEFAULT_HANDSHAKE_TIMEOUT,
+        "request_head_timeout_seconds", (int)CONFIG_DEFAULT_HEAD_TIMEOUT,
+        "request_body_timeout_seconds", (int)CONFIG_DEFAULT_BODY_TIMEOUT, "commit_delay_us",
+        (int)CONFIG_DEFAULT_COMMIT_DELAY_US, "azure", "reaper_interval_seconds",
+        (int)CONFIG_DEFAULT_AZURE_REAPER, "op_timeout_seconds",
+        (int)CONFIG_DEFAULT_AZURE_OP_TIMEOUT);
     if (root == NULL || (text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) == NULL) {
         rc = qk_fail(QK_ERR_NOMEM, "building %s", CONFIG_FILE);
         goto out;

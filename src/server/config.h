@@ -11,12 +11,19 @@
  *     "tls": {"cert": "tls.pem", "key": "tls.key",
  *             "priorities": null},            // GnuTLS priorities; null: TLS 1.3, and
  *                                             // TLS 1.2 with ECDHE and AEAD ciphers only
- *     "tsa": {"cert": "tsa.pem", "key": "tsa.key.sealed", "policy": null},
+ *     "tsa": {"cert": "tsa.pem", "key": "tsa.key.sealed", "policy": null,
+ *             "rate_per_ip_per_second": 20,  // POST /tsa token bucket per client
+ *             "burst_per_ip": 100,           // address; beyond it 429 + Retry-After
+ *             "require_api_key": false},     // true: a Bearer API key of any role
  *     "metrics": {"anonymous": false},    // true: GET /metrics without an API key
  *     "limits": {"threads": 0,            // 0: one per core
  *                "max_connections": 512,
+ *                "max_connections_per_ip": 64,  // IPv4 address or IPv6 /64
  *                "max_body_bytes": 65536,
- *                "connection_timeout_seconds": 30,
+ *                "connection_timeout_seconds": 30,     // idle
+ *                "tls_handshake_timeout_seconds": 10,  // whole handshake
+ *                "request_head_timeout_seconds": 20,   // whole request line + headers
+ *                "request_body_timeout_seconds": 30,   // whole body
  *                "commit_delay_us": 4000},   // group commit delay while others sign; 0: off
  *     "azure": {"reaper_interval_seconds": 60, // orphaned qwick- secrets revoked this often
  *               "op_timeout_seconds": 120}     // one Azure signature, submission to result
@@ -35,13 +42,28 @@
 #define CONFIG_DEFAULT_MAX_CONNECTIONS 512u
 #define CONFIG_DEFAULT_MAX_BODY (64u * 1024u)
 #define CONFIG_DEFAULT_CONN_TIMEOUT 30u
+/* One client address holds at most this many connections, so it cannot fill
+ * the server (left out of qwickd.json with max_connections <= 64: half of
+ * max_connections). */
+#define CONFIG_DEFAULT_MAX_PER_IP 64u
+/* Deadlines for a whole phase of a request, however slowly its bytes come
+ * (connection_timeout_seconds only bounds the silence between them). */
+#define CONFIG_DEFAULT_HANDSHAKE_TIMEOUT 10u
+#define CONFIG_DEFAULT_HEAD_TIMEOUT 20u
+#define CONFIG_DEFAULT_BODY_TIMEOUT 30u
+#define CONFIG_MAX_PHASE_TIMEOUT 3600u
+/* POST /tsa per client address: a timestamp is an RSA signature (~9 ms of a
+ * core with RSA-3072), so the bucket bounds what one client can make the
+ * signing threads do; the burst covers a batch signing run. */
+#define CONFIG_DEFAULT_TSA_RATE 20u
+#define CONFIG_DEFAULT_TSA_BURST 100u
 /* How long, at most, a durable write waits for requests still being signed
  * to share its fsync (store_sqlite_set_commit_delay). */
 #define CONFIG_DEFAULT_COMMIT_DELAY_US 4000u
 #define CONFIG_MAX_FILE (64u * 1024u)
 /* TLS 1.3, and TLS 1.2 with ECDHE key exchange and AEAD ciphers only (no
  * CBC, no SHA-1 MACs, no RSA key transport); the server's order wins. */
-#define CONFIG_DEFAULT_TLS_PRIORITIES                                                             \
+#define CONFIG_DEFAULT_TLS_PRIORITIES                                                              \
     "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:-CIPHER-ALL:+AES-256-GCM:+AES-128-GCM:"            \
     "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:%SERVER_PRECEDENCE"
 #define CONFIG_DEFAULT_AZURE_REAPER 60u
@@ -54,13 +76,20 @@ typedef struct qwickd_config {
     char *tls_cert; /* absolute (resolved against the data dir) */
     char *tls_key;
     char *tsa_cert;
-    char *tsa_key;    /* sealed under the master key */
-    char *tsa_policy; /* NULL: TSA_DEFAULT_POLICY */
+    char *tsa_key;        /* sealed under the master key */
+    char *tsa_policy;     /* NULL: TSA_DEFAULT_POLICY */
     char *tls_priorities; /* GnuTLS priority string; NULL: CONFIG_DEFAULT_TLS_PRIORITIES */
-    unsigned threads; /* 0: one per core */
+    unsigned threads;     /* 0: one per core */
     unsigned max_connections;
+    unsigned max_connections_per_ip; /* < max_connections */
     size_t max_body;
-    unsigned connection_timeout; /* seconds */
+    unsigned connection_timeout; /* seconds, idle */
+    unsigned handshake_timeout;  /* seconds, whole phase */
+    unsigned head_timeout;
+    unsigned body_timeout;
+    unsigned tsa_rate; /* tokens a second per client address */
+    unsigned tsa_burst;
+    int tsa_require_key;
     unsigned commit_delay_us;
     int metrics_anonymous;
     unsigned azure_reaper_interval; /* seconds */

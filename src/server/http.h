@@ -1,6 +1,8 @@
 /* qwickd's HTTP layer on libmicrohttpd: request bodies with a named maximum,
  * a routing table, JSON/error responses with security headers, per-request
- * logging and metrics, and suspend/resume for handlers that wait on I/O.
+ * logging and metrics, suspend/resume for handlers that wait on I/O, and the
+ * connection guard (a per-address connection cap and deadlines for the TLS
+ * handshake, the request head and the request body).
  *
  * Handlers run on MHD's pool threads. A handler fills req->resp, or calls
  * http_suspend() and arranges for another thread to fill req->resp and call
@@ -33,6 +35,7 @@
 #define HTTP_REQUEST_ID_SIZE 37
 
 struct server;
+struct metrics;
 
 typedef struct http_resp {
     int status;               /* 0 until a handler answers */
@@ -63,8 +66,9 @@ typedef struct http_req {
     int body_too_large;
     char id[HTTP_REQUEST_ID_SIZE];
     char client_ip[INET6_ADDRSTRLEN];
-    char actor[32]; /* "apikey:12" once authenticated, for the log line */
-    char allow[48]; /* a 405's Allow header: the path's methods */
+    char actor[32];       /* "apikey:12" once authenticated, for the log line */
+    char allow[48];       /* a 405's Allow header: the path's methods */
+    char retry_after[16]; /* a 429's Retry-After header: seconds */
     struct timespec start;
     int deferred;       /* suspended by the handler; written by the pool thread only */
     atomic_int resumed; /* set by the thread that filled resp */
@@ -96,6 +100,43 @@ enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const char *
 void http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                     enum MHD_RequestTerminationCode toe);
 
+/* The connection guard: admission by client address and deadlines that an
+ * idle timeout cannot give (a client trickling a byte every few seconds is
+ * never idle). Per connection:
+ *   TLS handshake  from accept to the client's Finished: handshake_ms;
+ *   request head   from then (plain HTTP: from accept; a kept-alive
+ *                  connection: from the previous response) to the end of the
+ *                  headers: head_ms;
+ *   request body   from the end of the headers to the last body byte: body_ms.
+ * While a handler works (or the connection is suspended) no deadline runs;
+ * the idle timeout (MHD_OPTION_CONNECTION_TIMEOUT) still covers the rest. A
+ * sweeper thread shuts down (shutdown(2)) connections past their deadline,
+ * and libmicrohttpd then closes them as closed by the peer.
+ * A client address (ratelimit_key: IPv4 address, IPv6 /64) holds at most
+ * max_per_ip connections; more are refused at accept. */
+typedef struct http_guard http_guard;
+typedef struct http_guard_opts {
+    unsigned max_per_ip;
+    size_t max_connections; /* sizes the address table */
+    /* 0: no deadline */
+    unsigned handshake_ms, head_ms, body_ms;
+    int tls;                 /* handshake deadline (GnuTLS hook) */
+    struct metrics *metrics; /* counts refusals and deadline closes */
+} http_guard_opts;
+
+/* Starts the sweeper thread; NULL when out of memory or threads. */
+http_guard *http_guard_new(const http_guard_opts *o);
+/* Stops the sweeper and frees the guard: after MHD_stop_daemon. */
+void http_guard_free(http_guard *g);
+/* MHD_AcceptPolicyCallback, with the guard as its closure. */
+enum MHD_Result http_guard_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen);
+/* MHD_OPTION_NOTIFY_CONNECTION's callback, with the guard as its closure. */
+void http_guard_notify(void *cls, struct MHD_Connection *conn, void **socket_context,
+                       enum MHD_ConnectionNotificationCode toe);
+
+/* The client's socket address (NULL when unknown). */
+const struct sockaddr *http_client_addr(const http_req *req);
+
 /* A request header (case-insensitive name), or NULL. */
 const char *http_header(const http_req *req, const char *name);
 /* True when the Content-Type's media type is `type` (parameters ignored). */
@@ -105,7 +146,8 @@ int http_content_type_is(const http_req *req, const char *type);
 void http_json(http_req *req, int status, json_t *j);
 void http_error(http_req *req, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Sets the one extra response header (both strings static). */
+/* Sets the one extra response header (both strings static, or strings of
+ * the request). */
 void http_header_set(http_req *req, const char *name, const char *value);
 /* Takes ownership of `data` (malloc'd). */
 void http_bytes(http_req *req, int status, const char *content_type, void *data, size_t len);

@@ -6,6 +6,7 @@
 #include <curl/curl.h>
 #include <sodium.h>
 
+#include "hardening.h"
 #include "qwickd.h"
 #include "subcmd.h"
 
@@ -14,7 +15,9 @@ static const subcmd commands[] = {
     {"serve", cmd_serve, "serve the HTTPS API"},
     {"apikey", cmd_apikey, "create, list and revoke API keys"},
     {"profile", cmd_profile, "create, list, show and disable certificate profiles"},
-    {"audit", cmd_audit, "verify the audit hash chain"},
+    {"audit", cmd_audit, "verify the transparency log of every org"},
+    {"keyring", cmd_keyring, "master key status, rotation (re-sealing every secret), retirement"},
+    {"operator", cmd_operator, "create, list and revoke operator tokens (GET /metrics)"},
 };
 
 int main(int argc, char **argv)
@@ -30,6 +33,13 @@ int main(int argc, char **argv)
     }
     if (sodium_init() < 0) {
         fputs("qwickd: libsodium initialisation failed\n", stderr);
+        return EXIT_FAIL;
+    }
+    /* Every command handles key material: no core files, no same-user
+     * ptrace, OpenSSL's private keys in its secure heap (hardening.h). */
+    qk_err hrc = harden_process();
+    if (hrc != QK_OK) {
+        report_err("key hygiene", hrc);
         return EXIT_FAIL;
     }
     char version[160];

@@ -36,6 +36,7 @@ struct metrics {
     family signatures; /* profile, algorithm, format */
     family errors;     /* code */
     family timestamps; /* status */
+    family dropped;    /* reason */
     atomic_long inflight;
 };
 
@@ -66,7 +67,7 @@ metrics *metrics_new(void)
         return NULL;
     if (family_init(&m->requests, 3) != 0 || family_init(&m->latency, 1) != 0 ||
         family_init(&m->signatures, 3) != 0 || family_init(&m->errors, 1) != 0 ||
-        family_init(&m->timestamps, 1) != 0) {
+        family_init(&m->timestamps, 1) != 0 || family_init(&m->dropped, 1) != 0) {
         metrics_free(m);
         return NULL;
     }
@@ -83,6 +84,7 @@ void metrics_free(metrics *m)
     family_free(&m->signatures);
     family_free(&m->errors);
     family_free(&m->timestamps);
+    family_free(&m->dropped);
     free(m);
 }
 
@@ -125,8 +127,7 @@ static void count(family *f, const char *const *vals)
  * traffic into "other"). */
 static const char *method_label(const char *method)
 {
-    static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH",
-                                        "OPTIONS"};
+    static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
     for (size_t i = 0; method != NULL && i < sizeof(known) / sizeof(known[0]); i++)
         if (strcmp(method, known[i]) == 0)
             return known[i];
@@ -169,6 +170,12 @@ void metrics_timestamp(metrics *m, int status)
     snprintf(st, sizeof(st), "%d", status);
     const char *v[1] = {st};
     count(&m->timestamps, v);
+}
+
+void metrics_connection_dropped(metrics *m, const char *reason)
+{
+    const char *v[1] = {reason};
+    count(&m->dropped, v);
 }
 
 void metrics_inflight_add(metrics *m, int delta)
@@ -293,6 +300,9 @@ char *metrics_render(metrics *m, size_t *len)
     static const char *const ts_l[] = {"status"};
     render_counter(&t, &m->timestamps, "qwickd_tsa_responses_total",
                    "RFC 3161 responses by PKIStatus.", ts_l);
+    static const char *const drop_l[] = {"reason"};
+    render_counter(&t, &m->dropped, "qwickd_connections_dropped_total",
+                   "Connections refused (per_ip_limit) or closed past a deadline.", drop_l);
     put(&t,
         "# HELP qwickd_http_requests_in_flight Requests being handled.\n"
         "# TYPE qwickd_http_requests_in_flight gauge\n"

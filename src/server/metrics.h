@@ -27,6 +27,9 @@ void metrics_signature(metrics *m, const char *profile, const char *algorithm, c
 void metrics_error(metrics *m, const char *code);
 /* One RFC 3161 response, by PKIStatus (0 granted, 2 rejection...). */
 void metrics_timestamp(metrics *m, int status);
+/* One connection refused or closed by the connection guard: "per_ip_limit",
+ * "handshake_deadline", "head_deadline", "body_deadline". */
+void metrics_connection_dropped(metrics *m, const char *reason);
 /* Requests currently being handled (gauge). */
 void metrics_inflight_add(metrics *m, int delta);
 long metrics_inflight(metrics *m);

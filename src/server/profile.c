@@ -42,8 +42,8 @@ static qk_err read_material(json_t *cfg, const char *base_dir, const char *file_
         return qk_fail(QK_ERR_INVALID_ARG, "give %s or %s, not both", file_key, inline_key);
     if (f != NULL) {
         if (base_dir == NULL)
-            return qk_fail(QK_ERR_INVALID_ARG, "%s: files cannot be named here, give %s",
-                           file_key, inline_key);
+            return qk_fail(QK_ERR_INVALID_ARG, "%s: files cannot be named here, give %s", file_key,
+                           inline_key);
         const char *name = json_string_value(f);
         if (name == NULL || name[0] == '\0')
             return qk_fail(QK_ERR_INVALID_ARG, "%s must be a file name", file_key);
@@ -115,8 +115,7 @@ static qk_err parse_certs_pem(qk_buf pem, STACK_OF(X509) *certs)
     return n > 0 ? QK_OK : qk_fail(QK_ERR_BAD_DER, "chain: no PEM certificate found");
 }
 
-static qk_err parse_pkcs12(qk_buf der, const char *password, EVP_PKEY **key,
-                           STACK_OF(X509) *certs)
+static qk_err parse_pkcs12(qk_buf der, const char *password, EVP_PKEY **key, STACK_OF(X509) *certs)
 {
     const unsigned char *p = der.data;
     PKCS12 *p12 = d2i_PKCS12(NULL, &p, (long)der.len);
@@ -178,7 +177,8 @@ static qk_err order_chain(EVP_PKEY *key, STACK_OF(X509) *certs, qk_buf *out)
                            "chain: certificate %d is not part of the leaf's issuer chain", i + 1);
     }
     uint32_t flags = X509_get_extension_flags(ordered[0]);
-    if ((flags & EXFLAG_XKUSAGE) == 0 || (X509_get_extended_key_usage(ordered[0]) & XKU_CODE_SIGN) == 0)
+    if ((flags & EXFLAG_XKUSAGE) == 0 ||
+        (X509_get_extended_key_usage(ordered[0]) & XKU_CODE_SIGN) == 0)
         return qk_fail(QK_ERR_INVALID_ARG, "chain: the leaf certificate does not allow code "
                                            "signing (extendedKeyUsage codeSigning)");
     if (X509_cmp_time(X509_get0_notAfter(ordered[0]), NULL) <= 0)
@@ -218,8 +218,8 @@ static qk_err key_to_pem(EVP_PKEY *key, qk_buf *out)
 
 static qk_err import_local(json_t *cfg, const char *base_dir, profile_import *out)
 {
-    static const char *const keys[] = {"backend", "key", "keyPem", "chain", "chainPem",
-                                       "pkcs12", "pkcs12Base64", "password", NULL};
+    static const char *const keys[] = {"backend", "key",          "keyPem",   "chain", "chainPem",
+                                       "pkcs12",  "pkcs12Base64", "password", NULL};
     qk_buf key_pem = {NULL, 0}, chain_pem = {NULL, 0}, p12 = {NULL, 0};
     EVP_PKEY *key = NULL;
     STACK_OF(X509) *certs = sk_X509_new_null();
@@ -228,7 +228,8 @@ static qk_err import_local(json_t *cfg, const char *base_dir, profile_import *ou
     json_t *v;
     qk_err rc = QK_OK;
 
-    json_object_foreach(cfg, k, v) {
+    json_object_foreach(cfg, k, v)
+    {
         size_t i;
         for (i = 0; keys[i] != NULL && strcmp(keys[i], k) != 0; i++)
             ;
@@ -286,7 +287,8 @@ static qk_err import_azure(json_t *cfg, const char *base_dir, profile_import *ou
     const char *k;
     json_t *v;
     qk_err rc;
-    json_object_foreach(cfg, k, v) {
+    json_object_foreach(cfg, k, v)
+    {
         if (strcmp(k, "backend") != 0 && strcmp(k, "azure") != 0)
             return qk_fail(QK_ERR_INVALID_ARG, "azure profile: unknown key '%s'", k);
     }
@@ -314,8 +316,57 @@ static qk_err import_azure(json_t *cfg, const char *base_dir, profile_import *ou
     return rc;
 }
 
+static const char *const known_formats[] = {"authenticode-pe", "cms", "raw", NULL};
+
+/* "formats": a non-empty list of distinct known formats, as a sorted array. */
+static qk_err parse_formats(json_t *v, json_t **out)
+{
+    size_t i;
+    json_t *f;
+    *out = NULL;
+    if (!json_is_array(v) || json_array_size(v) == 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "formats: a non-empty array of \"authenticode-pe\", "
+                                           "\"cms\", \"raw\"");
+    json_array_foreach(v, i, f)
+    {
+        const char *s = json_string_value(f);
+        size_t k, j;
+        for (k = 0; s != NULL && known_formats[k] != NULL && strcmp(known_formats[k], s) != 0; k++)
+            ;
+        if (s == NULL || known_formats[k] == NULL)
+            return qk_fail(QK_ERR_INVALID_ARG, "formats: unknown format '%.32s'", s ? s : "?");
+        for (j = 0; j < i; j++)
+            if (strcmp(json_string_value(json_array_get(v, j)), s) == 0)
+                return qk_fail(QK_ERR_INVALID_ARG, "formats: '%s' listed twice", s);
+    }
+    *out = json_array();
+    for (size_t k = 0; known_formats[k] != NULL; k++) /* canonical order */
+        json_array_foreach(v, i, f) if (strcmp(json_string_value(f), known_formats[k]) == 0)
+            json_array_append_new(*out, json_string(known_formats[k]));
+    return QK_OK;
+}
+
+/* The public config with "formats" set (the backend importers do not know it). */
+static qk_err add_formats(profile_import *out, json_t *formats)
+{
+    json_t *doc = json_loads(out->config, 0, NULL);
+    if (!json_is_object(doc)) {
+        json_decref(doc);
+        return qk_fail(QK_ERR_INVALID_ARG, "profile config");
+    }
+    json_object_set(doc, "formats", formats);
+    char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(doc);
+    if (text == NULL)
+        return qk_fail(QK_ERR_NOMEM, "profile config");
+    free(out->config);
+    out->config = text;
+    return QK_OK;
+}
+
 qk_err profile_import_json(json_t *cfg, const char *base_dir, profile_import *out)
 {
+    json_t *formats = NULL, *rest = NULL;
     memset(out, 0, sizeof(*out));
     if (!json_is_object(cfg))
         return qk_fail(QK_ERR_INVALID_ARG, "profile config must be a JSON object");
@@ -324,16 +375,45 @@ qk_err profile_import_json(json_t *cfg, const char *base_dir, profile_import *ou
     if (backend == NULL)
         return qk_fail(QK_ERR_INVALID_ARG, "profile config: \"backend\" is required "
                                            "(\"local\" or \"azure\")");
+    if (json_object_get(cfg, "formats") != NULL &&
+        (rc = parse_formats(json_object_get(cfg, "formats"), &formats)) != QK_OK)
+        return rc;
+    /* The backends see the config without the settings common to all. */
+    rest = json_copy(cfg);
+    json_object_del(rest, "formats");
     if (strcmp(backend, "local") == 0)
-        rc = import_local(cfg, base_dir, out);
+        rc = import_local(rest, base_dir, out);
     else if (strcmp(backend, "azure") == 0)
-        rc = import_azure(cfg, base_dir, out);
+        rc = import_azure(rest, base_dir, out);
     else
-        rc = qk_fail(QK_ERR_INVALID_ARG, "profile config: unknown backend '%.32s' "
-                                         "(\"local\" or \"azure\")", backend);
+        rc = qk_fail(QK_ERR_INVALID_ARG,
+                     "profile config: unknown backend '%.32s' "
+                     "(\"local\" or \"azure\")",
+                     backend);
+    if (rc == QK_OK && formats != NULL)
+        rc = add_formats(out, formats);
     if (rc != QK_OK)
         profile_import_clear(out);
+    json_decref(formats);
+    json_decref(rest); /* a shallow copy: the secrets it shares are wiped with cfg */
     return rc;
+}
+
+int profile_format_allowed(const store_profile *p, const char *format)
+{
+    json_t *cfg = p->config != NULL ? json_loads(p->config, 0, NULL) : NULL;
+    json_t *formats = json_object_get(cfg, "formats");
+    int ok = 0;
+    if (json_is_array(formats)) {
+        size_t i;
+        json_t *f;
+        json_array_foreach(formats, i, f) if (json_string_value(f) != NULL &&
+                                              strcmp(json_string_value(f), format) == 0) ok = 1;
+    } else {
+        ok = strcmp(format, "authenticode-pe") == 0 || strcmp(format, "cms") == 0;
+    }
+    json_decref(cfg);
+    return ok;
 }
 
 void profile_json_wipe(json_t *j)
@@ -385,7 +465,7 @@ void profile_import_clear(profile_import *p)
 }
 
 qk_err profile_store(qk_store *st, const qk_keyring *kr, int64_t org, const char *name,
-                     const profile_import *imp, int64_t *id)
+                     const profile_import *imp, const store_audit *audit, int64_t *id)
 {
     char aad[SECRETS_AAD_MAX];
     qk_buf sealed = {NULL, 0};
@@ -400,8 +480,9 @@ qk_err profile_store(qk_store *st, const qk_keyring *kr, int64_t org, const char
             QK_OK &&
         (rc = STORE_CALL(st, signing_key_create, org, imp->key_kind,
                          (qk_slice){sealed.data, sealed.len}, &key_id)) == QK_OK)
-        rc = STORE_CALL(st, profile_create, org, name, imp->backend, key_id,
-                        (qk_slice){imp->chain_der.data, imp->chain_der.len}, imp->config, id);
+        rc =
+            STORE_CALL(st, profile_create, org, name, imp->backend, key_id,
+                       (qk_slice){imp->chain_der.data, imp->chain_der.len}, imp->config, audit, id);
     qk_buf_free(&sealed);
     return rc;
 }
@@ -447,10 +528,10 @@ static json_t *leaf_json(const qk_buf *chain)
     }
     X509_digest(x, EVP_sha256(), md, &mdlen);
     hex_encode(md, mdlen, hex);
-    json_t *j = json_pack("{s:o, s:o, s:o, s:o, s:s}", "subject", name_json(X509_get_subject_name(x)),
-                          "issuer", name_json(X509_get_issuer_name(x)), "notBefore",
-                          asn1_time_json(X509_get0_notBefore(x)), "notAfter",
-                          asn1_time_json(X509_get0_notAfter(x)), "sha256", hex);
+    json_t *j = json_pack(
+        "{s:o, s:o, s:o, s:o, s:s}", "subject", name_json(X509_get_subject_name(x)), "issuer",
+        name_json(X509_get_issuer_name(x)), "notBefore", asn1_time_json(X509_get0_notBefore(x)),
+        "notAfter", asn1_time_json(X509_get0_notAfter(x)), "sha256", hex);
     X509_free(x);
     return j;
 }
@@ -462,12 +543,12 @@ json_t *profile_json(const store_profile *p)
         cfg = json_loads(p->config, 0, NULL);
     if (cfg == NULL)
         cfg = json_pack("{s:s}", "backend", p->backend ? p->backend : "");
-    json_t *j = json_pack("{s:s, s:s, s:s, s:b, s:o, s:o, s:o, s:o}", "name", p->name ? p->name : "",
-                          "backend", p->backend ? p->backend : "", "status",
-                          p->disabled_at ? "disabled" : "active", "timestampRequired",
-                          profile_requires_timestamp(p), "createdAt", time_json(p->created_at),
-                          "updatedAt", time_json(p->updated_at), "disabledAt",
-                          time_json(p->disabled_at), "config", cfg);
+    json_t *j =
+        json_pack("{s:s, s:s, s:s, s:b, s:o, s:o, s:o, s:o}", "name", p->name ? p->name : "",
+                  "backend", p->backend ? p->backend : "", "status",
+                  p->disabled_at ? "disabled" : "active", "timestampRequired",
+                  profile_requires_timestamp(p), "createdAt", time_json(p->created_at), "updatedAt",
+                  time_json(p->updated_at), "disabledAt", time_json(p->disabled_at), "config", cfg);
     if (j != NULL && p->chain_der.len > 0)
         json_object_set_new(j, "certificate", leaf_json(&p->chain_der));
     return j;

@@ -46,8 +46,9 @@ void profile_import_clear(profile_import *p);
 
 /* Seals the secret (AAD secrets_aad_signing_key(org)) and writes the
  * signing-key and profile rows. */
+/* `audit`: the entry committed with the profile (NULL only for init). */
 qk_err profile_store(qk_store *st, const qk_keyring *kr, int64_t org, const char *name,
-                     const profile_import *imp, int64_t *id);
+                     const profile_import *imp, const store_audit *audit, int64_t *id);
 
 /* Wipes every string in `j` (a config or secrets document, recursively)
  * before the caller frees it: jansson's copies would otherwise linger in
@@ -61,5 +62,9 @@ json_t *profile_json(const store_profile *p);
 /* True for backends whose certificates are short-lived (Azure's live 72
  * hours), so every signature must carry a timestamp. */
 int profile_requires_timestamp(const store_profile *p);
+/* Whether the profile signs `format`: its config's "formats", by default
+ * "authenticode-pe" and "cms" (a bare signature over any pre-hash, "raw",
+ * lets a key holder build any structure, so it must be asked for). */
+int profile_format_allowed(const store_profile *p, const char *format);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -20,6 +21,7 @@
 
 typedef struct keyring_key {
     uint32_t kid;
+    int64_t created; /* unix seconds; 0: not recorded (keys older than the field) */
     uint8_t key[SECRETS_KEY_SIZE];
 } keyring_key;
 
@@ -47,7 +49,7 @@ static qk_err parse_keyring(char *text, const char *path, keyring_key *keys, siz
         return qk_fail(QK_ERR_BAD_DER, "%s: not a qwick keyring", path);
     while ((line = strtok_r(NULL, "\n", &save)) != NULL) {
         char *sp = strchr(line, ' ');
-        char *end = NULL;
+        char *when = NULL, *end = NULL;
         size_t binlen = 0;
         if (line[0] == '#' || line[0] == '\0')
             continue;
@@ -60,6 +62,9 @@ static qk_err parse_keyring(char *text, const char *path, keyring_key *keys, siz
         unsigned long kid = strtoul(line, &end, 10);
         if (errno != 0 || end == line || *end != '\0' || kid == 0 || kid > UINT32_MAX)
             return qk_fail(QK_ERR_BAD_DER, "%s: bad key id '%s'", path, line);
+        /* Optional third field: when the key was made (unix seconds). */
+        if ((when = strchr(sp + 1, ' ')) != NULL)
+            *when++ = '\0';
         if (strlen(sp + 1) != 2 * SECRETS_KEY_SIZE ||
             sodium_hex2bin(keys[*n].key, SECRETS_KEY_SIZE, sp + 1, 2 * SECRETS_KEY_SIZE, NULL,
                            &binlen, NULL) != 0 ||
@@ -68,6 +73,15 @@ static qk_err parse_keyring(char *text, const char *path, keyring_key *keys, siz
         for (size_t i = 0; i < *n; i++)
             if (keys[i].kid == kid)
                 return qk_fail(QK_ERR_BAD_DER, "%s: duplicate key id %lu", path, kid);
+        keys[*n].created = 0;
+        if (when != NULL) {
+            errno = 0;
+            long long t = strtoll(when, &end, 10);
+            if (errno != 0 || end == when || *end != '\0' || t <= 0)
+                return qk_fail(QK_ERR_BAD_DER, "%s: key %lu: bad creation time '%s'", path, kid,
+                               when);
+            keys[*n].created = (int64_t)t;
+        }
         keys[*n].kid = (uint32_t)kid;
         (*n)++;
     }
@@ -80,13 +94,17 @@ static qk_err parse_keyring(char *text, const char *path, keyring_key *keys, siz
  * caller wipes it (qk_buf_free). */
 static void format_keyring(const keyring_key *keys, size_t n, qk_buf *out)
 {
-    size_t cap = sizeof(KEYRING_MAGIC) + 1 + n * (11 + 1 + 2 * SECRETS_KEY_SIZE + 1) + 1;
+    size_t cap = sizeof(KEYRING_MAGIC) + 1 + n * (11 + 1 + 2 * SECRETS_KEY_SIZE + 1 + 21) + 1;
     char *p = xmalloc(cap);
     size_t len = (size_t)snprintf(p, cap, "%s\n", KEYRING_MAGIC);
     for (size_t i = 0; i < n; i++) {
         char hex[2 * SECRETS_KEY_SIZE + 1];
         sodium_bin2hex(hex, sizeof(hex), keys[i].key, SECRETS_KEY_SIZE);
-        len += (size_t)snprintf(p + len, cap - len, "%" PRIu32 " %s\n", keys[i].kid, hex);
+        if (keys[i].created > 0)
+            len += (size_t)snprintf(p + len, cap - len, "%" PRIu32 " %s %" PRId64 "\n", keys[i].kid,
+                                    hex, keys[i].created);
+        else
+            len += (size_t)snprintf(p + len, cap - len, "%" PRIu32 " %s\n", keys[i].kid, hex);
         sodium_memzero(hex, sizeof(hex));
     }
     out->data = (uint8_t *)p;
@@ -105,6 +123,7 @@ qk_err keyring_create(const char *path)
     if (k == NULL)
         return qk_fail(QK_ERR_NOMEM, "sodium_malloc");
     k->kid = 1;
+    k->created = (int64_t)time(NULL);
     randombytes_buf(k->key, sizeof(k->key));
     format_keyring(k, 1, &text);
     rc = file_create_excl(path, (qk_slice){text.data, text.len}, 0600);
@@ -129,8 +148,10 @@ static qk_err read_keys(const char *path, keyring_key **out, size_t *n)
         return qk_fail(QK_ERR_IO, "%s: %s", path, strerror(errno));
     /* Like ssh with private keys: a keyring others can read is refused. */
     if ((st.st_mode & 077) != 0)
-        return qk_fail(QK_ERR_IO, "%s: mode %03o is too open (want 0600)", path,
-                       (unsigned)(st.st_mode & 0777));
+        return qk_fail(QK_ERR_IO,
+                       "master key %s has mode %04o: group or others can read it (want 0600: "
+                       "chmod 600 %s)",
+                       path, (unsigned)(st.st_mode & 07777), path);
     if ((rc = file_read_all(path, KEYRING_MAX_FILE, &text)) != QK_OK)
         return rc;
     keys = sodium_allocarray(SECRETS_MAX_KEYS, sizeof(*keys));
@@ -193,6 +214,7 @@ qk_err keyring_rotate(const char *path)
         goto out;
     }
     keys[n].kid = max + 1;
+    keys[n].created = (int64_t)time(NULL);
     randombytes_buf(keys[n].key, SECRETS_KEY_SIZE);
     n++;
     format_keyring(keys, n, &text);
@@ -202,6 +224,63 @@ out:
     qk_buf_free(&text);
     sodium_free(keys);
     return rc;
+}
+
+qk_err keyring_retire(const char *path, const uint32_t *kids, size_t nkids)
+{
+    qk_err rc = QK_ERR_IO;
+    keyring_key *keys = NULL;
+    size_t n = 0, kept = 0, newest = 0;
+    qk_buf text = {NULL, 0};
+
+    if ((rc = read_keys(path, &keys, &n)) != QK_OK)
+        return rc;
+    for (size_t i = 1; i < n; i++)
+        if (keys[i].kid > keys[newest].kid)
+            newest = i;
+    for (size_t j = 0; j < nkids; j++) {
+        size_t i = 0;
+        while (i < n && keys[i].kid != kids[j])
+            i++;
+        if (i == n) {
+            rc = qk_fail(QK_ERR_INVALID_ARG, "%s: no key %" PRIu32, path, kids[j]);
+            goto out;
+        }
+        if (i == newest) {
+            rc = qk_fail(QK_ERR_INVALID_ARG, "%s: key %" PRIu32 " seals new secrets; not retired",
+                         path, kids[j]);
+            goto out;
+        }
+    }
+    /* Compact in place; the array is sodium_free'd (wiped) below either way. */
+    for (size_t i = 0; i < n; i++) {
+        int drop = 0;
+        for (size_t j = 0; j < nkids; j++)
+            drop |= keys[i].kid == kids[j];
+        if (!drop)
+            keys[kept++] = keys[i];
+    }
+    format_keyring(keys, kept, &text);
+    rc = file_replace(path, (qk_slice){text.data, text.len}, 0600);
+out:
+    qk_buf_free(&text);
+    sodium_free(keys);
+    return rc;
+}
+
+size_t keyring_info_get(const qk_keyring *kr, keyring_info out[SECRETS_MAX_KEYS])
+{
+    size_t n = 0;
+    for (size_t i = 0; i < kr->n; i++) {
+        /* Insertion by kid: at most SECRETS_MAX_KEYS entries. */
+        size_t j = n++;
+        while (j > 0 && out[j - 1].kid > kr->keys[i].kid) {
+            out[j] = out[j - 1];
+            j--;
+        }
+        out[j] = (keyring_info){kr->keys[i].kid, kr->keys[i].created};
+    }
+    return n;
 }
 
 void keyring_free(qk_keyring *kr)

@@ -9,12 +9,18 @@
  * into another row or another org does not open.
  *
  * File format (text, 0600): a line "qwick-keyring v1", then one line per key:
- * "<kid> <64 hex digits>". keyring_load refuses a file readable by group/other.
+ * "<kid> <64 hex digits> <created>", created being when the key was made (unix
+ * seconds; keyrings written before it have no third field, read as unknown).
+ * A key is superseded when the next kid is created: that starts its grace
+ * period (qwickd keyring retire). keyring_load refuses a file readable by
+ * group/other. Where the file lives is the admin commands' business
+ * (master_key_path in qwickd.h): DATA/master.key by default.
  * In memory the keys live in sodium_malloc'd memory (guard pages, mlock'd when
  * the limit allows, read-only after load) and are wiped by keyring_free. */
 #ifndef QWICKD_SECRETS_H
 #define QWICKD_SECRETS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "qwick/buf.h"
@@ -39,7 +45,19 @@ qk_err keyring_load(const char *path, qk_keyring **out);
  * becomes the sealing key for keyrings loaded afterwards; old keys stay for
  * opening. */
 qk_err keyring_rotate(const char *path);
+/* Removes keys `kids` from the file at `path`, atomically. Refuses
+ * (QK_ERR_INVALID_ARG, nothing written) a kid that is not in the file or is
+ * the newest one. Whether any sealed blob still needs them is the caller's
+ * question (qwickd keyring retire scans them all first). */
+qk_err keyring_retire(const char *path, const uint32_t *kids, size_t nkids);
 void keyring_free(qk_keyring *kr); /* wipes key material */
+
+/* The keyring's keys without their material, by kid; returns how many. */
+typedef struct keyring_info {
+    uint32_t kid;
+    int64_t created; /* unix seconds; 0: not recorded */
+} keyring_info;
+size_t keyring_info_get(const qk_keyring *kr, keyring_info out[SECRETS_MAX_KEYS]);
 /* The kid that secrets_seal uses. */
 uint32_t keyring_current_kid(const qk_keyring *kr);
 

@@ -1,11 +1,13 @@
 /* `qwickd serve`: the HTTPS API on libmicrohttpd.
  *
  * Threads: MHD's pool (one epoll loop per core) parses HTTP and runs the
- * handlers (TLS, JSON, auth); the RSA work goes to the signing threads
- * (workq, one per core). The connection stays suspended until the store's
- * writer thread reports the durable group commit of the request and audit
- * rows (request_record_async), so no thread ever sits idle on an fsync. A
- * store without that op gets a pool of commit threads that wait instead.
+ * handlers (TLS, JSON, auth); the RSA work, signatures and timestamps alike,
+ * goes to the signing threads (workq, one per core). The connection stays
+ * suspended until the store's writer thread reports the durable group commit
+ * of the request and audit rows (request_record_async), so no thread ever
+ * sits idle on an fsync. A store without that op gets a pool of commit
+ * threads that wait instead. The connection guard's sweeper thread (http.h)
+ * closes connections past their handshake, head or body deadline.
  *
  * Shutdown (SIGTERM/SIGINT): stop accepting (quiesce), refuse new requests on
  * open connections with 503 + Connection: close, let admitted requests finish
@@ -30,12 +32,15 @@
 #include "api.h"
 #include "azure/azure.h"
 #include "config.h"
+#include "hardening.h"
 #include "http.h"
 #include "internal.h"
 #include "log.h"
 #include "pki.h"
 #include "qwickd.h"
+#include "ratelimit.h"
 #include "server.h"
+#include "transparency.h"
 #include "tsa.h"
 #include "util.h"
 #include "workq.h"
@@ -60,6 +65,12 @@ static const http_route routes[] = {
     {"GET", "/api/v1/profiles/{name}", "profiles_get", api_profiles_get},
     {"POST", "/api/v1/profiles/{name}/disable", "profiles_disable", api_profiles_disable},
     {"POST", "/tsa", "tsa", tsa_handle},
+    {"GET", "/api/v1/log/public-key", "log_public_key", api_log_public_key},
+    {"GET", "/api/v1/log/checkpoint", "log_checkpoint", api_log_checkpoint},
+    {"GET", "/api/v1/log/entries", "log_entries", api_log_entries},
+    {"GET", "/api/v1/log/proof/inclusion", "log_inclusion", api_log_inclusion},
+    {"GET", "/api/v1/log/proof/consistency", "log_consistency", api_log_consistency},
+    {"GET", "/api/v1/usage", "usage", api_usage},
     {"GET", "/healthz", "healthz", api_healthz},
     {"GET", "/metrics", "metrics", api_metrics},
 };
@@ -70,6 +81,7 @@ typedef struct serve_opts {
     const char *tls_cert;
     const char *tls_key;
     const char *port_file;
+    const char *master_key;
     int plain_http;
 } serve_opts;
 
@@ -77,20 +89,30 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "Usage: qwickd serve --data DIR [--listen ADDR:PORT] [--tls-cert PEM --tls-key PEM]\n"
-            "                    [--plain-http] [--port-file FILE]\n\n"
+            "                    [--plain-http] [--port-file FILE] [--master-key FILE]\n\n"
             "Serves the signing API over HTTPS with the data directory's TLS certificate\n"
             "(or the given one). Port 0 picks a free port; --port-file receives it.\n"
             "--plain-http serves without TLS, and only on a loopback address.\n"
-            "Settings come from DIR/qwickd.json; flags override it.\n");
+            "Settings come from DIR/qwickd.json; flags override it.\n"
+            "--master-key FILE (or $" MASTER_KEY_ENV
+            ", or the systemd credential\n" MASTER_KEY_CREDENTIAL
+            ") keeps the master key outside DIR (default DIR/" KEYRING_FILE ").\n"
+            "Refuses to start when DIR is open to group or others, or the database, the\n"
+            "TLS key or the master key is readable by them.\n");
 }
 
 static int parse_args(int argc, char **argv, serve_opts *o)
 {
     static const struct option longopts[] = {
-        {"data", required_argument, NULL, 'd'},     {"listen", required_argument, NULL, 'l'},
-        {"tls-cert", required_argument, NULL, 'c'}, {"tls-key", required_argument, NULL, 'k'},
-        {"plain-http", no_argument, NULL, 'P'},     {"port-file", required_argument, NULL, 'p'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"data", required_argument, NULL, 'd'},
+        {"listen", required_argument, NULL, 'l'},
+        {"tls-cert", required_argument, NULL, 'c'},
+        {"tls-key", required_argument, NULL, 'k'},
+        {"plain-http", no_argument, NULL, 'P'},
+        {"port-file", required_argument, NULL, 'p'},
+        {"master-key", required_argument, NULL, 'm'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int c;
     memset(o, 0, sizeof(*o));
@@ -114,6 +136,9 @@ static int parse_args(int argc, char **argv, serve_opts *o)
             break;
         case 'p':
             o->port_file = optarg;
+            break;
+        case 'm':
+            o->master_key = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -255,6 +280,40 @@ out:
     return rc;
 }
 
+/* Files only this user may read: the database (and its WAL and shared
+ * memory) and the TLS key. The master key is checked as it is loaded. */
+static qk_err check_private_files(const serve_opts *o, const qwickd_config *cfg)
+{
+    static const char *const db_files[] = {STORE_SQLITE_FILE, STORE_SQLITE_FILE "-wal",
+                                           STORE_SQLITE_FILE "-shm"};
+    qk_err rc = QK_OK;
+    for (size_t i = 0; rc == QK_OK && i < sizeof(db_files) / sizeof(db_files[0]); i++) {
+        char *p = path_join(o->data, db_files[i]);
+        rc = harden_check_private(p, "database");
+        free(p);
+    }
+    if (rc == QK_OK && !o->plain_http)
+        rc = harden_check_private(o->tls_key ? o->tls_key : cfg->tls_key, "TLS private key");
+    return rc;
+}
+
+/* What serve's log says about key hygiene once the keys are loaded. */
+static void log_hygiene(void)
+{
+    harden_state h;
+    char dump[8], core[24], heap[40], used[24];
+    harden_status(&h);
+    snprintf(dump, sizeof(dump), "%d", h.dumpable);
+    snprintf(core, sizeof(core), "%lu", h.core);
+    snprintf(heap, sizeof(heap), "%s",
+             h.secure_heap == 1   ? "locked"
+             : h.secure_heap == 2 ? "not locked (RLIMIT_MEMLOCK)"
+                                  : "none");
+    snprintf(used, sizeof(used), "%zu", h.secure_used);
+    log_kv(h.secure_heap == 1 ? LOG_INFO : LOG_WARN, "key hygiene", "dumpable", dump, "core_limit",
+           core, "secure_heap", heap, "secure_heap_used", used, NULL);
+}
+
 /* libmicrohttpd hands us its own printf-style format. */
 __attribute__((format(printf, 2, 0))) static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
@@ -321,12 +380,14 @@ int cmd_serve(int argc, char **argv)
     qwickd_config cfg;
     server srv;
     http_ctx hctx;
+    http_guard *guard = NULL;
     qk_buf cert_pem = {NULL, 0}, key_pem = {NULL, 0};
     struct sockaddr_storage ss;
     socklen_t sslen = 0;
     struct MHD_Daemon *d = NULL;
     sigset_t sigs;
     qk_err rc;
+    int srv_lock = -1;
 
     memset(&cfg, 0, sizeof(cfg));
     memset(&srv, 0, sizeof(srv));
@@ -342,8 +403,20 @@ int cmd_serve(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    /* Key hygiene first: a data directory others can reach is refused before
+     * anything in it is read; the lock keeps `qwickd keyring rotate` out
+     * while this server holds the keys. */
+    if ((rc = harden_check_dir(o.data)) != QK_OK ||
+        (rc = data_dir_lock(o.data, 0, &srv_lock)) != QK_OK) {
+        report_err("serve", rc);
+        goto out;
+    }
     if ((rc = config_load(o.data, &cfg)) != QK_OK) {
         report_err("config", rc);
+        goto out;
+    }
+    if ((rc = check_private_files(&o, &cfg)) != QK_OK) {
+        report_err("serve", rc);
         goto out;
     }
     const char *listen = o.listen ? o.listen : cfg.listen;
@@ -371,11 +444,8 @@ int cmd_serve(int argc, char **argv)
         }
     }
 
-    char *kr_path = path_join(o.data, KEYRING_FILE);
-    rc = keyring_load(kr_path, &srv.keyring);
-    free(kr_path);
-    if (rc != QK_OK) {
-        report_err("keyring", rc);
+    if ((rc = master_key_load(o.data, o.master_key, &srv.keyring)) != QK_OK) {
+        report_err("master key", rc);
         goto out;
     }
     if ((rc = store_sqlite_open(o.data, &srv.store)) != QK_OK) {
@@ -388,6 +458,12 @@ int cmd_serve(int argc, char **argv)
         /* Signing works without the TSA; /tsa answers 503 then. */
         log_kv(LOG_WARN, "TSA disabled", "detail", qk_error_detail(), NULL);
         srv.tsa = NULL;
+    }
+    /* The log key: made by init; a data directory from before the log gets
+     * one on first start. */
+    if ((rc = tl_key_load(srv.store, srv.keyring, 1, &srv.logkey)) != QK_OK) {
+        report_err("log key", rc);
+        goto out;
     }
     srv.data_dir = o.data;
     if ((srv.metrics = metrics_new()) == NULL)
@@ -413,6 +489,18 @@ int cmd_serve(int argc, char **argv)
     if ((srv.store->ops->request_record_async == NULL &&
          (srv.commits = workq_new(SERVE_COMMIT_THREADS)) == NULL) ||
         (srv.signq = workq_new(threads)) == NULL)
+        goto out;
+    srv.tsa_require_key = cfg.tsa_require_key;
+    if ((srv.tsa_limit = ratelimit_buckets_new(cfg.tsa_rate, cfg.tsa_burst)) == NULL)
+        goto out;
+    http_guard_opts go = {.max_per_ip = cfg.max_connections_per_ip,
+                          .max_connections = cfg.max_connections,
+                          .handshake_ms = cfg.handshake_timeout * 1000u,
+                          .head_ms = cfg.head_timeout * 1000u,
+                          .body_ms = cfg.body_timeout * 1000u,
+                          .tls = srv.tls,
+                          .metrics = srv.metrics};
+    if ((guard = http_guard_new(&go)) == NULL)
         goto out;
     hctx = (http_ctx){.srv = &srv,
                       .routes = routes,
@@ -442,22 +530,26 @@ int cmd_serve(int argc, char **argv)
         (struct MHD_OptionItem){MHD_OPTION_CONNECTION_MEMORY_LIMIT, SERVE_CONN_MEMORY, NULL};
     opts[no++] =
         (struct MHD_OptionItem){MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)http_completed, &hctx};
+    opts[no++] =
+        (struct MHD_OptionItem){MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)http_guard_notify, guard};
     if (srv.tls) {
         opts[no++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, cert_pem.data};
         opts[no++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, key_pem.data};
-        opts[no++] = (struct MHD_OptionItem){
-            MHD_OPTION_HTTPS_PRIORITIES, 0,
-            cfg.tls_priorities ? cfg.tls_priorities : CONFIG_DEFAULT_TLS_PRIORITIES};
+        opts[no++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0,
+                                             cfg.tls_priorities ? cfg.tls_priorities
+                                                                : CONFIG_DEFAULT_TLS_PRIORITIES};
     }
     opts[no++] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
 
-    d = MHD_start_daemon(flags, 0, NULL, NULL, http_access, &hctx, MHD_OPTION_ARRAY, opts,
-                         MHD_OPTION_END);
+    d = MHD_start_daemon(flags, 0, http_guard_accept, guard, http_access, &hctx, MHD_OPTION_ARRAY,
+                         opts, MHD_OPTION_END);
     /* GnuTLS has its own copy now; the key bytes need not linger. */
     qk_buf_free(&key_pem);
     if (d == NULL) {
-        fprintf(stderr, "qwickd: serve: cannot listen on %s (in use, bad TLS files, or bad "
-                        "tls.priorities?)\n", listen);
+        fprintf(stderr,
+                "qwickd: serve: cannot listen on %s (in use, bad TLS files, or bad "
+                "tls.priorities?)\n",
+                listen);
         goto out;
     }
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
@@ -474,6 +566,7 @@ int cmd_serve(int argc, char **argv)
     char portbuf[16], thr[16];
     snprintf(portbuf, sizeof(portbuf), "%u", port);
     snprintf(thr, sizeof(thr), "%u", threads);
+    log_hygiene();
     log_buffered_start();
     log_kv(LOG_INFO, "listening", "listen", listen, "port", portbuf, "tls", srv.tls ? "1" : "0",
            "threads", thr, "url", srv.base_url ? srv.base_url : "-", "tsa",
@@ -497,22 +590,30 @@ int cmd_serve(int argc, char **argv)
     /* Commits still queued resume their connections from the store's
      * thread: let them finish while the daemon is alive. */
     store_sqlite_flush(srv.store);
+    api_auth_failures_flush(srv.store, 1);
     MHD_stop_daemon(d);
     d = NULL;
+    http_guard_free(guard);
+    guard = NULL;
     log_kv(LOG_INFO, "stopped", NULL);
     ret = EXIT_OK;
 out:
     log_buffered_stop();
     if (d != NULL)
         MHD_stop_daemon(d);
+    http_guard_free(guard); /* after the daemon: its connections report their close */
     workq_free(srv.signq);
     workq_free(srv.commits);
     tsa_free(srv.tsa);
+    ratelimit_buckets_free(srv.tsa_limit);
+    tl_key_free(srv.logkey);
     signer_cache_free(srv.signers);
     azure_backend_free(srv.azure);
     if (srv.store != NULL)
         srv.store->ops->close(srv.store);
     keyring_free(srv.keyring);
+    if (srv_lock >= 0)
+        close(srv_lock);
     metrics_free(srv.metrics);
     free(srv.base_url);
     qk_buf_free(&cert_pem);

@@ -16,6 +16,8 @@ typedef struct signer_cache signer_cache;
 typedef struct azure_backend azure_backend;
 typedef struct tsa tsa;
 typedef struct workq workq;
+typedef struct ratelimit_buckets ratelimit_buckets;
+typedef struct tl_key tl_key;
 
 typedef struct server {
     qk_store *store;
@@ -33,6 +35,11 @@ typedef struct server {
     signer_cache *signers;
     azure_backend *azure; /* Azure Trusted Signing: its engine and credential threads */
     tsa *tsa;
+    /* POST /tsa: a token bucket per client address (tsa.rate_per_ip_per_second,
+     * tsa.burst_per_ip), and whether a Bearer API key is required. */
+    ratelimit_buckets *tsa_limit;
+    int tsa_require_key;
+    tl_key *logkey; /* signs the transparency log's checkpoints */
     workq *signq;   /* one thread per core: the RSA work of every connection */
     /* Requests handed to the signing threads whose rows are not queued for
      * commit yet: the store's commit delay waits only while this is > 0. */

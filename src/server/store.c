@@ -112,6 +112,20 @@ void store_signing_key_clear(store_signing_key *k)
     memset(k, 0, sizeof(*k));
 }
 
+void store_signing_key_list_free(store_signing_key *k, size_t n)
+{
+    for (size_t i = 0; k != NULL && i < n; i++)
+        store_signing_key_clear(&k[i]);
+    free(k);
+}
+
+void store_names_free(char **names, size_t n)
+{
+    for (size_t i = 0; names != NULL && i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
 void store_sign_request_clear(store_sign_request *r)
 {
     if (r == NULL)
@@ -150,4 +164,32 @@ void store_org_list_free(store_org *o, size_t n)
     for (size_t i = 0; o != NULL && i < n; i++)
         store_org_clear(&o[i]);
     free(o);
+}
+
+void store_checkpoint_clear(store_checkpoint *c)
+{
+    free(c->note);
+    memset(c, 0, sizeof(*c));
+}
+
+void store_log_entries_free(store_log_entry *e, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        qk_buf_free(&e[i].leaf);
+    free(e);
+}
+
+void store_operator_token_list_free(store_operator_token *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(t[i].name);
+    free(t);
+}
+
+void store_usage_clear(store_usage *u)
+{
+    for (size_t i = 0; i < u->nprofiles; i++)
+        free(u->by_profile[i].profile);
+    free(u->by_profile);
+    memset(u, 0, sizeof(*u));
 }

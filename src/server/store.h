@@ -34,9 +34,9 @@ typedef struct store_org {
 typedef struct store_apikey {
     int64_t id;
     int64_t org_id;
-    int64_t user_id;      /* 0 when not tied to a user */
+    int64_t user_id; /* 0 when not tied to a user */
     char *name;
-    char *prefix;         /* the first characters of the key, safe to display */
+    char *prefix; /* the first characters of the key, safe to display */
     store_role role;
     int64_t created_at;   /* unix seconds */
     int64_t expires_at;   /* 0: never */
@@ -49,15 +49,15 @@ typedef struct store_profile {
     int64_t id;
     int64_t org_id;
     char *name;
-    char *backend;        /* "local" | "azure" ("pkcs11" later) */
-    int64_t key_id;       /* row in signing_keys: the sealed key or backend secrets */
-    qk_buf chain_der;     /* concatenated DER certificates, leaf first; empty for
-                           * backends whose certificate comes with each signature */
-    char *config;         /* the backend's settings as JSON, secrets removed (they
-                           * are sealed in key_id); NULL for profiles made by init */
+    char *backend;    /* "local" | "azure" ("pkcs11" later) */
+    int64_t key_id;   /* row in signing_keys: the sealed key or backend secrets */
+    qk_buf chain_der; /* concatenated DER certificates, leaf first; empty for
+                       * backends whose certificate comes with each signature */
+    char *config;     /* the backend's settings as JSON, secrets removed (they
+                       * are sealed in key_id); NULL for profiles made by init */
     int64_t created_at;
-    int64_t updated_at;   /* 0: never changed */
-    int64_t disabled_at;  /* 0: enabled */
+    int64_t updated_at;  /* 0: never changed */
+    int64_t disabled_at; /* 0: enabled */
 } store_profile;
 
 /* A lease on one Azure client secret (see signer_azure.h): rows are how the
@@ -67,18 +67,18 @@ typedef struct store_profile {
  * that died and only waits for the reaper to revoke its secret. */
 typedef struct store_lease {
     int64_t id;
-    char *node;           /* the holder: "<host>/<random>" of one qwickd run */
-    char *key_id;         /* Graph's keyId of the secret; NULL while creating it */
+    char *node;   /* the holder: "<host>/<random>" of one qwickd run */
+    char *key_id; /* Graph's keyId of the secret; NULL while creating it */
     int64_t created_at;
-    int64_t lease_until;  /* unix seconds */
+    int64_t lease_until; /* unix seconds */
 } store_lease;
 
 /* An encrypted signing key: the envelope (see secrets.h) and its kind. */
 typedef struct store_signing_key {
     int64_t id;
     int64_t org_id;
-    char *kind;           /* "local-pem" */
-    qk_buf sealed;        /* secrets_seal() output */
+    char *kind;    /* "local-pem" */
+    qk_buf sealed; /* secrets_seal() output */
 } store_signing_key;
 
 typedef enum req_status {
@@ -93,21 +93,21 @@ typedef enum req_status {
 const char *req_status_name(req_status s);
 
 typedef struct store_sign_request {
-    char id[40];          /* "req_" + 32 hex chars */
+    char id[40]; /* "req_" + 32 hex chars */
     int64_t org_id;
-    int64_t apikey_id;    /* 0 if none */
-    int64_t user_id;      /* 0 if none */
+    int64_t apikey_id; /* 0 if none */
+    int64_t user_id;   /* 0 if none */
     req_status status;
-    char *algorithm;      /* "sha256" ... */
-    char *format;         /* "authenticode-pe" | "cms" | "raw" */
+    char *algorithm; /* "sha256" ... */
+    char *format;    /* "authenticode-pe" | "cms" | "raw" */
     char *profile;
-    char *filename;       /* may be NULL */
-    char *description;    /* may be NULL */
-    char *url;            /* may be NULL */
+    char *filename;    /* may be NULL */
+    char *description; /* may be NULL */
+    char *url;         /* may be NULL */
     char *client_ip;
     qk_buf digest;
-    qk_buf signature;     /* empty unless SIGNED */
-    char *error;          /* NULL unless FAILED/REJECTED */
+    qk_buf signature; /* empty unless SIGNED */
+    char *error;      /* NULL unless FAILED/REJECTED */
     int64_t created_at;
     int64_t completed_at;
 } store_sign_request;
@@ -119,21 +119,83 @@ typedef enum audit_outcome { AUDIT_ALLOWED = 0, AUDIT_DENIED = 1, AUDIT_FAILED =
 
 const char *audit_outcome_name(audit_outcome o);
 
+/* One audit entry: a leaf of its org's transparency log (src/common/tlog.h
+ * encodes it; version 2 holds every field below). Org 0 is the instance's own
+ * log (failed authentications, which belong to no org). */
 typedef struct store_audit {
-    int64_t id;           /* assigned by the store */
+    int64_t id; /* assigned by the store */
     int64_t org_id;
-    int64_t ts;           /* unix milliseconds */
-    const char *actor;    /* "apikey:12", "user:3" */
+    int64_t ts;        /* unix milliseconds */
+    const char *actor; /* "apikey:12", "user:3" */
     const char *client_ip;
-    const char *action;   /* "sign.digest", "apikey.create", ... */
+    const char *action;     /* "sign.digest", "apikey.create", ... */
     const char *request_id; /* may be NULL */
+    const char *format;     /* "authenticode-pe" | "cms" | "raw", may be NULL */
     const char *digest_hex; /* may be NULL */
     const char *algorithm;
     const char *profile;
     const char *filename;
+    const char *signer_fp;     /* SHA-256 hex of the signer certificate (DER) */
+    const char *sig_sha256;    /* SHA-256 hex of the signature returned (sign_requests.signature) */
+    const char *sigval_sha256; /* SHA-256 hex of the signer's signature value, which the
+                                * signed file carries unchanged after timestamping */
     audit_outcome outcome;
-    const char *detail;   /* reason for denial/failure, may be NULL */
+    const char *detail; /* reason for denial/failure, may be NULL */
+    const char *meta;   /* what changed, as compact JSON (key id, role, expiry...) */
+    int64_t *log_index; /* when not NULL: receives the entry's leaf index once committed */
 } store_audit;
+
+typedef struct store_operator_token {
+    int64_t id;
+    char *name;
+    int64_t created_at, revoked_at;
+} store_operator_token;
+
+typedef struct store_usage_row {
+    char *profile;
+    int64_t signatures;
+} store_usage_row;
+
+typedef struct store_usage {
+    int64_t allowed, denied, failed;
+    store_usage_row *by_profile;
+    size_t nprofiles;
+} store_usage;
+
+/* A checkpoint the server signed: the tree of an org's first `size` entries. */
+typedef struct store_checkpoint {
+    int64_t size;
+    uint8_t root[32];
+    char *note; /* the signed note (C2SP checkpoint) */
+    int64_t created_at;
+} store_checkpoint;
+
+/* One log entry as published: its index and canonical leaf bytes. */
+typedef struct store_log_entry {
+    int64_t index;
+    qk_buf leaf;
+} store_log_entry;
+
+typedef enum store_proof_kind {
+    PROOF_ROOT = 0,    /* root of the tree of size b (b = 0: the current size) */
+    PROOF_INCLUSION,   /* leaf a in the tree of size b */
+    PROOF_CONSISTENCY, /* tree of size a against the tree of size b */
+} store_proof_kind;
+
+typedef struct store_proof {
+    int64_t size; /* the tree the proof is for (b, or the current size) */
+    uint8_t root[32];
+    uint8_t hashes[64][32];
+    size_t n;
+} store_proof;
+
+/* What `qwickd audit verify` found in one org's rows. */
+typedef struct store_audit_check {
+    int ok;
+    int64_t count;     /* rows read */
+    int64_t bad_seq;   /* first entry at fault (0: none or not one entry) */
+    char problem[256]; /* what is wrong, when !ok */
+} store_audit_check;
 
 /* The backend vtable. Every function returns QK_OK or an error with detail
  * set through qk_error_detail(); "not found" is QK_ERR_INVALID_ARG with
@@ -155,21 +217,26 @@ typedef struct store_ops {
     qk_err (*signing_key_get)(qk_store *s, int64_t org, int64_t id, store_signing_key *out,
                               int *found);
     /* config: the profile's public settings (JSON text), may be NULL. */
+    /* Every state change below takes its audit entry (NULL only while `qwickd
+     * init` builds a data directory): the change and the entry commit in one
+     * transaction, or neither does. The store fills the entry's `meta` with
+     * what changed (ids, role, expiry, backend). */
     qk_err (*profile_create)(qk_store *s, int64_t org, const char *name, const char *backend,
                              int64_t key_id, qk_slice chain_der, const char *config,
-                             int64_t *id);
+                             const store_audit *audit, int64_t *id);
     qk_err (*profile_get)(qk_store *s, int64_t org, const char *name, store_profile *out,
                           int *found);
 
     /* API keys: only the SHA-256 of a key is ever stored. */
     qk_err (*apikey_create)(qk_store *s, int64_t org, int64_t user, const char *name,
                             const char *prefix, const uint8_t hash[32], store_role role,
-                            int64_t expires_at, int64_t *id);
+                            int64_t expires_at, const store_audit *audit, int64_t *id);
     /* Looks a key up by hash (the caller compares in constant time too). */
     qk_err (*apikey_lookup)(qk_store *s, const uint8_t hash[32], store_apikey *out,
                             uint8_t stored_hash[32], int *found);
     qk_err (*apikey_list)(qk_store *s, int64_t org, store_apikey **out, size_t *n);
-    qk_err (*apikey_revoke)(qk_store *s, int64_t org, int64_t id, int *found);
+    qk_err (*apikey_revoke)(qk_store *s, int64_t org, int64_t id, const store_audit *audit,
+                            int *found);
     qk_err (*apikey_touch)(qk_store *s, int64_t id, int64_t now);
 
     /* Signing requests + audit. Durable when it returns: the request row and
@@ -180,8 +247,10 @@ typedef struct store_ops {
                           int *found);
     /* An audit row on its own (denials before any request exists). Durable. */
     qk_err (*audit_append)(qk_store *s, const store_audit *audit);
-    /* Recomputes the org's hash chain; *ok = 0 and *bad_id set at the first break. */
-    qk_err (*audit_verify)(qk_store *s, int64_t org, int *ok, int64_t *bad_id, int64_t *count);
+    /* Recomputes the org's log from its rows: value types, every leaf, every
+     * stored tree node, the head, and the signed requests against their
+     * entries. Tampering shows as out->ok = 0 with the problem named. */
+    qk_err (*audit_verify)(qk_store *s, int64_t org, store_audit_check *out);
     /* request_id NULL: every audit row of the org. */
     qk_err (*audit_count)(qk_store *s, int64_t org, const char *request_id, int64_t *count);
 
@@ -202,18 +271,18 @@ typedef struct store_ops {
     /* Profile management (qwickd profile, /api/v1/profiles). */
     qk_err (*profile_list)(qk_store *s, int64_t org, store_profile **out, size_t *n);
     /* Sets disabled_at (once; disabling again keeps the first time). */
-    qk_err (*profile_disable)(qk_store *s, int64_t org, const char *name, int64_t now, int *found);
+    qk_err (*profile_disable)(qk_store *s, int64_t org, const char *name, int64_t now,
+                              const store_audit *audit, int *found);
     /* Replaces a sealed blob (a rotated refresh token), atomically. */
-    qk_err (*signing_key_update)(qk_store *s, int64_t org, int64_t id, qk_slice sealed,
-                                 int *found);
+    qk_err (*signing_key_update)(qk_store *s, int64_t org, int64_t id, qk_slice sealed, int *found);
     /* Every org (background jobs that serve all tenants, e.g. the reaper). */
     qk_err (*org_list)(qk_store *s, store_org **out, size_t *n);
 
     /* Azure secret leases for app registration `app` of `org`. */
     /* In one transaction: if fewer than `max` rows are live, inserts one for
      * `node` (*granted = 1, *lease_id set); otherwise *granted = 0. */
-    qk_err (*lease_acquire)(qk_store *s, int64_t org, const char *app, const char *node,
-                            int max, int64_t lease_until, int64_t *lease_id, int *granted);
+    qk_err (*lease_acquire)(qk_store *s, int64_t org, const char *app, const char *node, int max,
+                            int64_t lease_until, int64_t *lease_id, int *granted);
     /* Sets key_id (when not NULL) and lease_until (when > 0) of a live row. */
     qk_err (*lease_update)(qk_store *s, int64_t org, int64_t lease_id, const char *key_id,
                            int64_t lease_until);
@@ -224,6 +293,58 @@ typedef struct store_ops {
                                 int64_t now);
     /* The live rows of the app, oldest first. */
     qk_err (*lease_list)(qk_store *s, int64_t org, const char *app, store_lease **out, size_t *n);
+
+    /* Operator tokens: the instance operator's credential (GET /metrics),
+     * not any org's. Only the SHA-256 is stored. */
+    qk_err (*operator_token_create)(qk_store *s, const char *name, const uint8_t hash[32],
+                                    int64_t *id);
+    /* *found = 1 and *id when an unrevoked token has this hash. */
+    qk_err (*operator_token_lookup)(qk_store *s, const uint8_t hash[32], int64_t *id, int *found);
+    qk_err (*operator_token_revoke)(qk_store *s, int64_t id, int *found);
+    qk_err (*operator_token_list)(qk_store *s, store_operator_token **out, size_t *n);
+    /* Signing usage of an org between two times (unix seconds): entries of
+     * action sign.digest by outcome, and allowed ones by profile. */
+    qk_err (*usage)(qk_store *s, int64_t org, int64_t since, int64_t until, store_usage *out);
+
+    /* The transparency log (one Merkle tree per org, see docs/transparency.md). */
+    /* Root and proofs, each read in one snapshot. Arguments out of range
+     * (index >= size, size beyond the log) are QK_ERR_INVALID_ARG. */
+    qk_err (*log_prove)(qk_store *s, int64_t org, store_proof_kind kind, int64_t a, int64_t b,
+                        store_proof *out);
+    /* Entries [start, end) (end clamped to the log's size). */
+    qk_err (*log_entries)(qk_store *s, int64_t org, int64_t start, int64_t end,
+                          store_log_entry **out, size_t *n);
+    /* Entries whose sigval_sha256 is `hex`, oldest first. */
+    qk_err (*log_lookup)(qk_store *s, int64_t org, const char *sigval_hex, store_log_entry **out,
+                         size_t *n);
+    /* The index of the entry that recorded request `id` as signed. */
+    qk_err (*log_find_request)(qk_store *s, int64_t org, const char *id, int64_t *index,
+                               int *found);
+    /* The newest stored checkpoint (*found = 0: none yet). */
+    qk_err (*checkpoint_latest)(qk_store *s, int64_t org, store_checkpoint *out, int *found);
+    /* Stores a checkpoint; one already stored for that size is kept. */
+    qk_err (*checkpoint_add)(qk_store *s, int64_t org, int64_t size, const uint8_t root[32],
+                             const char *note);
+    /* Instance-wide sealed secrets (the log signing key): `put` inserts only
+     * when the name is free, so nodes racing to create one agree on the first. */
+    qk_err (*instance_secret_get)(qk_store *s, const char *name, qk_buf *sealed, qk_buf *pub,
+                                  int *found);
+    qk_err (*instance_secret_put)(qk_store *s, const char *name, qk_slice sealed, qk_slice pub);
+
+    /* Master-key rotation (qwickd keyring): every sealed blob of the instance,
+     * and re-sealing one. A re-seal is a compare-and-swap: the row changes only
+     * while its blob is still `old`, so a blob someone else replaced meanwhile
+     * is never overwritten with a stale secret (*found = 0, QK_ERR_INVALID_ARG,
+     * like a missing row). */
+    /* Every signing key of every org, by org then id. */
+    qk_err (*signing_key_list_all)(qk_store *s, store_signing_key **out, size_t *n);
+    qk_err (*signing_key_reseal)(qk_store *s, int64_t org, int64_t id, qk_slice old,
+                                 qk_slice sealed, int *found);
+    /* The names of the instance secrets, sorted (free with store_names_free). */
+    qk_err (*instance_secret_names)(qk_store *s, char ***names, size_t *n);
+    /* Replaces the sealed half of an instance secret (its public half stays). */
+    qk_err (*instance_secret_reseal)(qk_store *s, const char *name, qk_slice old, qk_slice sealed,
+                                     int *found);
 } store_ops;
 
 struct qk_store {
@@ -285,8 +406,14 @@ void store_profile_list_free(store_profile *p, size_t n);
 void store_lease_list_free(store_lease *l, size_t n);
 void store_org_list_free(store_org *o, size_t n);
 void store_signing_key_clear(store_signing_key *k);
+void store_signing_key_list_free(store_signing_key *k, size_t n);
+void store_names_free(char **names, size_t n);
 void store_sign_request_clear(store_sign_request *r);
 void store_org_clear(store_org *o);
+void store_checkpoint_clear(store_checkpoint *c);
+void store_operator_token_list_free(store_operator_token *t, size_t n);
+void store_usage_clear(store_usage *u);
+void store_log_entries_free(store_log_entry *e, size_t n);
 /* Frees an array returned by apikey_list. */
 void store_apikey_list_free(store_apikey *keys, size_t n);
 

@@ -13,6 +13,7 @@
  * The two exceptions are by design: apikey_lookup (the key hash *is* what
  * identifies the org) and apikey_touch (follows a successful lookup). */
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -23,12 +24,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <sodium.h>
 #include <sqlite3.h>
 
 #include "internal.h"
 #include "log.h"
+#include "hex.h"
 #include "store.h"
+#include "tlog.h"
 #include "util.h"
 
 #define BUSY_TIMEOUT_MS 10000
@@ -153,6 +157,64 @@ static const char *const migrations[] = {
     "  lease_until INTEGER NOT NULL,"
     "  released_at INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX azure_leases_live ON azure_leases(org_id, app, released_at);",
+    /* 4: the audit trail becomes a transparency log. Rows are STRICT (a text
+     * in an integer column is refused instead of being coerced by readers),
+     * hold the whole entry (format, signer, signature hashes, what changed),
+     * and are the leaves of a Merkle tree per org (log_nodes: every complete
+     * subtree, in the order appends complete them). The hash chain's columns
+     * go: the tree and signed checkpoints replace them. Org 0 is the
+     * instance's own log (failed authentications), hence no foreign key.
+     * Rows written before this step are version 1 leaves; their tree is
+     * built by log_backfill() in the same transaction. */
+    "CREATE TABLE audit_v2 ("
+    "  id INTEGER PRIMARY KEY,"
+    "  org_id INTEGER NOT NULL,"
+    "  seq INTEGER NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  ts INTEGER NOT NULL,"
+    "  actor TEXT, client_ip TEXT, action TEXT, request_id TEXT, format TEXT,"
+    "  algorithm TEXT, digest_hex TEXT, profile TEXT, filename TEXT, signer_fp TEXT,"
+    "  sig_sha256 TEXT, sigval_sha256 TEXT,"
+    "  outcome INTEGER NOT NULL,"
+    "  detail TEXT, meta TEXT,"
+    "  UNIQUE (org_id, seq)) STRICT;"
+    "INSERT INTO audit_v2(id, org_id, seq, version, ts, actor, client_ip, action, request_id, "
+    "  digest_hex, algorithm, profile, filename, outcome, detail) "
+    "  SELECT id, org_id, seq, 1, ts, actor, client_ip, action, request_id, digest_hex, "
+    "  algorithm, profile, filename, outcome, detail FROM audit;"
+    "DROP TABLE audit;"
+    "ALTER TABLE audit_v2 RENAME TO audit;"
+    "CREATE INDEX audit_request ON audit(org_id, request_id);"
+    "CREATE INDEX audit_sigval ON audit(org_id, sigval_sha256) WHERE sigval_sha256 IS NOT NULL;"
+    "DROP TABLE audit_head;"
+    "CREATE TABLE log_heads ("
+    "  org_id INTEGER PRIMARY KEY,"
+    "  size INTEGER NOT NULL) STRICT;"
+    "INSERT INTO log_heads SELECT org_id, max(seq) FROM audit GROUP BY org_id;"
+    "CREATE TABLE log_nodes ("
+    "  org_id INTEGER NOT NULL,"
+    "  pos INTEGER NOT NULL,"
+    "  hash BLOB NOT NULL,"
+    "  PRIMARY KEY (org_id, pos)) STRICT, WITHOUT ROWID;"
+    "CREATE TABLE log_checkpoints ("
+    "  org_id INTEGER NOT NULL,"
+    "  size INTEGER NOT NULL,"
+    "  root BLOB NOT NULL,"
+    "  note TEXT NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (org_id, size)) STRICT;"
+    "CREATE TABLE operator_tokens ("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  hash BLOB NOT NULL UNIQUE,"
+    "  created_at INTEGER NOT NULL,"
+    "  revoked_at INTEGER NOT NULL DEFAULT 0) STRICT;"
+    "CREATE INDEX audit_usage ON audit(org_id, action, ts);"
+    "CREATE TABLE instance_secrets ("
+    "  name TEXT PRIMARY KEY,"
+    "  sealed BLOB NOT NULL,"
+    "  public BLOB NOT NULL,"
+    "  created_at INTEGER NOT NULL) STRICT;",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -171,6 +233,24 @@ enum {
     W_AUDIT_INSERT,
     W_HEAD_SET,
     Q_HEAD_GET,
+    Q_NODE_GET,
+    W_NODE_INSERT,
+    R_LOG_ENTRIES,
+    R_LOG_LOOKUP,
+    R_LOG_REQ,
+    R_NODES_ALL,
+    R_REQ_SIG,
+    R_SIGNED_UNLOGGED,
+    R_CKPT_LATEST,
+    W_CKPT_INSERT,
+    R_SECRET_GET,
+    W_SECRET_INSERT,
+    W_OPTOKEN_INSERT,
+    R_OPTOKEN_LOOKUP,
+    W_OPTOKEN_REVOKE,
+    R_OPTOKEN_LIST,
+    R_USAGE_OUTCOMES,
+    R_USAGE_PROFILES,
     R_ORG_FIND,
     R_SKEY_GET,
     R_PROFILE_GET,
@@ -191,11 +271,20 @@ enum {
     W_LEASE_RELEASE,
     W_LEASE_RELEASE_KEY,
     R_LEASE_LIST,
+    R_SKEY_ALL,
+    W_SKEY_RESEAL,
+    R_SECRET_NAMES,
+    W_SECRET_RESEAL,
     STMT__COUNT
 };
 
 #define PROFILE_COLS                                                                               \
     "id, org_id, name, backend, key_id, chain_der, config, created_at, updated_at, disabled_at"
+
+/* An audit row as its leaf needs it (read_entry() takes them in this order). */
+#define AUDIT_COLS                                                                                 \
+    "org_id, seq, version, ts, actor, client_ip, action, request_id, format, algorithm, "          \
+    "digest_hex, profile, filename, signer_fp, sig_sha256, sigval_sha256, outcome, detail, meta"
 
 #define APIKEY_COLS                                                                                \
     "id, org_id, coalesce(user_id, 0), name, prefix, role, created_at, expires_at, revoked_at, "   \
@@ -224,13 +313,44 @@ static const char *const stmt_sql[STMT__COUNT] = {
         "?16, ?17) ON CONFLICT(id) DO UPDATE SET status = excluded.status, "
         "signature = excluded.signature, error = excluded.error, "
         "completed_at = excluded.completed_at WHERE sign_requests.org_id = excluded.org_id",
-    [W_AUDIT_INSERT] =
-        "INSERT INTO audit(org_id, seq, ts, actor, client_ip, action, request_id, digest_hex, "
-        "algorithm, profile, filename, outcome, detail, prev_hash, hash) "
-        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-    [W_HEAD_SET] = "INSERT INTO audit_head(org_id, seq, hash) VALUES(?1, ?2, ?3) "
-                   "ON CONFLICT(org_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-    [Q_HEAD_GET] = "SELECT seq, hash FROM audit_head WHERE org_id = ?1",
+    [W_AUDIT_INSERT] = "INSERT INTO audit(" AUDIT_COLS ") VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+                       "?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+    [W_HEAD_SET] = "INSERT INTO log_heads(org_id, size) VALUES(?1, ?2) "
+                   "ON CONFLICT(org_id) DO UPDATE SET size = excluded.size",
+    [Q_HEAD_GET] = "SELECT size FROM log_heads WHERE org_id = ?1",
+    [Q_NODE_GET] = "SELECT hash FROM log_nodes WHERE org_id = ?1 AND pos = ?2",
+    [W_NODE_INSERT] = "INSERT INTO log_nodes(org_id, pos, hash) VALUES(?1, ?2, ?3)",
+    [R_LOG_ENTRIES] = "SELECT " AUDIT_COLS " FROM audit WHERE org_id = ?1 AND seq > ?2 "
+                      "AND seq <= ?3 ORDER BY seq",
+    [R_LOG_LOOKUP] = "SELECT " AUDIT_COLS " FROM audit WHERE org_id = ?1 AND sigval_sha256 = ?2 "
+                     "ORDER BY seq LIMIT 100",
+    [R_LOG_REQ] = "SELECT seq FROM audit WHERE org_id = ?1 AND request_id = ?2 AND outcome = 0 "
+                  "AND action = 'sign.digest' ORDER BY seq DESC LIMIT 1",
+    [R_NODES_ALL] = "SELECT pos, hash FROM log_nodes WHERE org_id = ?1 ORDER BY pos",
+    [R_REQ_SIG] = "SELECT signature, status FROM sign_requests WHERE org_id = ?1 AND id = ?2",
+    /* A signed request with no allowed entry naming it: planted or its
+     * entry removed. */
+    [R_SIGNED_UNLOGGED] = "SELECT r.id FROM sign_requests r WHERE r.org_id = ?1 AND r.status = ?2 "
+                          "AND NOT EXISTS (SELECT 1 FROM audit a WHERE a.org_id = r.org_id "
+                          "AND a.request_id = r.id AND a.outcome = 0) LIMIT 1",
+    [R_CKPT_LATEST] = "SELECT size, root, note, created_at FROM log_checkpoints "
+                      "WHERE org_id = ?1 ORDER BY size DESC LIMIT 1",
+    [W_CKPT_INSERT] = "INSERT INTO log_checkpoints(org_id, size, root, note, created_at) "
+                      "VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(org_id, size) DO NOTHING",
+    [W_OPTOKEN_INSERT] = "INSERT INTO operator_tokens(name, hash, created_at) VALUES(?1, ?2, ?3)",
+    [R_OPTOKEN_LOOKUP] = "SELECT id, hash FROM operator_tokens WHERE hash = ?1 AND revoked_at = 0",
+    [W_OPTOKEN_REVOKE] = "UPDATE operator_tokens SET revoked_at = ?2 WHERE id = ?1 AND "
+                         "revoked_at = 0",
+    [R_OPTOKEN_LIST] = "SELECT id, name, created_at, revoked_at FROM operator_tokens ORDER BY id",
+    /* ts is in milliseconds. */
+    [R_USAGE_OUTCOMES] = "SELECT outcome, count(*) FROM audit WHERE org_id = ?1 AND action = "
+                         "'sign.digest' AND ts >= ?2 * 1000 AND ts < ?3 * 1000 GROUP BY outcome",
+    [R_USAGE_PROFILES] = "SELECT coalesce(profile, ''), count(*) FROM audit WHERE org_id = ?1 AND "
+                         "action = 'sign.digest' AND outcome = 0 AND ts >= ?2 * 1000 AND "
+                         "ts < ?3 * 1000 GROUP BY profile ORDER BY profile",
+    [R_SECRET_GET] = "SELECT sealed, public FROM instance_secrets WHERE name = ?1",
+    [W_SECRET_INSERT] = "INSERT INTO instance_secrets(name, sealed, public, created_at) "
+                        "VALUES(?1, ?2, ?3, ?4) ON CONFLICT(name) DO NOTHING",
     [R_ORG_FIND] = "SELECT id FROM orgs WHERE name = ?1",
     [R_SKEY_GET] =
         "SELECT id, org_id, kind, sealed FROM signing_keys WHERE org_id = ?1 AND id = ?2",
@@ -242,9 +362,8 @@ static const char *const stmt_sql[STMT__COUNT] = {
                   "algorithm, format, profile, filename, description, url, client_ip, digest, "
                   "signature, error, created_at, completed_at FROM sign_requests "
                   "WHERE org_id = ?1 AND id = ?2",
-    [R_AUDIT_ROWS] = "SELECT id, seq, ts, actor, client_ip, action, request_id, digest_hex, "
-                     "algorithm, profile, filename, outcome, detail, prev_hash, hash "
-                     "FROM audit WHERE org_id = ?1 ORDER BY seq",
+    [R_AUDIT_ROWS] = "SELECT " AUDIT_COLS ", typeof(seq), typeof(version), typeof(ts), "
+                     "typeof(outcome), typeof(org_id) FROM audit WHERE org_id = ?1 ORDER BY seq",
     [R_AUDIT_COUNT_REQ] = "SELECT count(*) FROM audit WHERE org_id = ?1 AND request_id = ?2",
     [R_AUDIT_COUNT_ALL] = "SELECT count(*) FROM audit WHERE org_id = ?1",
     [R_PROFILE_LIST] = "SELECT " PROFILE_COLS " FROM profiles WHERE org_id = ?1 ORDER BY name",
@@ -265,6 +384,12 @@ static const char *const stmt_sql[STMT__COUNT] = {
                             "WHERE org_id = ?1 AND app = ?2 AND key_id = ?3 AND released_at = 0",
     [R_LEASE_LIST] = "SELECT id, node, key_id, created_at, lease_until FROM azure_leases "
                      "WHERE org_id = ?1 AND app = ?2 AND released_at = 0 ORDER BY id",
+    /* Master-key rotation: every blob, and compare-and-swap re-seals. */
+    [R_SKEY_ALL] = "SELECT id, org_id, kind, sealed FROM signing_keys ORDER BY org_id, id",
+    [W_SKEY_RESEAL] =
+        "UPDATE signing_keys SET sealed = ?4 WHERE org_id = ?1 AND id = ?2 AND sealed = ?3",
+    [R_SECRET_NAMES] = "SELECT name FROM instance_secrets ORDER BY name",
+    [W_SECRET_RESEAL] = "UPDATE instance_secrets SET sealed = ?3 WHERE name = ?1 AND sealed = ?2",
 };
 
 typedef struct conn {
@@ -282,10 +407,10 @@ struct wjob {
     wjob *next;
     wjob_fn fn;
     void *arg;
-    int detached; /* nobody waits: the writer frees it (after calling `done`) */
+    int detached;          /* nobody waits: the writer frees it (after calling `done`) */
     store_done_fn on_done; /* detached jobs: told the outcome once the batch ends */
     void *on_done_arg;
-    int done;     /* set under the queue mutex once the batch committed or failed */
+    int done;          /* set under the queue mutex once the batch committed or failed */
     int64_t queued_ns; /* CLOCK_MONOTONIC when enqueued (the commit delay's start) */
     /* The waiter's own condition: the writer wakes exactly the callers of a
      * finished batch. One shared condition broadcast woke every waiting
@@ -746,7 +871,7 @@ static void *ckpt_main(void *arg)
         if (s->ckpt_stop)
             break;
         int mode = s->ckpt_frames >= CKPT_FORCE_FRAMES ? SQLITE_CHECKPOINT_RESTART
-                                                        : SQLITE_CHECKPOINT_PASSIVE;
+                                                       : SQLITE_CHECKPOINT_PASSIVE;
         s->ckpt_frames = 0;
         pthread_mutex_unlock(&s->cmu);
         /* A few passes: each copies what had committed when it began; the
@@ -774,9 +899,9 @@ static void *ckpt_main(void *arg)
 
 static qk_err ckpt_start(sq_store *s)
 {
-    int r = sqlite3_open_v2(s->db_path, &s->ckpt_db,
-                            SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW,
-                            NULL);
+    int r =
+        sqlite3_open_v2(s->db_path, &s->ckpt_db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW, NULL);
     if (r != SQLITE_OK)
         return db_fail(s->ckpt_db, r, "checkpoint connection");
     sqlite3_busy_timeout(s->ckpt_db, BUSY_TIMEOUT_MS); /* RESTART waits for the writer */
@@ -810,6 +935,8 @@ static void ckpt_stop(sq_store *s)
 
 /* ---- migrations ------------------------------------------------------- */
 
+static qk_err log_backfill(conn *c);
+
 static qk_err migrate(conn *c)
 {
     qk_err rc = QK_ERR_IO;
@@ -842,6 +969,8 @@ static qk_err migrate(conn *c)
         char bump[64];
         if ((rc = exec_sql(c, migrations[v])) != QK_OK)
             goto out;
+        if (v + 1 == 4 && (rc = log_backfill(c)) != QK_OK)
+            goto out;
         snprintf(bump, sizeof(bump), "UPDATE schema_version SET version = %d", v + 1);
         if ((rc = exec_sql(c, bump)) != QK_OK)
             goto out;
@@ -855,6 +984,14 @@ out:
 }
 
 /* ---- write operations (run on the writer thread) ----------------------- */
+
+/* The audit entry of a change, appended in the change's transaction with
+ * `meta` (what changed) in place of the caller's. */
+static qk_err append_audit_meta(conn *c, const store_audit *a, const char *meta);
+/* Compact JSON of a jansson pack format (keys sorted), heap string. */
+static char *meta_json(const char *fmt, ...);
+static qk_err check_audit(const store_audit *a);
+static void read_apikey(sqlite3_stmt *st, store_apikey *k);
 
 /* Steps a write statement; SQLITE_DONE expected. */
 static qk_err step_write(conn *c, sqlite3_stmt *st, const char *what)
@@ -984,6 +1121,7 @@ typedef struct profile_create_arg {
     int64_t key_id;
     qk_slice chain;
     const char *config;
+    const store_audit *audit;
     int64_t id;
 } profile_create_arg;
 
@@ -1005,14 +1143,21 @@ static qk_err job_profile_create(conn *c, wjob *j)
     if (rc == QK_OK)
         a->id = sqlite3_last_insert_rowid(c->db);
     stmt_done(st);
+    if (rc == QK_OK && a->audit != NULL) {
+        char *meta =
+            meta_json("{s:I,s:s,s:s,s:I}", "profileId", (json_int_t)a->id, "profile", a->name,
+                      "backend", a->backend, "signingKeyId", (json_int_t)a->key_id);
+        rc = append_audit_meta(c, a->audit, meta);
+        free(meta);
+    }
     return rc;
 }
 
 static qk_err sq_profile_create(qk_store *base, int64_t org, const char *name, const char *backend,
                                 int64_t key_id, qk_slice chain_der, const char *config,
-                                int64_t *id)
+                                const store_audit *audit, int64_t *id)
 {
-    profile_create_arg a = {org, name, backend, key_id, chain_der, config, 0};
+    profile_create_arg a = {org, name, backend, key_id, chain_der, config, audit, 0};
     qk_err rc;
     *id = 0;
     if ((rc = check_text("profile name", name, 1)) != QK_OK ||
@@ -1022,6 +1167,8 @@ static qk_err sq_profile_create(qk_store *base, int64_t org, const char *name, c
         return qk_fail(QK_ERR_TOO_LARGE, "profile config of %zu bytes", strlen(config));
     if (chain_der.len > MAX_BLOB)
         return qk_fail(QK_ERR_TOO_LARGE, "certificate chain of %zu bytes", chain_der.len);
+    if (audit != NULL && (rc = check_audit(audit)) != QK_OK)
+        return rc;
     if ((rc = submit((sq_store *)base, job_profile_create, &a)) == QK_OK)
         *id = a.id;
     return rc;
@@ -1033,6 +1180,7 @@ typedef struct apikey_create_arg {
     const uint8_t *hash;
     store_role role;
     int64_t expires_at;
+    const store_audit *audit;
     int64_t id;
 } apikey_create_arg;
 
@@ -1055,14 +1203,21 @@ static qk_err job_apikey_create(conn *c, wjob *j)
     if (rc == QK_OK)
         a->id = sqlite3_last_insert_rowid(c->db);
     stmt_done(st);
+    if (rc == QK_OK && a->audit != NULL) {
+        char *meta = meta_json("{s:I,s:s,s:s,s:I,s:I}", "keyId", (json_int_t)a->id, "name", a->name,
+                               "role", store_role_name(a->role), "expiresAt",
+                               (json_int_t)a->expires_at, "userId", (json_int_t)a->user);
+        rc = append_audit_meta(c, a->audit, meta);
+        free(meta);
+    }
     return rc;
 }
 
 static qk_err sq_apikey_create(qk_store *base, int64_t org, int64_t user, const char *name,
                                const char *prefix, const uint8_t hash[32], store_role role,
-                               int64_t expires_at, int64_t *id)
+                               int64_t expires_at, const store_audit *audit, int64_t *id)
 {
-    apikey_create_arg a = {org, user, name, prefix, hash, role, expires_at, 0};
+    apikey_create_arg a = {org, user, name, prefix, hash, role, expires_at, audit, 0};
     qk_err rc;
     *id = 0;
     if ((rc = check_text("key name", name, 1)) != QK_OK ||
@@ -1070,6 +1225,8 @@ static qk_err sq_apikey_create(qk_store *base, int64_t org, int64_t user, const 
         return rc;
     if ((unsigned)role > ROLE_ADMIN || expires_at < 0)
         return qk_fail(QK_ERR_INVALID_ARG, "bad role or expiry");
+    if (audit != NULL && (rc = check_audit(audit)) != QK_OK)
+        return rc;
     if ((rc = submit((sq_store *)base, job_apikey_create, &a)) == QK_OK)
         *id = a.id;
     return rc;
@@ -1077,8 +1234,31 @@ static qk_err sq_apikey_create(qk_store *base, int64_t org, int64_t user, const 
 
 typedef struct apikey_revoke_arg {
     int64_t org, id;
+    const store_audit *audit;
     int found;
 } apikey_revoke_arg;
+
+/* What a revocation's entry records about the key: read in the transaction. */
+static char *revoked_key_meta(conn *c, int64_t org, int64_t id)
+{
+    sqlite3_stmt *st = NULL;
+    char *meta = NULL;
+    if (stmt(c, R_APIKEY_GET, &st) != QK_OK)
+        return NULL;
+    sqlite3_bind_int64(st, 1, org);
+    sqlite3_bind_int64(st, 2, id);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        store_apikey k;
+        memset(&k, 0, sizeof(k));
+        read_apikey(st, &k);
+        meta = meta_json("{s:I,s:s,s:s,s:I,s:I}", "keyId", (json_int_t)k.id, "name", k.name, "role",
+                         store_role_name(k.role), "expiresAt", (json_int_t)k.expires_at,
+                         "revokedAt", (json_int_t)k.revoked_at);
+        store_apikey_clear(&k);
+    }
+    stmt_done(st);
+    return meta;
+}
 
 static qk_err job_apikey_revoke(conn *c, wjob *j)
 {
@@ -1094,13 +1274,24 @@ static qk_err job_apikey_revoke(conn *c, wjob *j)
     if (rc == QK_OK)
         a->found = sqlite3_changes(c->db) > 0;
     stmt_done(st);
+    if (rc == QK_OK && a->found && a->audit != NULL) {
+        char *meta = revoked_key_meta(c, a->org, a->id);
+        rc = meta != NULL ? append_audit_meta(c, a->audit, meta)
+                          : qk_fail(QK_ERR_IO, "cannot read the revoked key back");
+        free(meta);
+    }
     return rc;
 }
 
-static qk_err sq_apikey_revoke(qk_store *base, int64_t org, int64_t id, int *found)
+static qk_err sq_apikey_revoke(qk_store *base, int64_t org, int64_t id, const store_audit *audit,
+                               int *found)
 {
-    apikey_revoke_arg a = {org, id, 0};
-    qk_err rc = submit((sq_store *)base, job_apikey_revoke, &a);
+    apikey_revoke_arg a = {org, id, audit, 0};
+    qk_err rc = audit != NULL ? check_audit(audit) : QK_OK;
+    *found = 0;
+    if (rc != QK_OK)
+        return rc;
+    rc = submit((sq_store *)base, job_apikey_revoke, &a);
     *found = a.found;
     if (rc == QK_OK && !a.found)
         return qk_fail(QK_ERR_INVALID_ARG, "no API key %" PRId64 " in this org", id);
@@ -1148,143 +1339,275 @@ static qk_err sq_apikey_touch(qk_store *base, int64_t id, int64_t now)
     return QK_OK;
 }
 
-/* ---- audit chain ------------------------------------------------------ */
-
-static void h_u32(crypto_hash_sha256_state *h, uint32_t v)
-{
-    uint8_t b[4] = {(uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v};
-    crypto_hash_sha256_update(h, b, sizeof(b));
-}
-
-static void h_i64(crypto_hash_sha256_state *h, int64_t v)
-{
-    uint64_t u = (uint64_t)v;
-    h_u32(h, (uint32_t)(u >> 32));
-    h_u32(h, (uint32_t)u);
-}
-
-/* Length-prefixed so field boundaries are unambiguous; NULL differs from "". */
-static void h_str(crypto_hash_sha256_state *h, const char *s)
-{
-    if (s == NULL) {
-        h_u32(h, UINT32_MAX);
-        return;
-    }
-    size_t n = strlen(s);
-    h_u32(h, (uint32_t)n);
-    crypto_hash_sha256_update(h, (const uint8_t *)s, n);
-}
-
-/* hash = SHA-256(prev_hash || canonical(row)); canonical(row) is a version
- * tag then every field in a fixed order: integers as 8-byte big-endian,
- * strings as u32 length (0xFFFFFFFF for NULL) and bytes. */
-static void audit_link(const uint8_t prev[HASH_LEN], int64_t seq, const store_audit *a,
-                       uint8_t out[HASH_LEN])
-{
-    static const char tag[] = "qwick-audit-v1";
-    crypto_hash_sha256_state h;
-    crypto_hash_sha256_init(&h);
-    crypto_hash_sha256_update(&h, prev, HASH_LEN);
-    crypto_hash_sha256_update(&h, (const uint8_t *)tag, sizeof(tag) - 1);
-    h_i64(&h, a->org_id);
-    h_i64(&h, seq);
-    h_i64(&h, a->ts);
-    h_str(&h, a->actor);
-    h_str(&h, a->client_ip);
-    h_str(&h, a->action);
-    h_str(&h, a->request_id);
-    h_str(&h, a->digest_hex);
-    h_str(&h, a->algorithm);
-    h_str(&h, a->profile);
-    h_str(&h, a->filename);
-    h_i64(&h, (int64_t)a->outcome);
-    h_str(&h, a->detail);
-    crypto_hash_sha256_final(&h, out);
-}
+/* ---- the transparency log --------------------------------------------- */
 
 static qk_err check_audit(const store_audit *a)
 {
     qk_err rc;
-    if (a->org_id <= 0)
-        return qk_fail(QK_ERR_INVALID_ARG, "audit row without an org");
+    if (a->org_id < 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "audit row with a bad org");
     if ((unsigned)a->outcome > AUDIT_FAILED)
         return qk_fail(QK_ERR_INVALID_ARG, "bad audit outcome");
     if ((rc = check_text("actor", a->actor, 0)) != QK_OK ||
         (rc = check_text("client_ip", a->client_ip, 0)) != QK_OK ||
         (rc = check_text("action", a->action, 1)) != QK_OK ||
         (rc = check_text("request_id", a->request_id, 0)) != QK_OK ||
+        (rc = check_text("format", a->format, 0)) != QK_OK ||
         (rc = check_text("digest", a->digest_hex, 0)) != QK_OK ||
         (rc = check_text("algorithm", a->algorithm, 0)) != QK_OK ||
         (rc = check_text("profile", a->profile, 0)) != QK_OK ||
         (rc = check_text("filename", a->filename, 0)) != QK_OK ||
-        (rc = check_text("detail", a->detail, 0)) != QK_OK)
+        (rc = check_text("signer_fp", a->signer_fp, 0)) != QK_OK ||
+        (rc = check_text("sig_sha256", a->sig_sha256, 0)) != QK_OK ||
+        (rc = check_text("sigval_sha256", a->sigval_sha256, 0)) != QK_OK ||
+        (rc = check_text("detail", a->detail, 0)) != QK_OK ||
+        (rc = check_text("meta", a->meta, 0)) != QK_OK)
         return rc;
     return QK_OK;
 }
 
-/* Appends one link inside the writer's open transaction. The head is read in
- * the same transaction (BEGIN IMMEDIATE holds the write lock), so links from
- * several processes still form one chain. */
+/* The leaf of a store_audit about to be written (version 2). */
+static void audit_entry(const store_audit *a, int64_t seq, tlog_entry *e)
+{
+    *e = (tlog_entry){
+        .version = 2,
+        .org_id = a->org_id,
+        .seq = seq,
+        .ts = a->ts,
+        .outcome = (int64_t)a->outcome,
+        .actor = (char *)a->actor,
+        .client_ip = (char *)a->client_ip,
+        .action = (char *)a->action,
+        .request_id = (char *)a->request_id,
+        .format = (char *)a->format,
+        .algorithm = (char *)a->algorithm,
+        .digest_hex = (char *)a->digest_hex,
+        .profile = (char *)a->profile,
+        .filename = (char *)a->filename,
+        .signer_fp = (char *)a->signer_fp,
+        .sig_sha256 = (char *)a->sig_sha256,
+        .sigval_sha256 = (char *)a->sigval_sha256,
+        .detail = (char *)a->detail,
+        .meta = (char *)a->meta,
+    };
+}
+
+/* An AUDIT_COLS row as a leaf; strings point into the statement's row. */
+static void read_entry(sqlite3_stmt *st, tlog_entry *e)
+{
+    *e = (tlog_entry){
+        .org_id = sqlite3_column_int64(st, 0),
+        .seq = sqlite3_column_int64(st, 1),
+        .version = sqlite3_column_int(st, 2),
+        .ts = sqlite3_column_int64(st, 3),
+        .actor = (char *)sqlite3_column_text(st, 4),
+        .client_ip = (char *)sqlite3_column_text(st, 5),
+        .action = (char *)sqlite3_column_text(st, 6),
+        .request_id = (char *)sqlite3_column_text(st, 7),
+        .format = (char *)sqlite3_column_text(st, 8),
+        .algorithm = (char *)sqlite3_column_text(st, 9),
+        .digest_hex = (char *)sqlite3_column_text(st, 10),
+        .profile = (char *)sqlite3_column_text(st, 11),
+        .filename = (char *)sqlite3_column_text(st, 12),
+        .signer_fp = (char *)sqlite3_column_text(st, 13),
+        .sig_sha256 = (char *)sqlite3_column_text(st, 14),
+        .sigval_sha256 = (char *)sqlite3_column_text(st, 15),
+        .outcome = sqlite3_column_int64(st, 16),
+        .detail = (char *)sqlite3_column_text(st, 17),
+        .meta = (char *)sqlite3_column_text(st, 18),
+    };
+}
+
+static void entry_leaf_hash(const tlog_entry *e, tlog_hash out)
+{
+    uint8_t *leaf = NULL;
+    size_t n = 0;
+    tlog_leaf_encode(e, &leaf, &n);
+    tlog_leaf_hash(leaf, n, out);
+    free(leaf);
+}
+
+/* Reads node `pos` of the org's tree through connection c. */
+static qk_err node_get(conn *c, int64_t org, int64_t pos, tlog_hash out)
+{
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(c, Q_NODE_GET, &st);
+    if (rc != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, org);
+    sqlite3_bind_int64(st, 2, pos);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW && sqlite3_column_bytes(st, 0) == TLOG_HASH_LEN) {
+        memcpy(out, sqlite3_column_blob(st, 0), TLOG_HASH_LEN);
+        rc = QK_OK;
+    } else if (r == SQLITE_ROW || r == SQLITE_DONE) {
+        rc = qk_fail(QK_ERR_IO, "log node %" PRId64 " of org %" PRId64 " missing or corrupt", pos,
+                     org);
+    } else {
+        rc = db_fail(c->db, r, "read log node");
+    }
+    stmt_done(st);
+    return rc;
+}
+
+static qk_err node_put(conn *c, int64_t org, int64_t pos, const tlog_hash h)
+{
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(c, W_NODE_INSERT, &st);
+    if (rc != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, org);
+    sqlite3_bind_int64(st, 2, pos);
+    bind_blob(st, 3, h, TLOG_HASH_LEN);
+    rc = step_write(c, st, "insert log node");
+    stmt_done(st);
+    return rc;
+}
+
+/* Adds leaf `index` and every subtree it completes (about two rows per
+ * entry on average; the left siblings are read back, log n at worst). */
+static qk_err log_add_leaf(conn *c, int64_t org, int64_t index, const tlog_hash leaf)
+{
+    tlog_hash cur, left;
+    qk_err rc = node_put(c, org, tlog_pos(0, index), leaf);
+    memcpy(cur, leaf, TLOG_HASH_LEN);
+    for (int level = 0; rc == QK_OK && (index & 1); level++, index >>= 1) {
+        if ((rc = node_get(c, org, tlog_pos(level, index - 1), left)) != QK_OK)
+            break;
+        tlog_node_hash(left, cur, cur);
+        rc = node_put(c, org, tlog_pos(level + 1, index >> 1), cur);
+    }
+    return rc;
+}
+
+/* The org's log size (0 when it has no entry yet). */
+static qk_err log_size(conn *c, int64_t org, int64_t *size)
+{
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(c, Q_HEAD_GET, &st);
+    if (rc != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, org);
+    int r = sqlite3_step(st);
+    *size = 0;
+    if (r == SQLITE_ROW)
+        *size = sqlite3_column_int64(st, 0);
+    else if (r != SQLITE_DONE)
+        rc = db_fail(c->db, r, "read log head");
+    stmt_done(st);
+    return rc;
+}
+
+static qk_err head_set(conn *c, int64_t org, int64_t size)
+{
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(c, W_HEAD_SET, &st);
+    if (rc != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, org);
+    sqlite3_bind_int64(st, 2, size);
+    rc = step_write(c, st, "update log head");
+    stmt_done(st);
+    return rc;
+}
+
+static void bind_entry(sqlite3_stmt *st, const tlog_entry *e)
+{
+    sqlite3_bind_int64(st, 1, e->org_id);
+    sqlite3_bind_int64(st, 2, e->seq);
+    sqlite3_bind_int(st, 3, e->version);
+    sqlite3_bind_int64(st, 4, e->ts);
+    const char *t[] = {e->actor,    e->client_ip, e->action,     e->request_id,
+                       e->format,   e->algorithm, e->digest_hex, e->profile,
+                       e->filename, e->signer_fp, e->sig_sha256, e->sigval_sha256};
+    for (int i = 0; i < 12; i++)
+        bind_text(st, 5 + i, t[i]);
+    sqlite3_bind_int64(st, 17, e->outcome);
+    bind_text(st, 18, e->detail);
+    bind_text(st, 19, e->meta);
+}
+
+/* Appends one entry inside the writer's open transaction. The head is read
+ * in the same transaction (BEGIN IMMEDIATE holds the write lock), so entries
+ * from several processes still form one log. */
 static qk_err append_audit(conn *c, const store_audit *in)
 {
     qk_err rc;
     sqlite3_stmt *st = NULL;
     store_audit a = *in;
-    uint8_t prev[HASH_LEN] = {0}, hash[HASH_LEN];
-    int64_t seq = 1;
-    int r;
+    tlog_entry e;
+    tlog_hash leaf;
+    int64_t size = 0;
 
     if (a.ts == 0)
         a.ts = now_unix_ms();
-    if ((rc = stmt(c, Q_HEAD_GET, &st)) != QK_OK)
+    if ((rc = log_size(c, a.org_id, &size)) != QK_OK)
         return rc;
-    sqlite3_bind_int64(st, 1, a.org_id);
-    r = sqlite3_step(st);
-    if (r == SQLITE_ROW) {
-        if (sqlite3_column_bytes(st, 1) != HASH_LEN) {
-            stmt_done(st);
-            return qk_fail(QK_ERR_IO, "audit head of org %" PRId64 " is corrupt", a.org_id);
-        }
-        seq = sqlite3_column_int64(st, 0) + 1;
-        memcpy(prev, sqlite3_column_blob(st, 1), HASH_LEN);
-    } else if (r != SQLITE_DONE) {
-        rc = db_fail(c->db, r, "read audit head");
-        stmt_done(st);
-        return rc;
-    }
-    stmt_done(st);
-
-    audit_link(prev, seq, &a, hash);
-
+    audit_entry(&a, size + 1, &e);
+    entry_leaf_hash(&e, leaf);
     if ((rc = stmt(c, W_AUDIT_INSERT, &st)) != QK_OK)
         return rc;
-    sqlite3_bind_int64(st, 1, a.org_id);
-    sqlite3_bind_int64(st, 2, seq);
-    sqlite3_bind_int64(st, 3, a.ts);
-    bind_text(st, 4, a.actor);
-    bind_text(st, 5, a.client_ip);
-    bind_text(st, 6, a.action);
-    bind_text(st, 7, a.request_id);
-    bind_text(st, 8, a.digest_hex);
-    bind_text(st, 9, a.algorithm);
-    bind_text(st, 10, a.profile);
-    bind_text(st, 11, a.filename);
-    sqlite3_bind_int(st, 12, (int)a.outcome);
-    bind_text(st, 13, a.detail);
-    bind_blob(st, 14, prev, HASH_LEN);
-    bind_blob(st, 15, hash, HASH_LEN);
+    bind_entry(st, &e);
     rc = step_write(c, st, "insert audit row");
     stmt_done(st);
-    if (rc != QK_OK)
-        return rc;
+    if (rc == QK_OK)
+        rc = log_add_leaf(c, a.org_id, size, leaf);
+    if (rc == QK_OK)
+        rc = head_set(c, a.org_id, size + 1);
+    if (rc == QK_OK && in->log_index != NULL)
+        *in->log_index = size;
+    return rc;
+}
 
-    if ((rc = stmt(c, W_HEAD_SET, &st)) != QK_OK)
-        return rc;
-    sqlite3_bind_int64(st, 1, a.org_id);
-    sqlite3_bind_int64(st, 2, seq);
-    bind_blob(st, 3, hash, HASH_LEN);
-    rc = step_write(c, st, "update audit head");
-    stmt_done(st);
+static qk_err append_audit_meta(conn *c, const store_audit *a, const char *meta)
+{
+    store_audit copy = *a;
+    copy.meta = meta;
+    return append_audit(c, &copy);
+}
+
+static char *meta_json(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    json_t *j = json_vpack_ex(NULL, 0, fmt, ap);
+    va_end(ap);
+    char *s = j != NULL ? json_dumps(j, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(j);
+    return s != NULL ? s : xstrdup("{}");
+}
+
+/* Migration 4: the tree over the rows written before the log existed. */
+static qk_err log_backfill(conn *c)
+{
+    sqlite3_stmt *st = NULL;
+    qk_err rc = QK_OK;
+    int r = sqlite3_prepare_v2(c->db, "SELECT " AUDIT_COLS " FROM audit ORDER BY org_id, seq", -1,
+                               &st, NULL);
+    if (r != SQLITE_OK)
+        return db_fail(c->db, r, "read audit rows");
+    int64_t org = -1, next = 1;
+    while (rc == QK_OK && (r = sqlite3_step(st)) == SQLITE_ROW) {
+        tlog_entry e;
+        tlog_hash leaf;
+        read_entry(st, &e);
+        if (e.org_id != org) {
+            org = e.org_id;
+            next = 1;
+        }
+        if (e.seq != next++) {
+            rc = qk_fail(QK_ERR_IO,
+                         "audit rows of org %" PRId64 " are not contiguous at %" PRId64
+                         ": the audit trail was tampered with before this upgrade",
+                         org, e.seq);
+            break;
+        }
+        entry_leaf_hash(&e, leaf);
+        rc = log_add_leaf(c, org, e.seq - 1, leaf);
+    }
+    if (rc == QK_OK && r != SQLITE_DONE)
+        rc = db_fail(c->db, r, "read audit rows");
+    sqlite3_finalize(st);
     return rc;
 }
 
@@ -1677,100 +2000,224 @@ out:
     return rc;
 }
 
-static const char *col_text(sqlite3_stmt *st, int i)
+/* The right edge of a tree being rebuilt: complete subtrees, largest first. */
+typedef struct frontier {
+    tlog_hash h[TLOG_MAX_PROOF];
+    int level[TLOG_MAX_PROOF];
+    int n;
+} frontier;
+
+typedef struct verify_ctx {
+    conn *c;
+    sqlite3_stmt *nodes; /* R_NODES_ALL, stepped alongside the rows */
+    int64_t next_pos;
+    store_audit_check *out;
+} verify_ctx;
+
+static qk_err verify_fail(verify_ctx *v, int64_t seq, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static qk_err verify_fail(verify_ctx *v, int64_t seq, const char *fmt, ...)
 {
-    return (const char *)sqlite3_column_text(st, i);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(v->out->problem, sizeof(v->out->problem), fmt, ap);
+    va_end(ap);
+    v->out->bad_seq = seq;
+    v->out->ok = 0;
+    return QK_OK;
 }
 
-static qk_err sq_audit_verify(qk_store *base, int64_t org, int *ok, int64_t *bad_id, int64_t *count)
+/* The next stored node must be `h` at the next position: nodes are stored in
+ * the order appends complete them, so a missing, extra or edited node shows. */
+static int next_node_ok(verify_ctx *v, const tlog_hash h, qk_err *rc)
 {
-    sq_store *s = (sq_store *)base;
-    conn *c = NULL;
-    sqlite3_stmt *st = NULL;
-    uint8_t prev[HASH_LEN] = {0}, hash[HASH_LEN];
-    int64_t expect_seq = 1;
-    qk_err rc;
-    int r;
-
-    *ok = 0;
-    *bad_id = 0;
-    *count = 0;
-    if ((rc = reader_get(s, &c)) != QK_OK)
-        return rc;
-    /* One snapshot for the rows and the head. */
-    if ((rc = exec_sql(c, "BEGIN")) != QK_OK)
-        goto out;
-    if ((rc = stmt(c, R_AUDIT_ROWS, &st)) != QK_OK)
-        goto out;
-    sqlite3_bind_int64(st, 1, org);
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        store_audit a = {
-            .org_id = org,
-            .ts = sqlite3_column_int64(st, 2),
-            .actor = col_text(st, 3),
-            .client_ip = col_text(st, 4),
-            .action = col_text(st, 5),
-            .request_id = col_text(st, 6),
-            .digest_hex = col_text(st, 7),
-            .algorithm = col_text(st, 8),
-            .profile = col_text(st, 9),
-            .filename = col_text(st, 10),
-            .outcome = (audit_outcome)sqlite3_column_int(st, 11),
-            .detail = col_text(st, 12),
-        };
-        int64_t id = sqlite3_column_int64(st, 0);
-        int64_t seq = sqlite3_column_int64(st, 1);
-        (*count)++;
-        audit_link(prev, seq, &a, hash);
-        /* A deleted row shows as a gap in seq and a prev_hash that no longer
-         * matches; an edited row as a hash that no longer recomputes. */
-        if (seq != expect_seq || sqlite3_column_bytes(st, 13) != HASH_LEN ||
-            sqlite3_column_bytes(st, 14) != HASH_LEN ||
-            sodium_memcmp(sqlite3_column_blob(st, 13), prev, HASH_LEN) != 0 ||
-            sodium_memcmp(sqlite3_column_blob(st, 14), hash, HASH_LEN) != 0) {
-            *bad_id = id;
-            rc = QK_OK;
-            goto out;
-        }
-        memcpy(prev, hash, HASH_LEN);
-        expect_seq++;
+    int r = sqlite3_step(v->nodes);
+    if (r != SQLITE_ROW) {
+        if (r != SQLITE_DONE)
+            *rc = db_fail(v->c->db, r, "read log nodes");
+        return 0;
     }
-    if (r != SQLITE_DONE) {
-        rc = db_fail(c->db, r, "read audit rows");
-        goto out;
+    int ok = sqlite3_column_int64(v->nodes, 0) == v->next_pos &&
+             sqlite3_column_bytes(v->nodes, 1) == TLOG_HASH_LEN &&
+             sodium_memcmp(sqlite3_column_blob(v->nodes, 1), h, TLOG_HASH_LEN) == 0;
+    v->next_pos++;
+    return ok;
+}
+
+/* Adds a leaf to the rebuilt tree, checking it and every node it completes. */
+static int frontier_add(verify_ctx *v, frontier *f, const tlog_hash leaf, qk_err *rc)
+{
+    if (f->n >= TLOG_MAX_PROOF || !next_node_ok(v, leaf, rc))
+        return 0;
+    memcpy(f->h[f->n], leaf, TLOG_HASH_LEN);
+    f->level[f->n++] = 0;
+    while (f->n >= 2 && f->level[f->n - 1] == f->level[f->n - 2]) {
+        tlog_node_hash(f->h[f->n - 2], f->h[f->n - 1], f->h[f->n - 2]);
+        f->level[f->n - 2]++;
+        f->n--;
+        if (!next_node_ok(v, f->h[f->n - 1], rc))
+            return 0;
+    }
+    return 1;
+}
+
+/* A signed entry must still have its request row, with the same signature. */
+static qk_err check_signed_entry(verify_ctx *v, const tlog_entry *e)
+{
+    sqlite3_stmt *st = NULL;
+    qk_err rc = stmt(v->c, R_REQ_SIG, &st);
+    if (rc != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, e->org_id);
+    bind_text(st, 2, e->request_id);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_DONE) {
+        rc = verify_fail(v, e->seq, "request %s of entry %" PRId64 " is missing", e->request_id,
+                         e->seq);
+    } else if (r != SQLITE_ROW) {
+        rc = db_fail(v->c->db, r, "read sign request");
+    } else if (e->sig_sha256 != NULL) {
+        uint8_t d[32];
+        char hex[65];
+        crypto_hash_sha256(d, sqlite3_column_blob(st, 0), (size_t)sqlite3_column_bytes(st, 0));
+        hex_encode(d, sizeof(d), hex);
+        if (sqlite3_column_type(st, 1) != SQLITE_INTEGER ||
+            sqlite3_column_int(st, 1) != REQ_SIGNED || strcmp(hex, e->sig_sha256) != 0)
+            rc = verify_fail(v, e->seq,
+                             "request %s no longer holds the signature entry %" PRId64 " recorded",
+                             e->request_id, e->seq);
     }
     stmt_done(st);
-    st = NULL;
+    return rc;
+}
 
-    /* The head must name the last row: otherwise the tail was cut off. */
-    if ((rc = stmt(c, Q_HEAD_GET, &st)) != QK_OK)
-        goto out;
+static int is_signed_entry(const tlog_entry *e)
+{
+    return e->outcome == AUDIT_ALLOWED && e->request_id != NULL && e->action != NULL &&
+           strcmp(e->action, "sign.digest") == 0;
+}
+
+/* Every row, in order: integer columns really integers, seq contiguous, its
+ * leaf and the nodes it completes equal to the stored ones. */
+static qk_err verify_rows(verify_ctx *v, int64_t org)
+{
+    sqlite3_stmt *st = NULL;
+    frontier f = {.n = 0};
+    qk_err rc = stmt(v->c, R_AUDIT_ROWS, &st);
+    int r;
+    if (rc != QK_OK)
+        return rc;
     sqlite3_bind_int64(st, 1, org);
-    r = sqlite3_step(st);
-    if (r == SQLITE_ROW) {
-        if (sqlite3_column_int64(st, 0) != expect_seq - 1 ||
-            sqlite3_column_bytes(st, 1) != HASH_LEN ||
-            sodium_memcmp(sqlite3_column_blob(st, 1), prev, HASH_LEN) != 0) {
-            *bad_id = 0; /* rows missing after the last one present */
-            rc = QK_OK;
+    while (v->out->ok && (r = sqlite3_step(st)) == SQLITE_ROW) {
+        tlog_entry e;
+        tlog_hash leaf;
+        read_entry(st, &e);
+        int64_t expect = ++v->out->count;
+        for (int i = 19; i < 24; i++)
+            if (strcmp((const char *)sqlite3_column_text(st, i), "integer") != 0) {
+                rc = verify_fail(v, e.seq,
+                                 "entry %" PRId64 " holds a non-integer value in an "
+                                 "integer column",
+                                 e.seq);
+                goto out;
+            }
+        if (e.seq != expect) {
+            rc = verify_fail(v, expect, "entry %" PRId64 " is missing", expect);
             goto out;
         }
-    } else if (r == SQLITE_DONE) {
-        if (expect_seq != 1) { /* rows but no head */
-            rc = QK_OK;
+        if (e.version != 1 && e.version != 2) {
+            rc =
+                verify_fail(v, e.seq, "entry %" PRId64 " has unknown version %d", e.seq, e.version);
             goto out;
         }
-    } else {
-        rc = db_fail(c->db, r, "read audit head");
-        goto out;
+        entry_leaf_hash(&e, leaf);
+        if (!frontier_add(v, &f, leaf, &rc)) {
+            if (rc == QK_OK)
+                rc = verify_fail(v, e.seq, "entry %" PRId64 " differs from the log's tree", e.seq);
+            goto out;
+        }
+        if (is_signed_entry(&e) && (rc = check_signed_entry(v, &e)) != QK_OK)
+            goto out;
     }
-    *ok = 1;
-    rc = QK_OK;
+    if (v->out->ok && r != SQLITE_DONE)
+        rc = db_fail(v->c->db, r, "read audit rows");
 out:
     stmt_done(st);
-    if (c != NULL && !sqlite3_get_autocommit(c->db))
-        sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
-    reader_put(s, c);
+    return rc;
+}
+
+static qk_err verify_tail(verify_ctx *v, int64_t org)
+{
+    sqlite3_stmt *st = NULL;
+    int64_t size = 0;
+    qk_err rc;
+    int r = sqlite3_step(v->nodes);
+    if (r == SQLITE_ROW)
+        return verify_fail(v, 0, "the tree holds nodes for entries that are gone");
+    if (r != SQLITE_DONE)
+        return db_fail(v->c->db, r, "read log nodes");
+    if ((rc = log_size(v->c, org, &size)) != QK_OK)
+        return rc;
+    if (size != v->out->count)
+        return verify_fail(v, 0, "the log head says %" PRId64 " entries, %" PRId64 " are present",
+                           size, v->out->count);
+    if ((rc = stmt(v->c, R_SIGNED_UNLOGGED, &st)) != QK_OK)
+        return rc;
+    sqlite3_bind_int64(st, 1, org);
+    sqlite3_bind_int(st, 2, REQ_SIGNED);
+    r = sqlite3_step(st);
+    if (r == SQLITE_ROW)
+        rc = verify_fail(v, 0, "signed request %s has no log entry",
+                         (const char *)sqlite3_column_text(st, 0));
+    else if (r != SQLITE_DONE)
+        rc = db_fail(v->c->db, r, "read sign requests");
+    stmt_done(st);
+    return rc;
+}
+
+static qk_err table_is_strict(conn *c, int *strict)
+{
+    sqlite3_stmt *st = NULL;
+    int r = sqlite3_prepare_v2(
+        c->db, "SELECT strict FROM pragma_table_list WHERE schema = 'main' AND name = 'audit'", -1,
+        &st, NULL);
+    if (r != SQLITE_OK)
+        return db_fail(c->db, r, "read table list");
+    r = sqlite3_step(st);
+    *strict = r == SQLITE_ROW && sqlite3_column_int(st, 0) == 1;
+    sqlite3_finalize(st);
+    return r == SQLITE_ROW || r == SQLITE_DONE ? QK_OK : db_fail(c->db, r, "read table list");
+}
+
+static qk_err sq_audit_verify(qk_store *base, int64_t org, store_audit_check *out)
+{
+    sq_store *s = (sq_store *)base;
+    verify_ctx v = {.out = out};
+    qk_err rc;
+    int strict = 0;
+
+    memset(out, 0, sizeof(*out));
+    out->ok = 1;
+    if ((rc = reader_get(s, &v.c)) != QK_OK)
+        return rc;
+    /* One snapshot for rows, nodes, head and requests. */
+    if ((rc = exec_sql(v.c, "BEGIN")) != QK_OK || (rc = table_is_strict(v.c, &strict)) != QK_OK)
+        goto out;
+    if (!strict) {
+        rc = verify_fail(&v, 0, "the audit table was rebuilt without STRICT typing");
+        goto out;
+    }
+    if ((rc = stmt(v.c, R_NODES_ALL, &v.nodes)) != QK_OK)
+        goto out;
+    sqlite3_bind_int64(v.nodes, 1, org);
+    if ((rc = verify_rows(&v, org)) == QK_OK && out->ok)
+        rc = verify_tail(&v, org);
+out:
+    stmt_done(v.nodes);
+    if (v.c != NULL && !sqlite3_get_autocommit(v.c->db))
+        sqlite3_exec(v.c->db, "COMMIT", NULL, NULL, NULL);
+    reader_put(s, v.c);
     return rc;
 }
 
@@ -1869,6 +2316,8 @@ typedef struct exec_arg {
     int nv;
     const char *what;
     int64_t changes;
+    const store_audit *audit; /* appended when the statement changed a row */
+    const char *meta;
 } exec_arg;
 
 static qk_err job_exec(conn *c, wjob *j)
@@ -1883,6 +2332,8 @@ static qk_err job_exec(conn *c, wjob *j)
     if (rc == QK_OK)
         a->changes = sqlite3_changes(c->db);
     stmt_done(st);
+    if (rc == QK_OK && a->changes > 0 && a->audit != NULL)
+        rc = append_audit_meta(c, a->audit, a->meta);
     return rc;
 }
 
@@ -1890,7 +2341,7 @@ static qk_err job_exec(conn *c, wjob *j)
 static qk_err exec_write(sq_store *s, int id, const sq_val *v, int nv, const char *what,
                          int64_t *changes)
 {
-    exec_arg a = {id, v, nv, what, 0};
+    exec_arg a = {id, v, nv, what, 0, NULL, NULL};
     qk_err rc = submit(s, job_exec, &a);
     if (changes != NULL)
         *changes = a.changes;
@@ -1903,8 +2354,8 @@ typedef void (*row_fill_fn)(sqlite3_stmt *st, void *elem);
 typedef void (*row_list_free_fn)(void *rows, size_t n);
 
 static qk_err query_rows(sq_store *s, int id, const sq_val *v, int nv, size_t size,
-                         row_fill_fn fill, row_list_free_fn list_free, const char *what,
-                         void **out, size_t *n)
+                         row_fill_fn fill, row_list_free_fn list_free, const char *what, void **out,
+                         size_t *n)
 {
     conn *c = NULL;
     sqlite3_stmt *st = NULL;
@@ -1959,18 +2410,21 @@ static qk_err sq_profile_list(qk_store *base, int64_t org, store_profile **out, 
 }
 
 static qk_err sq_profile_disable(qk_store *base, int64_t org, const char *name, int64_t now,
-                                 int *found)
+                                 const store_audit *audit, int *found)
 {
     sq_val v[] = {V_INT(org), V_TEXT(name), V_INT(now)};
-    int64_t changes = 0;
     qk_err rc;
     *found = 0;
-    if ((rc = check_text("profile name", name, 1)) != QK_OK)
+    if ((rc = check_text("profile name", name, 1)) != QK_OK ||
+        (audit != NULL && (rc = check_audit(audit)) != QK_OK))
         return rc;
-    if ((rc = exec_write((sq_store *)base, W_PROFILE_DISABLE, v, 3, "disable profile",
-                         &changes)) != QK_OK)
+    char *meta = meta_json("{s:s,s:I}", "profile", name, "disabledAt", (json_int_t)now);
+    exec_arg a = {W_PROFILE_DISABLE, v, 3, "disable profile", 0, audit, meta};
+    rc = submit((sq_store *)base, job_exec, &a);
+    free(meta);
+    if (rc != QK_OK)
         return rc;
-    if (changes == 0)
+    if (a.changes == 0)
         return not_found(found, "profile");
     *found = 1;
     return QK_OK;
@@ -1985,8 +2439,8 @@ static qk_err sq_signing_key_update(qk_store *base, int64_t org, int64_t id, qk_
     *found = 0;
     if (sealed.len == 0 || sealed.len > MAX_BLOB)
         return qk_fail(QK_ERR_INVALID_ARG, "sealed key of %zu bytes", sealed.len);
-    if ((rc = exec_write((sq_store *)base, W_SKEY_UPDATE, v, 3, "update signing key",
-                         &changes)) != QK_OK)
+    if ((rc = exec_write((sq_store *)base, W_SKEY_UPDATE, v, 3, "update signing key", &changes)) !=
+        QK_OK)
         return rc;
     if (changes == 0)
         return not_found(found, "signing key");
@@ -2081,7 +2535,8 @@ static qk_err sq_lease_update(qk_store *base, int64_t org, int64_t lease_id, con
 {
     sq_val v[] = {V_INT(org), V_INT(lease_id), V_TEXT(key_id), V_INT(lease_until)};
     qk_err rc = check_text("key id", key_id, 0);
-    return rc != QK_OK ? rc : exec_write((sq_store *)base, W_LEASE_UPDATE, v, 4, "update lease", NULL);
+    return rc != QK_OK ? rc
+                       : exec_write((sq_store *)base, W_LEASE_UPDATE, v, 4, "update lease", NULL);
 }
 
 static qk_err sq_lease_release(qk_store *base, int64_t org, int64_t lease_id, int64_t now)
@@ -2090,12 +2545,13 @@ static qk_err sq_lease_release(qk_store *base, int64_t org, int64_t lease_id, in
     return exec_write((sq_store *)base, W_LEASE_RELEASE, v, 3, "release lease", NULL);
 }
 
-static qk_err sq_lease_release_key(qk_store *base, int64_t org, const char *app,
-                                   const char *key_id, int64_t now)
+static qk_err sq_lease_release_key(qk_store *base, int64_t org, const char *app, const char *key_id,
+                                   int64_t now)
 {
     sq_val v[] = {V_INT(org), V_TEXT(app), V_TEXT(key_id), V_INT(now)};
     qk_err rc;
-    if ((rc = check_text("app", app, 1)) != QK_OK || (rc = check_text("key id", key_id, 1)) != QK_OK)
+    if ((rc = check_text("app", app, 1)) != QK_OK ||
+        (rc = check_text("key id", key_id, 1)) != QK_OK)
         return rc;
     return exec_write((sq_store *)base, W_LEASE_RELEASE_KEY, v, 4, "release lease", NULL);
 }
@@ -2116,6 +2572,422 @@ static qk_err sq_lease_list(qk_store *base, int64_t org, const char *app, store_
     sq_val v[] = {V_INT(org), V_TEXT(app)};
     return query_rows((sq_store *)base, R_LEASE_LIST, v, 2, sizeof(**out), fill_lease,
                       (row_list_free_fn)store_lease_list_free, "list leases", (void **)out, n);
+}
+
+/* ---- log reads --------------------------------------------------------- */
+
+typedef struct node_src {
+    conn *c;
+    int64_t org;
+    qk_err rc;
+} node_src;
+
+static int node_src_get(void *arg, int level, int64_t index, tlog_hash out)
+{
+    node_src *n = arg;
+    n->rc = node_get(n->c, n->org, tlog_pos(level, index), out);
+    return n->rc == QK_OK ? 0 : -1;
+}
+
+static qk_err prove(conn *c, int64_t org, store_proof_kind kind, int64_t a, int64_t b,
+                    store_proof *out)
+{
+    node_src src = {c, org, QK_OK};
+    int64_t cur = 0;
+    qk_err rc = log_size(c, org, &cur);
+    if (rc != QK_OK)
+        return rc;
+    out->size = b == 0 ? cur : b;
+    if (out->size < 1 || out->size > cur)
+        return qk_fail(QK_ERR_INVALID_ARG,
+                       "tree size %" PRId64 " is not in the log (size %" PRId64 ")", out->size,
+                       cur);
+    if ((kind == PROOF_INCLUSION && (a < 0 || a >= out->size)) ||
+        (kind == PROOF_CONSISTENCY && (a < 1 || a > out->size)))
+        return qk_fail(QK_ERR_INVALID_ARG, "%s %" PRId64 " is out of range for tree size %" PRId64,
+                       kind == PROOF_INCLUSION ? "index" : "size", a, out->size);
+    int r = tlog_root(node_src_get, &src, out->size, out->root);
+    if (r == 0 && kind == PROOF_INCLUSION)
+        r = tlog_prove_inclusion(node_src_get, &src, a, out->size, out->hashes, &out->n);
+    else if (r == 0 && kind == PROOF_CONSISTENCY)
+        r = tlog_prove_consistency(node_src_get, &src, a, out->size, out->hashes, &out->n);
+    if (r != 0)
+        return src.rc != QK_OK ? src.rc : qk_fail(QK_ERR_IO, "log proof failed");
+    return QK_OK;
+}
+
+static qk_err sq_log_prove(qk_store *base, int64_t org, store_proof_kind kind, int64_t a, int64_t b,
+                           store_proof *out)
+{
+    sq_store *s = (sq_store *)base;
+    conn *c = NULL;
+    qk_err rc;
+
+    memset(out, 0, sizeof(*out));
+    if (b < 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "negative tree size");
+    if ((rc = reader_get(s, &c)) != QK_OK)
+        return rc;
+    if ((rc = exec_sql(c, "BEGIN")) == QK_OK)
+        rc = prove(c, org, kind, a, b, out);
+    if (!sqlite3_get_autocommit(c->db))
+        sqlite3_exec(c->db, "COMMIT", NULL, NULL, NULL);
+    reader_put(s, c);
+    return rc;
+}
+
+static void fill_log_entry(sqlite3_stmt *st, void *p)
+{
+    store_log_entry *le = p;
+    tlog_entry e;
+    read_entry(st, &e);
+    le->index = e.seq - 1;
+    tlog_leaf_encode(&e, &le->leaf.data, &le->leaf.len);
+}
+
+static void free_log_entries(void *rows, size_t n)
+{
+    store_log_entries_free(rows, n);
+}
+
+static qk_err sq_log_entries(qk_store *base, int64_t org, int64_t start, int64_t end,
+                             store_log_entry **out, size_t *n)
+{
+    if (start < 0 || end <= start)
+        return qk_fail(QK_ERR_INVALID_ARG, "bad entry range [%" PRId64 ", %" PRId64 ")", start,
+                       end);
+    sq_val v[] = {V_INT(org), V_INT(start), V_INT(end)};
+    return query_rows((sq_store *)base, R_LOG_ENTRIES, v, 3, sizeof(**out), fill_log_entry,
+                      free_log_entries, "read log entries", (void **)out, n);
+}
+
+static qk_err sq_log_lookup(qk_store *base, int64_t org, const char *sigval_hex,
+                            store_log_entry **out, size_t *n)
+{
+    sq_val v[] = {V_INT(org), V_TEXT(sigval_hex)};
+    return query_rows((sq_store *)base, R_LOG_LOOKUP, v, 2, sizeof(**out), fill_log_entry,
+                      free_log_entries, "look up log entries", (void **)out, n);
+}
+
+static void fill_i64(sqlite3_stmt *st, void *p)
+{
+    *(int64_t *)p = sqlite3_column_int64(st, 0);
+}
+
+static void free_plain(void *rows, size_t n)
+{
+    (void)n;
+    free(rows);
+}
+
+static qk_err sq_log_find_request(qk_store *base, int64_t org, const char *id, int64_t *index,
+                                  int *found)
+{
+    int64_t *rows = NULL;
+    size_t n = 0;
+    sq_val v[] = {V_INT(org), V_TEXT(id)};
+    qk_err rc = query_rows((sq_store *)base, R_LOG_REQ, v, 2, sizeof(*rows), fill_i64, free_plain,
+                           "find log entry", (void **)&rows, &n);
+    *found = rc == QK_OK && n == 1;
+    *index = *found ? rows[0] - 1 : 0;
+    free(rows);
+    return rc;
+}
+
+static void fill_checkpoint(sqlite3_stmt *st, void *p)
+{
+    store_checkpoint *cp = p;
+    cp->size = sqlite3_column_int64(st, 0);
+    if (sqlite3_column_bytes(st, 1) == TLOG_HASH_LEN)
+        memcpy(cp->root, sqlite3_column_blob(st, 1), TLOG_HASH_LEN);
+    cp->note = col_strdup(st, 2);
+    cp->created_at = sqlite3_column_int64(st, 3);
+}
+
+static void free_checkpoints(void *rows, size_t n)
+{
+    store_checkpoint *c = rows;
+    for (size_t i = 0; i < n; i++)
+        store_checkpoint_clear(&c[i]);
+    free(c);
+}
+
+static qk_err sq_checkpoint_latest(qk_store *base, int64_t org, store_checkpoint *out, int *found)
+{
+    store_checkpoint *rows = NULL;
+    size_t n = 0;
+    sq_val v[] = {V_INT(org)};
+    qk_err rc = query_rows((sq_store *)base, R_CKPT_LATEST, v, 1, sizeof(*rows), fill_checkpoint,
+                           free_checkpoints, "read checkpoint", (void **)&rows, &n);
+    memset(out, 0, sizeof(*out));
+    *found = rc == QK_OK && n == 1;
+    if (*found) {
+        *out = rows[0];
+        free(rows);
+    }
+    return rc;
+}
+
+static qk_err sq_checkpoint_add(qk_store *base, int64_t org, int64_t size, const uint8_t root[32],
+                                const char *note)
+{
+    sq_val v[] = {V_INT(org), V_INT(size), V_BLOB(root, 32), V_TEXT(note), V_INT(now_unix())};
+    if (note == NULL || strlen(note) > TLOG_MAX_NOTE)
+        return qk_fail(QK_ERR_INVALID_ARG, "checkpoint note missing or too large");
+    return exec_write((sq_store *)base, W_CKPT_INSERT, v, 5, "store checkpoint", NULL);
+}
+
+typedef struct secret_row {
+    qk_buf sealed, pub;
+} secret_row;
+
+static void fill_secret(sqlite3_stmt *st, void *p)
+{
+    secret_row *r = p;
+    col_buf(st, 0, &r->sealed);
+    col_buf(st, 1, &r->pub);
+}
+
+static void free_secrets(void *rows, size_t n)
+{
+    secret_row *r = rows;
+    for (size_t i = 0; i < n; i++) {
+        qk_buf_free(&r[i].sealed);
+        qk_buf_free(&r[i].pub);
+    }
+    free(r);
+}
+
+static qk_err sq_instance_secret_get(qk_store *base, const char *name, qk_buf *sealed, qk_buf *pub,
+                                     int *found)
+{
+    secret_row *rows = NULL;
+    size_t n = 0;
+    sq_val v[] = {V_TEXT(name)};
+    qk_err rc = query_rows((sq_store *)base, R_SECRET_GET, v, 1, sizeof(*rows), fill_secret,
+                           free_secrets, "read instance secret", (void **)&rows, &n);
+    *found = rc == QK_OK && n == 1;
+    if (*found) {
+        *sealed = rows[0].sealed;
+        *pub = rows[0].pub;
+        free(rows);
+    }
+    return rc;
+}
+
+static qk_err sq_instance_secret_put(qk_store *base, const char *name, qk_slice sealed,
+                                     qk_slice pub)
+{
+    sq_val v[] = {V_TEXT(name), V_BLOB(sealed.data, sealed.len), V_BLOB(pub.data, pub.len),
+                  V_INT(now_unix())};
+    return exec_write((sq_store *)base, W_SECRET_INSERT, v, 4, "store instance secret", NULL);
+}
+
+/* ---- operator tokens and usage ---------------------------------------- */
+
+static qk_err sq_operator_token_create(qk_store *base, const char *name, const uint8_t hash[32],
+                                       int64_t *id)
+{
+    sq_store *s = (sq_store *)base;
+    sq_val v[] = {V_TEXT(name), V_BLOB(hash, 32), V_INT(now_unix())};
+    qk_err rc = check_text("token name", name, 1);
+    *id = 0;
+    if (rc == QK_OK)
+        rc = exec_write(s, W_OPTOKEN_INSERT, v, 3, "insert operator token", NULL);
+    if (rc == QK_OK) {
+        int found = 0;
+        rc = STORE_CALL(base, operator_token_lookup, hash, id, &found);
+    }
+    return rc;
+}
+
+typedef struct optoken_row {
+    int64_t id;
+    uint8_t hash[32];
+    int ok;
+} optoken_row;
+
+static void fill_optoken(sqlite3_stmt *st, void *p)
+{
+    optoken_row *r = p;
+    r->id = sqlite3_column_int64(st, 0);
+    r->ok = sqlite3_column_bytes(st, 1) == 32;
+    if (r->ok)
+        memcpy(r->hash, sqlite3_column_blob(st, 1), 32);
+}
+
+static qk_err sq_operator_token_lookup(qk_store *base, const uint8_t hash[32], int64_t *id,
+                                       int *found)
+{
+    optoken_row *rows = NULL;
+    size_t n = 0;
+    sq_val v[] = {V_BLOB(hash, 32)};
+    qk_err rc = query_rows((sq_store *)base, R_OPTOKEN_LOOKUP, v, 1, sizeof(*rows), fill_optoken,
+                           free_plain, "look up operator token", (void **)&rows, &n);
+    /* Matched on the hash by the database; compared again in constant time. */
+    *found = rc == QK_OK && n == 1 && rows[0].ok && sodium_memcmp(rows[0].hash, hash, 32) == 0;
+    *id = *found ? rows[0].id : 0;
+    free(rows);
+    return rc;
+}
+
+static qk_err sq_operator_token_revoke(qk_store *base, int64_t id, int *found)
+{
+    sq_val v[] = {V_INT(id), V_INT(now_unix())};
+    int64_t changes = 0;
+    qk_err rc =
+        exec_write((sq_store *)base, W_OPTOKEN_REVOKE, v, 2, "revoke operator token", &changes);
+    *found = rc == QK_OK && changes > 0;
+    if (rc == QK_OK && !*found)
+        return not_found(found, "active operator token");
+    return rc;
+}
+
+static void fill_optoken_info(sqlite3_stmt *st, void *p)
+{
+    store_operator_token *t = p;
+    t->id = sqlite3_column_int64(st, 0);
+    t->name = col_strdup(st, 1);
+    t->created_at = sqlite3_column_int64(st, 2);
+    t->revoked_at = sqlite3_column_int64(st, 3);
+}
+
+static qk_err sq_operator_token_list(qk_store *base, store_operator_token **out, size_t *n)
+{
+    return query_rows((sq_store *)base, R_OPTOKEN_LIST, NULL, 0, sizeof(**out), fill_optoken_info,
+                      (row_list_free_fn)store_operator_token_list_free, "list operator tokens",
+                      (void **)out, n);
+}
+
+typedef struct pair_row {
+    int64_t key;
+    char *name;
+    int64_t count;
+} pair_row;
+
+static void fill_outcome(sqlite3_stmt *st, void *p)
+{
+    pair_row *r = p;
+    r->key = sqlite3_column_int64(st, 0);
+    r->count = sqlite3_column_int64(st, 1);
+}
+
+static void fill_profile_count(sqlite3_stmt *st, void *p)
+{
+    pair_row *r = p;
+    r->name = col_strdup(st, 0);
+    r->count = sqlite3_column_int64(st, 1);
+}
+
+static void free_pairs(void *rows, size_t n)
+{
+    pair_row *r = rows;
+    for (size_t i = 0; i < n; i++)
+        free(r[i].name);
+    free(r);
+}
+
+static qk_err sq_usage(qk_store *base, int64_t org, int64_t since, int64_t until, store_usage *out)
+{
+    pair_row *rows = NULL;
+    size_t n = 0;
+    sq_val v[] = {V_INT(org), V_INT(since), V_INT(until)};
+    memset(out, 0, sizeof(*out));
+    qk_err rc = query_rows((sq_store *)base, R_USAGE_OUTCOMES, v, 3, sizeof(*rows), fill_outcome,
+                           free_pairs, "read usage", (void **)&rows, &n);
+    for (size_t i = 0; rc == QK_OK && i < n; i++) {
+        if (rows[i].key == AUDIT_ALLOWED)
+            out->allowed = rows[i].count;
+        else if (rows[i].key == AUDIT_DENIED)
+            out->denied = rows[i].count;
+        else
+            out->failed += rows[i].count;
+    }
+    free_pairs(rows, n);
+    if (rc != QK_OK)
+        return rc;
+    rc = query_rows((sq_store *)base, R_USAGE_PROFILES, v, 3, sizeof(*rows), fill_profile_count,
+                    free_pairs, "read usage", (void **)&rows, &n);
+    if (rc != QK_OK)
+        return rc;
+    out->by_profile = xcalloc(n ? n : 1, sizeof(*out->by_profile));
+    for (size_t i = 0; i < n; i++) {
+        out->by_profile[i].profile = rows[i].name;
+        out->by_profile[i].signatures = rows[i].count;
+        rows[i].name = NULL;
+    }
+    out->nprofiles = n;
+    free_pairs(rows, n);
+    return QK_OK;
+}
+
+/* ---- master-key rotation: every sealed blob ------------------------------ */
+
+static void fill_signing_key(sqlite3_stmt *st, void *e)
+{
+    store_signing_key *k = e;
+    k->id = sqlite3_column_int64(st, 0);
+    k->org_id = sqlite3_column_int64(st, 1);
+    k->kind = col_strdup(st, 2);
+    col_buf(st, 3, &k->sealed);
+}
+
+static qk_err sq_signing_key_list_all(qk_store *base, store_signing_key **out, size_t *n)
+{
+    return query_rows((sq_store *)base, R_SKEY_ALL, NULL, 0, sizeof(**out), fill_signing_key,
+                      (row_list_free_fn)store_signing_key_list_free, "list signing keys",
+                      (void **)out, n);
+}
+
+/* One compare-and-swap re-seal: statement `id` binds `key` values, then old, then new. */
+static qk_err reseal(sq_store *s, int id, sq_val *v, int nkey, qk_slice old, qk_slice sealed,
+                     const char *what, int *found)
+{
+    int64_t changes = 0;
+    qk_err rc;
+    *found = 0;
+    if (sealed.len == 0 || sealed.len > MAX_BLOB || old.len == 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: sealed blob of %zu bytes", what, sealed.len);
+    v[nkey] = V_BLOB(old.data, old.len);
+    v[nkey + 1] = V_BLOB(sealed.data, sealed.len);
+    if ((rc = exec_write(s, id, v, nkey + 2, what, &changes)) != QK_OK)
+        return rc;
+    if (changes == 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: the row is gone or its blob changed since read",
+                       what);
+    *found = 1;
+    return QK_OK;
+}
+
+static qk_err sq_signing_key_reseal(qk_store *base, int64_t org, int64_t id, qk_slice old,
+                                    qk_slice sealed, int *found)
+{
+    sq_val v[4] = {V_INT(org), V_INT(id)};
+    return reseal((sq_store *)base, W_SKEY_RESEAL, v, 2, old, sealed, "re-seal signing key", found);
+}
+
+static void fill_name(sqlite3_stmt *st, void *e)
+{
+    *(char **)e = col_strdup(st, 0);
+}
+
+static qk_err sq_instance_secret_names(qk_store *base, char ***names, size_t *n)
+{
+    return query_rows((sq_store *)base, R_SECRET_NAMES, NULL, 0, sizeof(**names), fill_name,
+                      (row_list_free_fn)store_names_free, "list instance secrets", (void **)names,
+                      n);
+}
+
+static qk_err sq_instance_secret_reseal(qk_store *base, const char *name, qk_slice old,
+                                        qk_slice sealed, int *found)
+{
+    sq_val v[3] = {V_TEXT(name)};
+    qk_err rc = check_text("instance secret name", name, 1);
+    *found = 0;
+    if (rc != QK_OK)
+        return rc;
+    return reseal((sq_store *)base, W_SECRET_RESEAL, v, 1, old, sealed, "re-seal instance secret",
+                  found);
 }
 
 static const store_ops sqlite_ops = {
@@ -2148,6 +3020,23 @@ static const store_ops sqlite_ops = {
     .lease_release = sq_lease_release,
     .lease_release_key = sq_lease_release_key,
     .lease_list = sq_lease_list,
+    .operator_token_create = sq_operator_token_create,
+    .operator_token_lookup = sq_operator_token_lookup,
+    .operator_token_revoke = sq_operator_token_revoke,
+    .operator_token_list = sq_operator_token_list,
+    .usage = sq_usage,
+    .log_prove = sq_log_prove,
+    .log_entries = sq_log_entries,
+    .log_lookup = sq_log_lookup,
+    .log_find_request = sq_log_find_request,
+    .checkpoint_latest = sq_checkpoint_latest,
+    .checkpoint_add = sq_checkpoint_add,
+    .instance_secret_get = sq_instance_secret_get,
+    .instance_secret_put = sq_instance_secret_put,
+    .signing_key_list_all = sq_signing_key_list_all,
+    .signing_key_reseal = sq_signing_key_reseal,
+    .instance_secret_names = sq_instance_secret_names,
+    .instance_secret_reseal = sq_instance_secret_reseal,
 };
 
 qk_err store_sqlite_open(const char *data_dir, qk_store **out)

@@ -1,8 +1,16 @@
-/* RFC 3161 responder on OpenSSL's TS_RESP_CTX. */
+/* RFC 3161 responder on OpenSSL's TS_RESP_CTX.
+ *
+ * POST /tsa is admitted on the HTTP thread (the client address's token
+ * bucket, the API key when required, the media type), then the connection is
+ * suspended and the RSA signature is made on a signing thread, so a flood of
+ * timestamp requests queues behind signing work instead of stalling the
+ * threads that authenticate and answer every other request. */
 #include "tsa.h"
 
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/bn.h>
 #include <openssl/err.h>
@@ -10,9 +18,12 @@
 #include <openssl/rand.h>
 #include <openssl/ts.h>
 
+#include "api.h"
 #include "internal.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "server.h"
+#include "workq.h"
 
 struct tsa {
     X509 *cert;
@@ -132,23 +143,14 @@ static int strict_request(const uint8_t *der, size_t len)
     return ok;
 }
 
-void tsa_handle(http_req *req)
+/* Answers `req` from its body; any thread. */
+static void tsa_answer(tsa *t, http_req *req)
 {
-    tsa *t = req->srv->tsa;
     TS_RESP_CTX *ctx = NULL;
     BIO *in = NULL;
     TS_RESP *resp = NULL;
     unsigned char *der = NULL;
 
-    if (t == NULL) {
-        http_error(req, 503, "tsa_unavailable", "this server has no TSA key");
-        goto out;
-    }
-    if (!http_content_type_is(req, "application/timestamp-query")) {
-        http_error(req, 415, "unsupported_media_type",
-                   "Content-Type must be application/timestamp-query");
-        goto out;
-    }
     if ((ctx = make_ctx(t)) == NULL)
         goto fail;
     /* A malformed request is answered with a TimeStampResp (rejection,
@@ -182,4 +184,59 @@ out:
     TS_RESP_free(resp);
     BIO_free(in);
     TS_RESP_CTX_free(ctx);
+}
+
+/* A signing thread's job: answer, then resume (`req` is not touched after
+ * http_resume: the pool thread may free it at once). */
+static void tsa_run(void *arg)
+{
+    http_req *req = arg;
+    tsa_answer(req->srv->tsa, req);
+    http_resume(req);
+}
+
+/* 0 when the client address has a token left; otherwise answers 429 with
+ * Retry-After and returns -1. */
+static int tsa_admit(http_req *req)
+{
+    ratelimit_key k;
+    unsigned wait_s = 1;
+    struct timespec now;
+    if (req->srv->tsa_limit == NULL || ratelimit_key_of(http_client_addr(req), &k) != 0)
+        return 0;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint64_t ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+    if (ratelimit_take(req->srv->tsa_limit, &k, ms, &wait_s))
+        return 0;
+    snprintf(req->retry_after, sizeof(req->retry_after), "%u", wait_s);
+    http_error(req, 429, "rate_limited", "too many timestamp requests from this address");
+    http_header_set(req, "Retry-After", req->retry_after);
+    return -1;
+}
+
+void tsa_handle(http_req *req)
+{
+    server *srv = req->srv;
+
+    if (tsa_admit(req) != 0)
+        return;
+    if (srv->tsa_require_key) {
+        store_apikey key;
+        if (api_authenticate(req, &key) != 0)
+            return;
+        store_apikey_clear(&key); /* any role will do */
+    }
+    if (srv->tsa == NULL) {
+        http_error(req, 503, "tsa_unavailable", "this server has no TSA key");
+        return;
+    }
+    if (!http_content_type_is(req, "application/timestamp-query")) {
+        http_error(req, 415, "unsupported_media_type",
+                   "Content-Type must be application/timestamp-query");
+        return;
+    }
+    /* Suspend first, so no thread can resume a connection not yet suspended. */
+    http_suspend(req);
+    if (workq_push(srv->signq, tsa_run, req) != 0)
+        tsa_run(req); /* no signing thread (shutting down): sign here */
 }

@@ -1,7 +1,7 @@
 /* The built-in RFC 3161 time-stamping authority (POST /tsa).
  *
  * Policy: TSA_DEFAULT_POLICY, an OID under a private-enterprise arc used as a
- * placeholder for development deployments (override with "tsa_policy" in
+ * placeholder for development deployments (override with "tsa": {"policy"} in
  * qwickd.json). Accepted imprints: SHA-256/384/512. Accuracy: 1 second.
  * Serial numbers: 64 random bits chosen at start-up followed by a 64-bit
  * counter, so they are unique within a run and, with overwhelming
@@ -26,7 +26,10 @@ typedef struct tsa tsa;
 qk_err tsa_new(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const char *policy_oid, tsa **out);
 void tsa_free(tsa *t);
 
-/* Route handler for POST /tsa; uses req->srv->tsa. */
+/* Route handler for POST /tsa: admits the request on the HTTP thread (the
+ * client address's token bucket req->srv->tsa_limit: 429 + Retry-After; the
+ * API key when req->srv->tsa_require_key: 401), then suspends the connection
+ * and signs with req->srv->tsa on a signing thread (req->srv->signq). */
 void tsa_handle(http_req *req);
 
 #endif

@@ -176,7 +176,7 @@ check_status 1 "signing with the disabled profile refused" "$QWICK" sign --profi
 check_grep "disabled: clear message" "profile_disabled" "$tmp/err"
 
 # --- metrics and audit --------------------------------------------------------
-check "metrics" curl -sS --fail --cacert "$QWICKD_TLS_CA" -H "Authorization: Bearer $QWICKD_API_KEY" \
+check "metrics" curl -sS --fail --cacert "$QWICKD_TLS_CA" -H "Authorization: Bearer $QWICKD_OPERATOR_TOKEN" \
     -o "$tmp/metrics.txt" "$QWICKD_URL/metrics"
 check_grep "metrics: one secret alive" '^qwickd_azure_secrets_alive 1$' "$tmp/metrics.txt"
 check_grep "metrics: latency histogram" '^qwickd_azure_sign_duration_seconds_count [1-9]' "$tmp/metrics.txt"
@@ -243,6 +243,7 @@ stop_qwickd
 data2="$tmp/data2"
 "$QWICKD" init --data "$data2" --json >"$tmp/init2.json" 2>/dev/null || die "init data2"
 key2=$(json_get "$tmp/init2.json" api_key)
+optok2=$(json_get "$tmp/init2.json" operator_token)
 azure_profile_json "$tmp/az1.json" '{"ttlSeconds": 5, "maxSecrets": 1, "lockTimeoutSeconds": 30}'
 # The emulator rotated the refresh token; this store starts from the current one.
 emu_state "$state"
@@ -285,7 +286,7 @@ assert d["max_alive_qwick"] == 1, d["max_alive_qwick"]'
 waits=0
 for i in 1 2; do
     eval "u=\$node${i}_url"
-    curl -sS --fail --cacert "$tlsca2" -H "Authorization: Bearer $key2" "$u/metrics" >"$tmp/metrics$i.txt"
+    curl -sS --fail --cacert "$tlsca2" -H "Authorization: Bearer $optok2" "$u/metrics" >"$tmp/metrics$i.txt"
     w=$(sed -n 's/^qwickd_azure_lock_waits_total //p' "$tmp/metrics$i.txt")
     waits=$((waits + ${w:-0}))
 done

@@ -31,8 +31,8 @@
 #   emu_faults JSON / emu_state FILE   set the emulator's faults / save its state
 #   azure_profile_json FILE [CREDENTIALS-JSON]  an Azure profile config for it
 #   qwickd_init DATA           `qwickd init --json` into $tmp/init.json; sets
-#                              QWICKD_API_KEY, QWICKD_ROOT_CA, QWICKD_TSA_ROOT_CA,
-#                              QWICKD_TLS_CA
+#                              QWICKD_API_KEY, QWICKD_OPERATOR_TOKEN (GET /metrics),
+#                              QWICKD_ROOT_CA, QWICKD_TSA_ROOT_CA, QWICKD_TLS_CA
 #   start_qwickd DATA [SERVE-ARGS...]  init (when not yet done), then `qwickd
 #                              serve --listen 127.0.0.1:0`; sets QWICKD_PORT,
 #                              QWICKD_URL, QWICKD_PID; log in $tmp/server.log
@@ -250,6 +250,7 @@ qwickd_init() { # DATA
         die "qwickd init" "$tmp/init.log"
     QWICKD_DATA=$1
     QWICKD_API_KEY=$(json_get "$tmp/init.json" api_key)
+    QWICKD_OPERATOR_TOKEN=$(json_get "$tmp/init.json" operator_token)
     QWICKD_ROOT_CA=$(json_get "$tmp/init.json" root_ca)
     QWICKD_TSA_ROOT_CA=$(json_get "$tmp/init.json" tsa_root_ca)
     QWICKD_TLS_CA=$(json_get "$tmp/init.json" tls_ca)

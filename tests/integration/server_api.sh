@@ -27,6 +27,13 @@ tsaroot=$QWICKD_TSA_ROOT_CA
 tlsca=$QWICKD_TLS_CA
 db="$data/qwick.db"
 
+# raw (a bare signature) only from a profile that lists it (issue 7, defect 7).
+make_cert "$tmp/rawp" "Raw Test"
+printf '{"backend":"local","key":"%s","chain":"%s","formats":["authenticode-pe","cms","raw"]}\n' \
+    "$tmp/rawp.key" "$tmp/rawp.pem" >"$tmp/rawp.json"
+"$QWICKD" profile create --data "$data" --name rawp --config "$tmp/rawp.json" >/dev/null ||
+    die "profile create rawp"
+
 start_qwickd "$data"
 base=$QWICKD_URL
 echo "qwickd on $base"
@@ -91,7 +98,9 @@ for alg in sha256 sha384 sha512; do
     openssl dgst "-$alg" -binary "$tmp/content.bin" >"$tmp/digest.bin"
     d=$(b64file "$tmp/digest.bin")
     for fmt in authenticode-pe cms raw; do
-        sign_json "$admin_key" "{\"digest\":\"$d\",\"algorithm\":\"$alg\",\"format\":\"$fmt\",\"profile\":\"default\",\"metadata\":{\"filename\":\"content.bin\",\"description\":\"Qwick test\",\"url\":\"https://example.com/\"}}"
+        prof=default
+        [ "$fmt" != raw ] || prof=rawp
+        sign_json "$admin_key" "{\"digest\":\"$d\",\"algorithm\":\"$alg\",\"format\":\"$fmt\",\"profile\":\"$prof\",\"metadata\":{\"filename\":\"content.bin\",\"description\":\"Qwick test\",\"url\":\"https://example.com/\"}}"
         if [ "$(cat "$tmp/status")" != 200 ]; then
             fail "sign $alg $fmt: $(cat "$tmp/status") $(cat "$tmp/body")"
             continue
@@ -348,12 +357,16 @@ check "audit hash chain intact" "$QWICKD" audit verify --data "$data"
 
 # --- metrics -------------------------------------------------------------------------
 call GET /metrics -
-expect_error 401 missing_api_key "metrics without a key"
-call GET /metrics qk_0000000000000000000000000000000000000000000
-expect_error 401 unknown_api_key "metrics with an unknown key"
+expect_error 401 missing_operator_token "metrics without a token"
+call GET /metrics qo_0000000000000000000000000000000000000000000
+expect_error 401 unknown_operator_token "metrics with an unknown operator token"
 call GET /metrics "$viewer_key"
+expect_error 403 forbidden "metrics with an org's key (any role)"
+call GET /metrics "$admin_key"
+expect_error 403 forbidden "metrics with an org's admin key"
+call GET /metrics "$QWICKD_OPERATOR_TOKEN"
 m="$tmp/body"
-expect_status 200 "metrics with a viewer key"
+expect_status 200 "metrics with the operator token"
 grep -q '^qwickd_http_requests_total{route="sign_digest",method="POST",status="200"} [0-9]' "$m" &&
     grep -q '^qwickd_signatures_total{profile="default",algorithm="sha512",format="cms"} [0-9]' "$m" &&
     grep -q '^qwickd_errors_total{code="unknown_field"} 2' "$m" &&

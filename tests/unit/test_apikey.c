@@ -97,7 +97,7 @@ static void test_authenticate(void **state)
     int found = 0;
     store_apikey k;
 
-    assert_int_equal(apikey_create(f->s, f->org_a, 0, "ci", ROLE_SIGNER, 0, key, &id), QK_OK);
+    assert_int_equal(apikey_create(f->s, f->org_a, 0, "ci", ROLE_SIGNER, 0, NULL, key, &id), QK_OK);
     assert_true(id > 0);
     assert_int_equal(auth(f, key, now, &k), APIKEY_OK);
     assert_int_equal(k.id, id);
@@ -124,7 +124,7 @@ static void test_authenticate(void **state)
     assert_int_equal(auth(f, flipped, now, &k), APIKEY_UNKNOWN);
 
     /* Revocation takes effect on the next authentication. */
-    assert_int_equal(STORE_CALL(f->s, apikey_revoke, f->org_a, id, &found), QK_OK);
+    assert_int_equal(STORE_CALL(f->s, apikey_revoke, f->org_a, id, NULL, &found), QK_OK);
     assert_int_equal(auth(f, key, now, &k), APIKEY_REVOKED);
     assert_int_equal(k.id, id);
     store_apikey_clear(&k);
@@ -137,8 +137,8 @@ static void test_expiry(void **state)
     int64_t id = 0, now = 1700000000;
     store_apikey k;
 
-    assert_int_equal(apikey_create(f->s, f->org_a, 0, "short", ROLE_VIEWER, now + 10, key, &id),
-                     QK_OK);
+    assert_int_equal(
+        apikey_create(f->s, f->org_a, 0, "short", ROLE_VIEWER, now + 10, NULL, key, &id), QK_OK);
     assert_int_equal(auth(f, key, now + 9, &k), APIKEY_OK);
     store_apikey_clear(&k);
     assert_int_equal(auth(f, key, now + 10, &k), APIKEY_EXPIRED);
@@ -164,8 +164,8 @@ static void test_org_isolation(void **state)
     int found = 1;
     store_apikey k;
 
-    assert_int_equal(apikey_create(f->s, f->org_a, 0, "a", ROLE_ADMIN, 0, ka, &ida), QK_OK);
-    assert_int_equal(apikey_create(f->s, f->org_b, 0, "b", ROLE_ADMIN, 0, kb, &idb), QK_OK);
+    assert_int_equal(apikey_create(f->s, f->org_a, 0, "a", ROLE_ADMIN, 0, NULL, ka, &ida), QK_OK);
+    assert_int_equal(apikey_create(f->s, f->org_b, 0, "b", ROLE_ADMIN, 0, NULL, kb, &idb), QK_OK);
     assert_int_equal(auth(f, ka, 1, &k), APIKEY_OK);
     assert_int_equal(k.org_id, f->org_a);
     store_apikey_clear(&k);
@@ -173,7 +173,8 @@ static void test_org_isolation(void **state)
     assert_int_equal(k.org_id, f->org_b);
     store_apikey_clear(&k);
     /* An admin of B cannot revoke A's key by id. */
-    assert_int_equal(STORE_CALL(f->s, apikey_revoke, f->org_b, ida, &found), QK_ERR_INVALID_ARG);
+    assert_int_equal(STORE_CALL(f->s, apikey_revoke, f->org_b, ida, NULL, &found),
+                     QK_ERR_INVALID_ARG);
     assert_int_equal(found, 0);
     assert_int_equal(auth(f, ka, 1, &k), APIKEY_OK);
     store_apikey_clear(&k);
@@ -186,7 +187,7 @@ static void test_last_used_recorded(void **state)
     int64_t id = 0;
     int found = 0;
     store_apikey k;
-    assert_int_equal(apikey_create(f->s, f->org_a, 0, "t", ROLE_SIGNER, 0, key, &id), QK_OK);
+    assert_int_equal(apikey_create(f->s, f->org_a, 0, "t", ROLE_SIGNER, 0, NULL, key, &id), QK_OK);
     assert_int_equal(auth(f, key, 1700000000, &k), APIKEY_OK);
     store_apikey_clear(&k);
     /* Asynchronous: visible once the writer has drained (close does that). */

@@ -230,7 +230,8 @@ static void test_signer_from_sealed_profile(void **state)
                                 (qk_slice){sealed.data, sealed.len}, &kid),
                      QK_OK);
     assert_int_equal(STORE_CALL(st, profile_create, org, "default", "local", kid,
-                                (qk_slice){f->cs.chain_der.data, f->cs.chain_der.len}, NULL, &pid),
+                                (qk_slice){f->cs.chain_der.data, f->cs.chain_der.len}, NULL, NULL,
+                                &pid),
                      QK_OK);
     assert_int_equal(STORE_CALL(st, profile_get, org, "default", &p, &found), QK_OK);
     assert_int_equal(signer_open_profile(st, f->kr, &p, &sg), QK_OK);
@@ -246,7 +247,8 @@ static void test_signer_from_sealed_profile(void **state)
                                 (qk_slice){sealed.data, sealed.len}, &kid2),
                      QK_OK);
     assert_int_equal(STORE_CALL(st, profile_create, org2, "copied", "local", kid2,
-                                (qk_slice){f->cs.chain_der.data, f->cs.chain_der.len}, NULL, &pid),
+                                (qk_slice){f->cs.chain_der.data, f->cs.chain_der.len}, NULL, NULL,
+                                &pid),
                      QK_OK);
     assert_int_equal(STORE_CALL(st, profile_get, org2, "copied", &p, &found), QK_OK);
     assert_int_equal(signer_open_profile(st, f->kr, &p, &sg), QK_ERR_CRYPTO);

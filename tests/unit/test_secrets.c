@@ -6,9 +6,11 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include "secrets.h"
+#include "util.h"
 
 typedef struct fixture {
     char *dir;
@@ -228,6 +230,97 @@ static void test_rotation_keeps_old_blobs(void **state)
     keyring_free(kr3);
 }
 
+#define HEX64 "0000000000000000000000000000000000000000000000000000000000000000"
+
+/* Each key carries the time it was made: the previous key's grace period
+ * starts when its successor is created. Keyrings without the field load. */
+static void test_keyring_creation_times(void **state)
+{
+    fixture *f = *state;
+    keyring_info info[SECRETS_MAX_KEYS];
+    qk_keyring *kr = NULL;
+    char p[4200];
+    time_t now = time(NULL);
+
+    assert_int_equal(keyring_info_get(f->kr, info), 1);
+    assert_int_equal(info[0].kid, 1);
+    assert_true(info[0].created >= now - 60 && info[0].created <= now + 60);
+    assert_int_equal(keyring_rotate(f->path), QK_OK);
+    assert_int_equal(keyring_load(f->path, &kr), QK_OK);
+    assert_int_equal(keyring_info_get(kr, info), 2);
+    assert_int_equal(info[1].kid, 2);
+    assert_true(info[1].created >= info[0].created && info[1].created <= now + 60);
+    keyring_free(kr);
+
+    snprintf(p, sizeof(p), "%s/legacy.key", f->dir);
+    /* Listed out of order: the info comes sorted by kid. */
+    write_text(p, "qwick-keyring v1\n7 " HEX64 " 1700000000\n3 " HEX64 "\n");
+    assert_int_equal(keyring_load(p, &kr), QK_OK);
+    assert_int_equal(keyring_info_get(kr, info), 2);
+    assert_true(info[0].kid == 3 && info[0].created == 0);
+    assert_true(info[1].kid == 7 && info[1].created == 1700000000);
+    assert_int_equal(keyring_current_kid(kr), 7);
+    keyring_free(kr);
+
+    static const char *const bad[] = {
+        "qwick-keyring v1\n1 " HEX64 " soon\n",
+        "qwick-keyring v1\n1 " HEX64 " -5\n",
+        "qwick-keyring v1\n1 " HEX64 " 0\n",
+        "qwick-keyring v1\n1 " HEX64 " 12 13\n",
+        "qwick-keyring v1\n1 " HEX64 " 99999999999999999999999\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        write_text(p, bad[i]);
+        assert_int_equal(keyring_load(p, &kr), QK_ERR_BAD_DER);
+        assert_null(kr);
+    }
+}
+
+/* Retiring drops a key for good: what it sealed no longer opens, what the
+ * others sealed still does; the newest key and unknown kids are refused. */
+static void test_keyring_retire(void **state)
+{
+    fixture *f = *state;
+    qk_keyring *kr = NULL;
+    qk_buf old = {NULL, 0}, fresh = {NULL, 0}, out = {NULL, 0}, before = {NULL, 0},
+           after = {NULL, 0};
+    keyring_info info[SECRETS_MAX_KEYS];
+    struct stat st;
+
+    assert_int_equal(secrets_seal(f->kr, SECRET_SLICE, "a", &old), QK_OK);
+    assert_int_equal(keyring_rotate(f->path), QK_OK);
+    assert_int_equal(keyring_load(f->path, &kr), QK_OK);
+    assert_int_equal(secrets_seal(kr, SECRET_SLICE, "a", &fresh), QK_OK);
+    keyring_free(kr);
+
+    uint32_t newest = 2, unknown = 9, first = 1;
+    assert_int_equal(file_read_all(f->path, 4096, &before), QK_OK);
+    assert_int_equal(keyring_retire(f->path, &newest, 1), QK_ERR_INVALID_ARG);
+    assert_int_equal(keyring_retire(f->path, &unknown, 1), QK_ERR_INVALID_ARG);
+    uint32_t mixed[] = {1, 2};
+    assert_int_equal(keyring_retire(f->path, mixed, 2), QK_ERR_INVALID_ARG);
+    assert_int_equal(file_read_all(f->path, 4096, &after), QK_OK);
+    assert_int_equal(after.len, before.len); /* refused: nothing written */
+    assert_memory_equal(after.data, before.data, before.len);
+
+    assert_int_equal(keyring_retire(f->path, &first, 1), QK_OK);
+    assert_int_equal(stat(f->path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    assert_int_equal(keyring_load(f->path, &kr), QK_OK);
+    assert_int_equal(keyring_info_get(kr, info), 1);
+    assert_int_equal(info[0].kid, 2);
+    assert_int_equal(secrets_open(kr, (qk_slice){fresh.data, fresh.len}, "a", &out), QK_OK);
+    qk_buf_free(&out);
+    assert_int_equal(secrets_open(kr, (qk_slice){old.data, old.len}, "a", &out), QK_ERR_CRYPTO);
+    /* The last key is the newest: it cannot go. */
+    assert_int_equal(keyring_retire(f->path, &newest, 1), QK_ERR_INVALID_ARG);
+    keyring_free(kr);
+    qk_buf_free(&old);
+    qk_buf_free(&fresh);
+    qk_buf_free(&before);
+    qk_buf_free(&after);
+}
+
 static void test_too_large(void **state)
 {
     fixture *f = *state;
@@ -252,6 +345,8 @@ int main(void)
         T(test_other_keyring_cannot_open),
         T(test_rotation_keeps_old_blobs),
         T(test_too_large),
+        T(test_keyring_creation_times),
+        T(test_keyring_retire),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
