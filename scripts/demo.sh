@@ -69,10 +69,12 @@ fi
 # 6. The signature is on record: the transparency log, checked from outside
 #    under the log key init printed.
 logkey=$(json_get "$tmp/init.json" log_public_key)
-XDG_STATE_HOME=$tmp/state "$QWICK" log inclusion --log-key "$logkey" "$tmp/hello.exe" \
+XDG_STATE_HOME=$tmp/state "$QWICK" log inclusion --server "$QWICKD_URL" --cacert "$QWICKD_TLS_CA" \
+    --log-key "$logkey" "$tmp/hello.exe" \
     >"$tmp/incl.out" 2>"$tmp/incl.err" || die "qwick log inclusion" "$tmp/incl.err"
 echo "  log      $(sed 's|^.*/hello.exe: ||' "$tmp/incl.out")"
-XDG_STATE_HOME=$tmp/state "$QWICK" log verify --log-key "$logkey" >"$tmp/lv.out" 2>"$tmp/lv.err" ||
+XDG_STATE_HOME=$tmp/state "$QWICK" log verify --server "$QWICKD_URL" --cacert "$QWICKD_TLS_CA" \
+    --log-key "$logkey" >"$tmp/lv.out" 2>"$tmp/lv.err" ||
     die "qwick log verify" "$tmp/lv.err"
 echo "  log      checkpoint verified: $(cat "$tmp/lv.out")"
 
