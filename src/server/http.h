@@ -115,6 +115,11 @@ void http_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
  * A client address (ratelimit_key: IPv4 address, IPv6 /64) holds at most
  * max_per_ip connections; more are refused at accept. */
 typedef struct http_guard http_guard;
+/* What a connection waits for, in the guard's terms: nothing of the client
+ * while a handler has the request. http.c moves each connection through
+ * the phases; the guard enforces their deadlines. */
+enum guard_phase { PHASE_NONE = 0, PHASE_HANDSHAKE = 1, PHASE_HEAD = 2, PHASE_BODY = 3 };
+void http_guard_enter(struct MHD_Connection *conn, enum guard_phase p);
 typedef struct http_guard_opts {
     unsigned max_per_ip;
     size_t max_connections; /* sizes the address table */
