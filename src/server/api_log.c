@@ -52,11 +52,6 @@ static int query_int(http_req *req, const char *name, int64_t *out)
     return 1;
 }
 
-static int member_key(http_req *req, store_apikey *key)
-{
-    return api_authenticate(req, key);
-}
-
 static int no_log_key(http_req *req)
 {
     if (req->srv->logkey != NULL)
@@ -68,7 +63,7 @@ static int no_log_key(http_req *req)
 void api_log_public_key(http_req *req)
 {
     store_apikey key;
-    if (member_key(req, &key) != 0)
+    if (api_authenticate(req, &key) != 0)
         return;
     if (!no_log_key(req)) {
         char *text = xasprintf("%s\n", tl_key_vkey(req->srv->logkey));
@@ -96,7 +91,7 @@ void api_log_checkpoint(http_req *req)
 {
     store_apikey key;
     store_checkpoint cp;
-    if (member_key(req, &key) != 0)
+    if (api_authenticate(req, &key) != 0)
         return;
     if (!no_log_key(req) && latest(req, key.org_id, &cp) == 0) {
         http_bytes(req, 200, "text/plain; charset=utf-8", cp.note, strlen(cp.note));
@@ -174,7 +169,7 @@ void api_log_entries(http_req *req)
     int64_t start = 0, end = 0;
     int hs, he;
     qk_err rc;
-    if (member_key(req, &key) != 0)
+    if (api_authenticate(req, &key) != 0)
         return;
     const char *sig = query(req, "signature");
     if (sig != NULL) {
@@ -245,7 +240,7 @@ void api_log_inclusion(http_req *req)
     store_proof p;
     int64_t index = 0, size = 0;
     int has;
-    if (member_key(req, &key) != 0)
+    if (api_authenticate(req, &key) != 0)
         return;
     if ((has = query_int(req, "index", &index)) == 0)
         http_error(req, 400, "missing_field", "query parameter 'index' is required");
@@ -264,7 +259,7 @@ void api_log_consistency(http_req *req)
     store_proof p;
     int64_t from = 0, to = 0;
     int has;
-    if (member_key(req, &key) != 0)
+    if (api_authenticate(req, &key) != 0)
         return;
     if ((has = query_int(req, "from", &from)) == 0)
         http_error(req, 400, "missing_field", "query parameter 'from' is required");

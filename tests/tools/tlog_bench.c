@@ -58,7 +58,7 @@ static double now_s(void)
 /* Mean microseconds per inclusion proof (+ check) in the tree of `size`. */
 static double time_inclusion(qk_store *s, int64_t org, int64_t size, int reps)
 {
-    store_proof p, leafp;
+    store_proof p;
     store_log_entry *e = NULL;
     size_t ne = 0;
     double t0 = now_s();
@@ -66,7 +66,6 @@ static double time_inclusion(qk_store *s, int64_t org, int64_t size, int reps)
         int64_t idx = (int64_t)(randombytes_uniform((uint32_t)size));
         if (STORE_CALL(s, log_prove, org, PROOF_INCLUSION, idx, size, &p) != QK_OK)
             return -1;
-        (void)leafp;
         if (i < 20) { /* check a few against their leaves (outside the timing's bulk) */
             tlog_hash lh;
             if (STORE_CALL(s, log_entries, org, idx, idx + 1, &e, &ne) != QK_OK || ne != 1)
