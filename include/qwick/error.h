@@ -42,6 +42,17 @@ QK_EXPORT const char *qk_strerror(qk_err err);
  * error queue, the field that was wrong...). Empty string when none. */
 QK_EXPORT const char *qk_error_detail(void);
 
+/* Records a printf-style detail for `err` on this thread and returns `err`,
+ * so call sites read `return qk_fail(QK_ERR_X, "what %s", why);`. */
+QK_EXPORT qk_err qk_fail(qk_err err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Like qk_fail, appending OpenSSL's error queue (which it then clears). */
+QK_EXPORT qk_err qk_fail_ossl(qk_err err, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Clears this thread's error detail. */
+QK_EXPORT void qk_clear_detail(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,8 +6,8 @@
 #include <stddef.h>
 
 #include "qwick/error.h"
-#include "../common/xalloc.h"
-#include "../common/hex.h"
+#include "common/xalloc.h"
+#include "common/hex.h"
 
 #define QK_EXIT_OK 0
 #define QK_EXIT_FAIL 1

@@ -15,7 +15,7 @@
 
 #include "cli.h"
 #include "client.h"
-#include "../common/b64.h"
+#include "common/b64.h"
 #include "qwick/authenticode.h"
 
 #ifndef QWICK_VERSION

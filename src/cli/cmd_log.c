@@ -29,9 +29,9 @@
 #include "config.h"
 #include "qwick/hash.h"
 #include "qwick/pe.h"
-#include "../common/b64.h"
-#include "../common/file_atomic.h"
-#include "../common/tlog.h"
+#include "common/b64.h"
+#include "common/file_atomic.h"
+#include "common/tlog.h"
 
 #define STATE_MAX (64 * 1024)
 

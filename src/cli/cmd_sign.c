@@ -21,14 +21,14 @@
 
 #include "cli.h"
 #include "client.h"
-#include "file_atomic.h"
+#include "common/file_atomic.h"
 #include "config.h"
 #include "qwick/authenticode.h"
 #include "qwick/pe.h"
 #include "qwick/tsp.h"
 #include "qwick/verify.h"
 #include "tsa_client.h"
-#include "utf8.h"
+#include "common/utf8.h"
 
 /* More workers than this only queue on the server and the TSA. */
 #define SIGN_MAX_JOBS 64

@@ -13,7 +13,7 @@
 #include "cli.h"
 #include "qwick/pe.h"
 #include "qwick/verify.h"
-#include "utf8.h"
+#include "common/utf8.h"
 
 /* Largest detached signature file read. */
 #define MAX_SIG_FILE (16u * 1024u * 1024u)

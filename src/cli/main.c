@@ -1,6 +1,6 @@
 /* qwick: the Qwick command-line client. */
 #include "cli.h"
-#include "subcmd.h"
+#include "common/subcmd.h"
 
 #ifndef QWICK_VERSION
 #define QWICK_VERSION "0.1.0"

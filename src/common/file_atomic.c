@@ -1,4 +1,4 @@
-#include "file_atomic.h"
+#include "common/file_atomic.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "xalloc.h"
+#include "common/xalloc.h"
 
 int fd_write_all(int fd, const void *data, size_t n)
 {

@@ -1,4 +1,4 @@
-#include "hex.h"
+#include "common/hex.h"
 
 void hex_encode(const uint8_t *p, size_t n, char *out)
 {

@@ -1,4 +1,4 @@
-#include "subcmd.h"
+#include "common/subcmd.h"
 
 #include <stdio.h>
 #include <string.h>

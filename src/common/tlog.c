@@ -1,6 +1,6 @@
 /* Merkle tree hashing and proofs (RFC 9162), signed-note checkpoints (C2SP)
  * and the leaf encoding of audit entries; see tlog.h. */
-#include "tlog.h"
+#include "common/tlog.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -12,8 +12,8 @@
 #include <openssl/evp.h>
 #include <openssl/sha.h>
 
-#include "b64.h"
-#include "xalloc.h"
+#include "common/b64.h"
+#include "common/xalloc.h"
 
 /* ---- hashing ----------------------------------------------------------- */
 

@@ -1,8 +1,8 @@
-#include "utf8.h"
+#include "common/utf8.h"
 
 #include <string.h>
 
-#include "xalloc.h"
+#include "common/xalloc.h"
 
 size_t utf8_seq_len(const char *str)
 {

@@ -5,7 +5,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "xalloc.h"
+#include "common/xalloc.h"
 
 static void oom(void)
 {

@@ -6,9 +6,9 @@
 #include <curl/curl.h>
 #include <sodium.h>
 
-#include "hardening.h"
-#include "qwickd.h"
-#include "subcmd.h"
+#include "core/hardening.h"
+#include "admin/qwickd.h"
+#include "common/subcmd.h"
 
 static const subcmd commands[] = {
     {"init", cmd_init, "create a data directory: database, master key, dev PKI, first API key"},

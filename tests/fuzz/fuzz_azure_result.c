@@ -23,7 +23,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-#include "azure/azure_result.h"
+#include "signer/azure/azure_result.h"
 #include "fuzz_common.h"
 #include "qwick/authenticode.h"
 

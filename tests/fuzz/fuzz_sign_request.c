@@ -6,7 +6,7 @@
 #include <string.h>
 
 #include "fuzz_common.h"
-#include "sign_input.h"
+#include "api/sign_input.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

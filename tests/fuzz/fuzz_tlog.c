@@ -17,7 +17,7 @@
 
 #include <openssl/evp.h>
 
-#include "../../src/common/tlog.h"
+#include "common/tlog.h"
 #include "fuzz_common.h"
 
 static uint8_t seed_pub[32];

@@ -14,8 +14,8 @@
 
 #include <sodium.h>
 
-#include "store.h"
-#include "tlog.h"
+#include "store/store.h"
+#include "common/tlog.h"
 
 #define THREADS 16
 

@@ -9,7 +9,7 @@
 
 #include <sodium.h>
 
-#include "apikey.h"
+#include "auth/apikey.h"
 
 typedef struct fixture {
     char *dir;

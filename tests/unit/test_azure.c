@@ -24,10 +24,10 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
-#include "azure/azure_cfg.h"
-#include "azure/azure_result.h"
-#include "b64.h"
-#include "profile.h"
+#include "signer/azure/azure_cfg.h"
+#include "signer/azure/azure_result.h"
+#include "common/b64.h"
+#include "signer/profile.h"
 #include "qwick/authenticode.h"
 
 /* ---- test PKI ------------------------------------------------------------ */

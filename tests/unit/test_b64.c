@@ -7,7 +7,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "b64.h"
+#include "common/b64.h"
 
 static void round_trips(void **state)
 {

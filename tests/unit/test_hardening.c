@@ -15,8 +15,8 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
-#include "hardening.h"
-#include "pki.h"
+#include "core/hardening.h"
+#include "signer/pki.h"
 
 static void test_process_state(void **state)
 {

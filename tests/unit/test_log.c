@@ -14,7 +14,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "log.h"
+#include "core/log.h"
 
 static char *dir;
 static char path[4096];

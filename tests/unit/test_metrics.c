@@ -10,7 +10,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "metrics.h"
+#include "core/metrics.h"
 
 static char *render(metrics *m)
 {

@@ -13,10 +13,10 @@
 #include <openssl/rsa.h>
 #include <openssl/x509v3.h>
 
-#include "pki.h"
-#include "signer.h"
-#include "store.h"
-#include "util.h"
+#include "signer/pki.h"
+#include "signer/signer.h"
+#include "store/store.h"
+#include "core/util.h"
 
 typedef struct fixture {
     char *dir;

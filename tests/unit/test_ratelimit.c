@@ -14,7 +14,7 @@
 #include <sys/un.h>
 #include <cmocka.h>
 
-#include "ratelimit.h"
+#include "core/ratelimit.h"
 
 static ratelimit_key v4(const char *a)
 {

@@ -9,8 +9,8 @@
 #include <time.h>
 #include <cmocka.h>
 
-#include "secrets.h"
-#include "util.h"
+#include "core/secrets.h"
+#include "core/util.h"
 
 typedef struct fixture {
     char *dir;

@@ -9,8 +9,8 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "b64.h"
-#include "sign_input.h"
+#include "common/b64.h"
+#include "api/sign_input.h"
 
 static char d32[B64_ENCODED_SIZE(32)], d48[B64_ENCODED_SIZE(48)], d64[B64_ENCODED_SIZE(64)];
 

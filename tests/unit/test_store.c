@@ -16,9 +16,9 @@
 
 #include <inttypes.h>
 #include <sodium.h>
-#include "hex.h"
-#include "store.h"
-#include "tlog.h"
+#include "common/hex.h"
+#include "store/store.h"
+#include "common/tlog.h"
 
 typedef struct fixture {
     char *dir;

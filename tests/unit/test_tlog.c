@@ -13,7 +13,7 @@
 #include <openssl/sha.h>
 #include <sodium.h>
 
-#include "tlog.h"
+#include "common/tlog.h"
 
 #define MAXLEAVES 70
 

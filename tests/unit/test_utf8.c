@@ -7,7 +7,7 @@
 #include <string.h>
 #include <cmocka.h>
 
-#include "utf8.h"
+#include "common/utf8.h"
 
 static void test_seq_len(void **state)
 {

@@ -1,0 +1,241 @@
+/* RFC 3161 responder on OpenSSL's TS_RESP_CTX.
+ *
+ * POST /tsa is admitted on the HTTP thread (the client address's token
+ * bucket, the API key when required, the media type), then the connection is
+ * suspended and the RSA signature is made on a signing thread, so a flood of
+ * timestamp requests queues behind signing work instead of stalling the
+ * threads that authenticate and answer every other request. */
+#include "tsa/tsa.h"
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <openssl/ts.h>
+
+#include "api/api.h"
+#include "core/log.h"
+#include "core/ratelimit.h"
+#include "api/server.h"
+#include "core/workq.h"
+
+struct tsa {
+    X509 *cert;
+    EVP_PKEY *key;
+    STACK_OF(X509) *chain; /* may be NULL */
+    ASN1_OBJECT *policy;
+    uint8_t serial_prefix[8];
+    atomic_uint_fast64_t counter;
+};
+
+qk_err tsa_new(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const char *policy_oid, tsa **out)
+{
+    qk_err rc = QK_ERR_CRYPTO;
+    tsa *t = NULL;
+    *out = NULL;
+
+    t = calloc(1, sizeof(*t));
+    if (t == NULL)
+        return QK_ERR_NOMEM;
+    t->policy = OBJ_txt2obj(policy_oid ? policy_oid : TSA_DEFAULT_POLICY, 1);
+    if (t->policy == NULL) {
+        rc = qk_fail(QK_ERR_INVALID_ARG, "TSA policy %s is not a dotted OID", policy_oid);
+        goto out;
+    }
+    /* TS_RESP_CTX_set_signer_cert insists on the critical timeStamping EKU;
+     * check it here once so a wrong certificate fails start-up, not requests. */
+    if (X509_check_purpose(cert, X509_PURPOSE_TIMESTAMP_SIGN, 0) != 1 ||
+        X509_check_private_key(cert, key) != 1) {
+        rc = qk_fail_ossl(QK_ERR_CRYPTO,
+                          "TSA certificate lacks the timeStamping EKU or does not match its key");
+        goto out;
+    }
+    if (!X509_up_ref(cert) || !EVP_PKEY_up_ref(key))
+        goto out;
+    t->cert = cert;
+    t->key = key;
+    if (chain != NULL && (t->chain = X509_chain_up_ref(chain)) == NULL)
+        goto out;
+    if (RAND_bytes(t->serial_prefix, sizeof(t->serial_prefix)) != 1) {
+        rc = qk_fail_ossl(QK_ERR_CRYPTO, "RAND_bytes");
+        goto out;
+    }
+    /* Positive and never starting with a zero byte: serials stay 16 bytes. */
+    t->serial_prefix[0] = (uint8_t)((t->serial_prefix[0] & 0x7f) | 0x40);
+    atomic_init(&t->counter, 1);
+    *out = t;
+    t = NULL;
+    rc = QK_OK;
+out:
+    tsa_free(t);
+    return rc;
+}
+
+void tsa_free(tsa *t)
+{
+    if (t == NULL)
+        return;
+    X509_free(t->cert);
+    EVP_PKEY_free(t->key);
+    sk_X509_pop_free(t->chain, X509_free);
+    ASN1_OBJECT_free(t->policy);
+    free(t);
+}
+
+static ASN1_INTEGER *serial_cb(TS_RESP_CTX *ctx, void *data)
+{
+    tsa *t = data;
+    uint8_t b[16];
+    uint64_t n = atomic_fetch_add(&t->counter, 1);
+    memcpy(b, t->serial_prefix, 8);
+    for (int i = 0; i < 8; i++)
+        b[8 + i] = (uint8_t)(n >> (56 - 8 * i));
+    ASN1_INTEGER *ai = NULL;
+    BIGNUM *bn = BN_bin2bn(b, sizeof(b), NULL);
+    if (bn != NULL)
+        ai = BN_to_ASN1_INTEGER(bn, NULL);
+    BN_free(bn);
+    if (ai == NULL) {
+        TS_RESP_CTX_set_status_info(ctx, TS_STATUS_REJECTION, "cannot allocate a serial number");
+        TS_RESP_CTX_add_failure_info(ctx, TS_INFO_ADD_INFO_NOT_AVAILABLE);
+    }
+    return ai;
+}
+
+static TS_RESP_CTX *make_ctx(tsa *t)
+{
+    TS_RESP_CTX *ctx = TS_RESP_CTX_new();
+    if (ctx == NULL)
+        return NULL;
+    /* A context holds the request it is answering, so each request gets its
+     * own; setting one up is a few allocations next to an RSA signature. */
+    if (!TS_RESP_CTX_set_signer_cert(ctx, t->cert) || !TS_RESP_CTX_set_signer_key(ctx, t->key) ||
+        (t->chain != NULL && !TS_RESP_CTX_set_certs(ctx, t->chain)) ||
+        !TS_RESP_CTX_set_def_policy(ctx, t->policy) || !TS_RESP_CTX_add_md(ctx, EVP_sha256()) ||
+        !TS_RESP_CTX_add_md(ctx, EVP_sha384()) || !TS_RESP_CTX_add_md(ctx, EVP_sha512()) ||
+        !TS_RESP_CTX_set_accuracy(ctx, 1, 0, 0) ||
+        !TS_RESP_CTX_set_signer_digest(ctx, EVP_sha256()) ||
+        !TS_RESP_CTX_set_ess_cert_id_digest(ctx, EVP_sha256())) {
+        TS_RESP_CTX_free(ctx);
+        return NULL;
+    }
+    TS_RESP_CTX_set_serial_cb(ctx, serial_cb, t);
+    return ctx;
+}
+
+/* True when `der` is exactly one DER TimeStampReq: OpenSSL's BIO reader would
+ * otherwise accept trailing bytes after the first object. */
+static int strict_request(const uint8_t *der, size_t len)
+{
+    if (len == 0 || len > TSA_MAX_REQUEST)
+        return 0;
+    const unsigned char *p = der;
+    TS_REQ *r = d2i_TS_REQ(NULL, &p, (long)len);
+    int ok = r != NULL && p == der + len;
+    TS_REQ_free(r);
+    ERR_clear_error();
+    return ok;
+}
+
+/* Answers `req` from its body; any thread. */
+static void tsa_answer(tsa *t, http_req *req)
+{
+    TS_RESP_CTX *ctx = NULL;
+    BIO *in = NULL;
+    TS_RESP *resp = NULL;
+    unsigned char *der = NULL;
+
+    if ((ctx = make_ctx(t)) == NULL)
+        goto fail;
+    /* A malformed request is answered with a TimeStampResp (rejection,
+     * badDataFormat), as RFC 3161 asks: feeding OpenSSL an empty input makes
+     * it build exactly that. */
+    if (strict_request(req->body, req->body_len))
+        in = BIO_new_mem_buf(req->body, (int)req->body_len);
+    else
+        in = BIO_new_mem_buf("", 0);
+    if (in == NULL || (resp = TS_RESP_create_response(ctx, in)) == NULL)
+        goto fail;
+    int len = i2d_TS_RESP(resp, &der);
+    if (len <= 0)
+        goto fail;
+    long status = ASN1_INTEGER_get(TS_STATUS_INFO_get0_status(TS_RESP_get_status_info(resp)));
+    metrics_timestamp(req->srv->metrics, (int)status);
+    /* i2d allocated with OPENSSL_malloc, which is malloc unless replaced. */
+    void *body = malloc((size_t)len);
+    if (body == NULL)
+        goto fail;
+    memcpy(body, der, (size_t)len);
+    http_bytes(req, 200, "application/timestamp-reply", body, (size_t)len);
+    goto out;
+fail:
+    log_kv(LOG_ERROR, "tsa failure", "request_id", req->id, "detail",
+           ERR_reason_error_string(ERR_peek_last_error()), NULL);
+    ERR_clear_error();
+    http_error(req, 500, "internal", "the time-stamping authority failed");
+out:
+    OPENSSL_free(der);
+    TS_RESP_free(resp);
+    BIO_free(in);
+    TS_RESP_CTX_free(ctx);
+}
+
+/* A signing thread's job: answer, then resume (`req` is not touched after
+ * http_resume: the pool thread may free it at once). */
+static void tsa_run(void *arg)
+{
+    http_req *req = arg;
+    tsa_answer(req->srv->tsa, req);
+    http_resume(req);
+}
+
+/* 0 when the client address has a token left; otherwise answers 429 with
+ * Retry-After and returns -1. */
+static int tsa_admit(http_req *req)
+{
+    ratelimit_key k;
+    unsigned wait_s = 1;
+    struct timespec now;
+    if (req->srv->tsa_limit == NULL || ratelimit_key_of(http_client_addr(req), &k) != 0)
+        return 0;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint64_t ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
+    if (ratelimit_take(req->srv->tsa_limit, &k, ms, &wait_s))
+        return 0;
+    snprintf(req->retry_after, sizeof(req->retry_after), "%u", wait_s);
+    http_error(req, 429, "rate_limited", "too many timestamp requests from this address");
+    http_header_set(req, "Retry-After", req->retry_after);
+    return -1;
+}
+
+void tsa_handle(http_req *req)
+{
+    server *srv = req->srv;
+
+    if (tsa_admit(req) != 0)
+        return;
+    if (srv->tsa_require_key) {
+        store_apikey key;
+        if (api_authenticate(req, &key) != 0)
+            return;
+        store_apikey_clear(&key); /* any role will do */
+    }
+    if (srv->tsa == NULL) {
+        http_error(req, 503, "tsa_unavailable", "this server has no TSA key");
+        return;
+    }
+    if (!http_content_type_is(req, "application/timestamp-query")) {
+        http_error(req, 415, "unsupported_media_type",
+                   "Content-Type must be application/timestamp-query");
+        return;
+    }
+    /* Suspend first, so no thread can resume a connection not yet suspended. */
+    http_suspend(req);
+    if (workq_push(srv->signq, tsa_run, req) != 0)
+        tsa_run(req); /* no signing thread (shutting down): sign here */
+}

@@ -1,0 +1,35 @@
+/* The built-in RFC 3161 time-stamping authority (POST /tsa).
+ *
+ * Policy: TSA_DEFAULT_POLICY, an OID under a private-enterprise arc used as a
+ * placeholder for development deployments (override with "tsa": {"policy"} in
+ * qwickd.json). Accepted imprints: SHA-256/384/512. Accuracy: 1 second.
+ * Serial numbers: 64 random bits chosen at start-up followed by a 64-bit
+ * counter, so they are unique within a run and, with overwhelming
+ * probability, across restarts. */
+#ifndef QWICKD_TSA_H
+#define QWICKD_TSA_H
+
+#include <openssl/x509.h>
+
+#include "http/http.h"
+#include "qwick/error.h"
+
+#define TSA_DEFAULT_POLICY "1.3.6.1.4.1.65535.1.1"
+/* An RFC 3161 request is ~100 bytes with a SHA-512 imprint and a nonce;
+ * extensions could add a little. Anything larger is not a request. */
+#define TSA_MAX_REQUEST (16u * 1024u)
+
+typedef struct tsa tsa;
+
+/* Takes references to cert/key/chain (the caller keeps its own). `chain`
+ * holds certificates to include after the TSA's own (may be NULL). */
+qk_err tsa_new(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const char *policy_oid, tsa **out);
+void tsa_free(tsa *t);
+
+/* Route handler for POST /tsa: admits the request on the HTTP thread (the
+ * client address's token bucket req->srv->tsa_limit: 429 + Retry-After; the
+ * API key when req->srv->tsa_require_key: 401), then suspends the connection
+ * and signs with req->srv->tsa on a signing thread (req->srv->signq). */
+void tsa_handle(http_req *req);
+
+#endif
