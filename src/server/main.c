@@ -17,6 +17,7 @@ static const subcmd commands[] = {
     {"profile", cmd_profile, "create, list, show and disable certificate profiles"},
     {"audit", cmd_audit, "verify the transparency log of every org"},
     {"keyring", cmd_keyring, "master key status, rotation (re-sealing every secret), retirement"},
+    {"org", cmd_org, "create and list orgs (tenants)"},
     {"operator", cmd_operator, "create, list and revoke operator tokens (GET /metrics)"},
 };
 

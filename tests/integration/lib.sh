@@ -30,7 +30,19 @@
 #                              Signing) on 127.0.0.1; sets AZ_URL, AZ_PID, AZ_DIR
 #   emu_faults JSON / emu_state FILE   set the emulator's faults / save its state
 #   azure_profile_json FILE [CREDENTIALS-JSON]  an Azure profile config for it
-#   qwickd_init DATA           `qwickd init --json` into $tmp/init.json; sets
+# PostgreSQL (the store under test is PostgreSQL when QWICK_TEST_STORE=pg):
+#   pg_start                   a PostgreSQL server: the one run-tests.sh started
+#                              (QWICK_TEST_PG_URL, a superuser URL), else a cluster
+#                              of this script's own in $tmp/pg (stopped by the
+#                              trap); sets PG_SUPER_URL, PG_PORT
+#   pg_newdb NAME              a fresh database owned by the role qwick_owner
+#                              (LOGIN CREATEROLE, made when missing); prints the
+#                              owner's URL, the one `qwickd init --database` takes
+#   pg_sql SQL...              psql as the superuser on PG_SUPER_URL (-At, stop on error)
+#   store_is_pg                true when QWICK_TEST_STORE=pg
+#   qwickd_init DATA           `qwickd init --json` into $tmp/init.json (with
+#                              --database on a pg_newdb database under
+#                              QWICK_TEST_STORE=pg; sets QWICKD_DATABASE_URL); sets
 #                              QWICKD_API_KEY, QWICKD_OPERATOR_TOKEN (GET /metrics),
 #                              QWICKD_ROOT_CA, QWICKD_TSA_ROOT_CA, QWICKD_TLS_CA
 #   start_qwickd DATA [SERVE-ARGS...]  init (when not yet done), then `qwickd
@@ -64,8 +76,10 @@ t_init() { # NAME
     trap t_cleanup EXIT
     trap 'exit 1' INT TERM HUP
 }
+t_pgdir=""
 t_cleanup() {
     stop_all
+    [ -z "$t_pgdir" ] || sh "$SRC_ROOT/tests/tools/pgcluster.sh" stop "$t_pgdir" >/dev/null 2>&1 || true
     [ -z "$tmp" ] || rm -rf "$tmp"
 }
 
@@ -245,7 +259,42 @@ azure_profile_json() { # FILE [CREDENTIALS-JSON]
 EOF
 }
 
+store_is_pg() { [ "${QWICK_TEST_STORE:-sqlite}" = pg ]; }
+pg_start() {
+    [ -z "${PG_SUPER_URL:-}" ] || return 0
+    if [ -n "${QWICK_TEST_PG_URL:-}" ]; then
+        PG_SUPER_URL=$QWICK_TEST_PG_URL
+    else
+        need psql
+        # A free port: bind 0 and read it back (a race with others is unlikely
+        # on loopback, and pgcluster.sh fails loudly if it is lost).
+        _pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        sh "$SRC_ROOT/tests/tools/pgcluster.sh" start "$tmp/pg" "$_pgport" >"$tmp/pg.log" 2>&1 ||
+            die "pgcluster.sh start" "$tmp/pg.log"
+        t_pgdir="$tmp/pg"
+        PG_SUPER_URL="postgresql://postgres@127.0.0.1:$_pgport/postgres"
+    fi
+    PG_PORT=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.urlparse(sys.argv[1]).port)' "$PG_SUPER_URL")
+}
+pg_sql() { # SQL...
+    psql "$PG_SUPER_URL" -X -q -At -v ON_ERROR_STOP=1 "$@"
+}
+pg_newdb() { # NAME
+    pg_start
+    _db="qt_$(echo "$1" | tr -c 'a-z0-9_\n' '_')_$(od -An -N4 -tx4 /dev/urandom | tr -d ' \n')"
+    pg_sql -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'qwick_owner')
+               THEN CREATE ROLE qwick_owner LOGIN CREATEROLE; END IF; END \$\$" \
+        -c "CREATE DATABASE $_db OWNER qwick_owner" >"$tmp/pgnewdb.log" 2>&1 ||
+        die "creating database $_db" "$tmp/pgnewdb.log"
+    echo "postgresql://qwick_owner@127.0.0.1:$PG_PORT/$_db"
+}
+
 qwickd_init() { # DATA
+    if store_is_pg; then
+        pg_start
+        QWICKD_DATABASE_URL=$(pg_newdb "$t_name") || exit 1
+        export QWICKD_DATABASE_URL
+    fi
     "$QWICKD" init --data "$1" --json >"$tmp/init.json" 2>"$tmp/init.log" ||
         die "qwickd init" "$tmp/init.log"
     QWICKD_DATA=$1

@@ -102,7 +102,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (sodium_init() < 0 || store_sqlite_open(argv[1], &s) != QK_OK ||
-        STORE_CALL(s, org_create, "bench", &org) != QK_OK) {
+        STORE_CALL(s, org_create, "bench", NULL, &org) != QK_OK) {
         fprintf(stderr, "tlog-bench: cannot open the store in %s: %s\n", argv[1],
                 qk_error_detail());
         return 1;

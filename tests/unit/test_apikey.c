@@ -22,8 +22,8 @@ static int setup(void **state)
     fixture *f = calloc(1, sizeof(*f));
     f->dir = tmpdir_new();
     if (store_sqlite_open(f->dir, &f->s) != QK_OK ||
-        STORE_CALL(f->s, org_create, "a", &f->org_a) != QK_OK ||
-        STORE_CALL(f->s, org_create, "b", &f->org_b) != QK_OK)
+        STORE_CALL(f->s, org_create, "a", NULL, &f->org_a) != QK_OK ||
+        STORE_CALL(f->s, org_create, "b", NULL, &f->org_b) != QK_OK)
         return -1;
     *state = f;
     return 0;

@@ -220,8 +220,8 @@ static void test_signer_from_sealed_profile(void **state)
     int found = 0;
 
     assert_int_equal(store_sqlite_open(f->dir, &st), QK_OK);
-    assert_int_equal(STORE_CALL(st, org_create, "acme", &org), QK_OK);
-    assert_int_equal(STORE_CALL(st, org_create, "other", &org2), QK_OK);
+    assert_int_equal(STORE_CALL(st, org_create, "acme", NULL, &org), QK_OK);
+    assert_int_equal(STORE_CALL(st, org_create, "other", NULL, &org2), QK_OK);
     secrets_aad_signing_key(aad, org);
     assert_int_equal(
         secrets_seal(f->kr, (qk_slice){f->cs.key_pem.data, f->cs.key_pem.len}, aad, &sealed),

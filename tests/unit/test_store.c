@@ -83,7 +83,7 @@ static int64_t raw_int(const char *dir, const char *sql)
 static int64_t new_org(qk_store *s, const char *name)
 {
     int64_t id = 0;
-    assert_int_equal(STORE_CALL(s, org_create, name, &id), QK_OK);
+    assert_int_equal(STORE_CALL(s, org_create, name, NULL, &id), QK_OK);
     assert_true(id > 0);
     return id;
 }
@@ -231,7 +231,7 @@ static void test_round_trips(void **state)
     assert_int_equal(found, 0);
 
     /* touch is asynchronous: it is durable after close (the writer drains). */
-    assert_int_equal(STORE_CALL(f->s, apikey_touch, kid, 777), QK_OK);
+    assert_int_equal(STORE_CALL(f->s, apikey_touch, org, kid, 777), QK_OK);
     reopen(f);
     assert_int_equal(STORE_CALL(f->s, apikey_get, org, kid, &a, &found), QK_OK);
     assert_int_equal(a.last_used_at, 777);

@@ -9,6 +9,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+#include <sodium.h>
+
 #include "admin/qwickd.h"
 #include "core/util.h"
 
@@ -94,6 +97,92 @@ qk_err data_dir_lock(const char *dir, int exclusive, int *fd)
     return qk_fail(QK_ERR_IO, "flock %s: %s", dir, strerror(e));
 }
 
+const char *database_url(const char *opt, const qwickd_config *cfg)
+{
+    if (opt != NULL && opt[0] != '\0')
+        return opt;
+    const char *env = getenv(DATABASE_URL_ENV);
+    if (env != NULL && env[0] != '\0')
+        return env;
+    return cfg != NULL ? cfg->database : NULL;
+}
+
+qk_err database_credentials_write(const char *dir, const qk_keyring *kr, const char *user,
+                                  const char *password)
+{
+    qk_buf sealed = {NULL, 0};
+    char *path = path_join(dir, DATABASE_CREDENTIALS_FILE);
+    json_t *j = json_pack("{s:s,s:s}", "user", user, "password", password);
+    char *text = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+    qk_err rc = text == NULL ? qk_fail(QK_ERR_NOMEM, "database credentials")
+                             : secrets_seal(kr, (qk_slice){(const uint8_t *)text, strlen(text)},
+                                            DATABASE_CREDENTIALS_AAD, &sealed);
+    if (rc == QK_OK)
+        rc = file_create_excl(path, (qk_slice){sealed.data, sealed.len}, 0600);
+    if (text != NULL)
+        sodium_memzero(text, strlen(text));
+    free(text);
+    json_decref(j);
+    qk_buf_free(&sealed);
+    free(path);
+    return rc;
+}
+
+/* The sealed login of the server's role. */
+static qk_err database_credentials_read(const char *dir, const qk_keyring *kr, char **user,
+                                        char **password)
+{
+    qk_buf sealed = {NULL, 0}, plain = {NULL, 0};
+    char *path = path_join(dir, DATABASE_CREDENTIALS_FILE);
+    json_t *j = NULL;
+    qk_err rc = file_read_all(path, 64 * 1024, &sealed);
+    *user = *password = NULL;
+    if (rc == QK_OK)
+        rc = secrets_open(kr, (qk_slice){sealed.data, sealed.len}, DATABASE_CREDENTIALS_AAD,
+                          &plain);
+    if (rc == QK_OK) {
+        j = json_loadb((const char *)plain.data, plain.len, 0, NULL);
+        const char *u = json_string_value(json_object_get(j, "user"));
+        const char *p = json_string_value(json_object_get(j, "password"));
+        if (u == NULL || p == NULL) {
+            rc = qk_fail(QK_ERR_INVALID_ARG, "%s: not the server's database login", path);
+        } else {
+            *user = xstrdup(u);
+            *password = xstrdup(p);
+        }
+    }
+    if (plain.data != NULL)
+        sodium_memzero(plain.data, plain.len);
+    if (j != NULL) {
+        char *p = (char *)json_string_value(json_object_get(j, "password"));
+        if (p != NULL)
+            sodium_memzero(p, strlen(p));
+    }
+    json_decref(j);
+    qk_buf_free(&plain);
+    qk_buf_free(&sealed);
+    free(path);
+    return rc;
+}
+
+qk_err store_open_dir(const char *dir, const char *url, const qk_keyring *kr, int conns,
+                      qk_store **out)
+{
+    char *user = NULL, *password = NULL;
+    qk_err rc;
+    *out = NULL;
+    if (url == NULL)
+        return store_sqlite_open(dir, out);
+    if (kr != NULL && (rc = database_credentials_read(dir, kr, &user, &password)) != QK_OK)
+        return rc;
+    rc = store_pg_open(url, user, password, conns, out);
+    if (password != NULL)
+        sodium_memzero(password, strlen(password));
+    free(user);
+    free(password);
+    return rc;
+}
+
 qk_err admin_open(const char *dir, const char *org_name, admin_ctx *out)
 {
     qk_err rc;
@@ -114,7 +203,7 @@ qk_err admin_open(const char *dir, const char *org_name, admin_ctx *out)
     free(marker);
     if ((rc = config_load(dir, &out->cfg)) != QK_OK)
         goto fail;
-    if ((rc = store_sqlite_open(dir, &out->store)) != QK_OK)
+    if ((rc = store_open_dir(dir, database_url(NULL, &out->cfg), NULL, 2, &out->store)) != QK_OK)
         goto fail;
     out->org_name = org_name != NULL ? org_name : out->cfg.default_org;
     if ((rc = STORE_CALL(out->store, org_find, out->org_name, &out->org, &found)) != QK_OK) {

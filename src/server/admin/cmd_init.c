@@ -35,12 +35,13 @@ static const char *const created_files[] = {
     PKI_TSA_KEY_SEALED,
     PKI_CODESIGN_CERT,
     KEYRING_FILE,
+    DATABASE_CREDENTIALS_FILE,
 };
 
 static void help(void)
 {
     printf("Usage: qwickd init --data DIR [--json] [--org NAME] [--admin-email EMAIL]\n"
-           "                   [--listen ADDR:PORT] [--master-key FILE]\n\n"
+           "                   [--listen ADDR:PORT] [--master-key FILE] [--database URL]\n\n"
            "Creates a qwickd data directory (mode 0700): the master key (master.key,\n"
            "0600), the SQLite database, a development PKI (code-signing, TSA and TLS\n"
            "certificates under three dev roots), an org, an admin user, the certificate\n"
@@ -56,6 +57,11 @@ static void help(void)
            "      --master-key FILE create the master key there instead of DIR/" KEYRING_FILE "\n"
            "                        (default: $" MASTER_KEY_ENV "); nothing in DIR records it,\n"
            "                        so serve and the admin commands need it named too\n"
+           "      --database URL    PostgreSQL instead of SQLite: postgresql://OWNER@HOST:PORT/DB\n"
+           "                        (default: $" DATABASE_URL_ENV "). OWNER needs CREATEROLE;\n"
+           "                        its password comes from PGPASSWORD or ~/.pgpass, never the\n"
+           "                        URL. init creates the schema with row-level security and\n"
+           "                        the server's own login role (sealed in " DATABASE_CREDENTIALS_FILE ")\n"
            "  -h, --help            show this help\n\n"
            "The admin user has no password yet (dashboard login arrives later); the API\n"
            "key is bound to it.\n");
@@ -148,7 +154,30 @@ typedef struct init_opts {
     int json;
     const char *master_key;   /* --master-key FILE, or NULL */
     const char *keyring_path; /* where the master key was created */
+    const char *database;     /* PostgreSQL URL, or NULL: SQLite */
 } init_opts;
+
+/* PostgreSQL: the schema and the server's login role, its password sealed in DIR. */
+static qk_err create_database(const init_opts *o, const qk_keyring *kr)
+{
+    uint8_t rnd[24];
+    char role[32], password[2 * 24 + 1], hex[2 * 6 + 1];
+    qk_err rc;
+    if (store_pg_url_has_password(o->database))
+        return qk_fail(QK_ERR_INVALID_ARG,
+                       "the database URL holds a password, which qwickd.json would keep in "
+                       "clear: give it in PGPASSWORD or ~/.pgpass instead");
+    randombytes_buf(rnd, sizeof(rnd));
+    hex_encode(rnd, 6, hex);
+    snprintf(role, sizeof(role), "qwickd_%s", hex);
+    randombytes_buf(rnd, sizeof(rnd));
+    hex_encode(rnd, sizeof(rnd), password);
+    sodium_memzero(rnd, sizeof(rnd));
+    if ((rc = store_pg_create(o->database, role, password)) == QK_OK)
+        rc = database_credentials_write(o->dir, kr, role, password);
+    sodium_memzero(password, sizeof(password));
+    return rc;
+}
 
 /* Everything after the master key exists: database, PKI, org, key, config. */
 static qk_err populate(const init_opts *o, const char *keyring_path, char key[APIKEY_LEN + 1],
@@ -165,8 +194,9 @@ static qk_err populate(const init_opts *o, const char *keyring_path, char key[AP
     int64_t org = 0, user = 0, key_id = 0, profile_id = 0, apikey_id = 0;
 
     if ((rc = keyring_load(keyring_path, &kr)) != QK_OK ||
-        (rc = store_sqlite_open(o->dir, &st)) != QK_OK ||
-        (rc = STORE_CALL(st, org_create, o->org, &org)) != QK_OK ||
+        (o->database != NULL && (rc = create_database(o, kr)) != QK_OK) ||
+        (rc = store_open_dir(o->dir, o->database, NULL, 2, &st)) != QK_OK ||
+        (rc = STORE_CALL(st, org_create, o->org, NULL, &org)) != QK_OK ||
         (rc = STORE_CALL(st, user_create, org, o->email, NULL, ROLE_ADMIN, &user)) != QK_OK ||
         (rc = pki_generate(o->dir, kr, &cs)) != QK_OK)
         goto out;
@@ -199,7 +229,7 @@ static qk_err populate(const init_opts *o, const char *keyring_path, char key[AP
         goto out;
     *vkey = xstrdup(tl_key_vkey(lk));
     /* Written last: its presence is what marks the directory as initialised. */
-    rc = config_write_defaults(o->dir, o->listen);
+    rc = config_write_defaults(o->dir, o->listen, o->database);
 out:
     tl_key_free(lk);
     if (st != NULL)
@@ -253,7 +283,7 @@ static int print_result(const init_opts *o, const char *abs, char key[APIKEY_LEN
     } else {
         printf("Initialised qwickd data directory %s\n\n"
                "  master key   %s  (back it up: it decrypts the signing keys%s)\n"
-               "  database     %s/%s\n"
+               "  database     %s%s%s\n"
                "  root CA      %s\n"
                "  TSA root CA  %s\n"
                "  TLS CA       %s\n"
@@ -264,8 +294,9 @@ static int print_result(const init_opts *o, const char *abs, char key[APIKEY_LEN
                "Start the server:  qwickd serve --data %s   (%s)\n\n"
                "Admin API key (shown once, store it now):\n\n  %s\n\n"
                "Operator token for GET /metrics (shown once):\n\n  %s\n",
-               abs, mk, outside ? "; name it to serve and every admin command" : "", abs,
-               STORE_SQLITE_FILE, root, tsa, tls, o->org, o->email, vkey, abs, url, key, optok);
+               abs, mk, outside ? "; name it to serve and every admin command" : "",
+               o->database != NULL ? o->database : abs, o->database != NULL ? "" : "/",
+               o->database != NULL ? "" : STORE_SQLITE_FILE, root, tsa, tls, o->org, o->email, vkey, abs, url, key, optok);
     }
     if (fflush(stdout) != 0)
         status = EXIT_FAIL;
@@ -282,7 +313,8 @@ int cmd_init(int argc, char **argv)
         {"data", required_argument, NULL, 'd'},   {"json", no_argument, NULL, 'j'},
         {"org", required_argument, NULL, 'o'},    {"admin-email", required_argument, NULL, 'e'},
         {"listen", required_argument, NULL, 'l'}, {"master-key", required_argument, NULL, 'm'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"database", required_argument, NULL, 'D'}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     init_opts o = {NULL, CONFIG_DEFAULT_ORG, DEFAULT_ADMIN_EMAIL, NULL, 0};
     const char *data_opt = NULL;
@@ -314,6 +346,9 @@ int cmd_init(int argc, char **argv)
         case 'm':
             o.master_key = optarg;
             break;
+        case 'D':
+            o.database = optarg;
+            break;
         case 'h':
             help();
             return EXIT_OK;
@@ -327,6 +362,7 @@ int cmd_init(int argc, char **argv)
         return usage_error("init", "--data DIR is required");
     if (o.org[0] == '\0' || o.email[0] == '\0')
         return usage_error("init", "--org and --admin-email must not be empty");
+    o.database = database_url(o.database, NULL);
 
     if ((rc = prepare_dir(o.dir, &created_dir)) != QK_OK) {
         report_err("init", rc);

@@ -31,6 +31,7 @@ qk_err operator_token_issue(qk_store *st, const char *name, char token[APIKEY_LE
                             int64_t *id);
 int cmd_profile(int argc, char **argv);
 int cmd_keyring(int argc, char **argv);
+int cmd_org(int argc, char **argv);
 /* Defined by serve.c (the HTTP server). */
 int cmd_serve(int argc, char **argv);
 
@@ -60,6 +61,22 @@ qk_err master_key_load(const char *dir, const char *opt, qk_keyring **out);
  * never waiting). *fd is the lock, released by close(); QK_ERR_IO when the
  * lock is held the other way. */
 qk_err data_dir_lock(const char *dir, int exclusive, int *fd);
+
+/* Where the store is: `opt` (--database URL), else $QWICKD_DATABASE_URL, else
+ * qwickd.json's "database", else NULL (SQLite in the data directory). */
+#define DATABASE_URL_ENV "QWICKD_DATABASE_URL"
+const char *database_url(const char *opt, const qwickd_config *cfg);
+/* The server's own PostgreSQL login (init creates it), sealed under the
+ * master key in DIR/database.sealed. */
+#define DATABASE_CREDENTIALS_FILE "database.sealed"
+#define DATABASE_CREDENTIALS_AAD "database_credentials"
+qk_err database_credentials_write(const char *dir, const qk_keyring *kr, const char *user,
+                                  const char *password);
+/* Opens the data directory's store: SQLite in DIR when `url` is NULL, else
+ * PostgreSQL at `url`, as the server's own role when `kr` is given (serve),
+ * else as the URL's user (the owner: admin commands). `conns`: pool size. */
+qk_err store_open_dir(const char *dir, const char *url, const qk_keyring *kr, int conns,
+                      qk_store **out);
 
 /* An initialised data directory opened for an admin command. */
 typedef struct admin_ctx {

@@ -150,6 +150,6 @@ qk_err apikey_authenticate(qk_store *s, const char *presented, int64_t now, stor
      * for a commit just to record last use, and a busy key is written at most
      * every APIKEY_TOUCH_INTERVAL seconds. */
     if (now - out->last_used_at >= APIKEY_TOUCH_INTERVAL)
-        (void)STORE_CALL(s, apikey_touch, out->id, now);
+        (void)STORE_CALL(s, apikey_touch, out->org_id, out->id, now);
     return QK_OK;
 }

@@ -46,6 +46,7 @@ void config_free(qwickd_config *c)
     free(c->listen);
     free(c->public_url);
     free(c->default_org);
+    free(c->database);
     free(c->tls_cert);
     free(c->tls_key);
     free(c->tsa_cert);
@@ -333,6 +334,8 @@ qk_err config_load(const char *data_dir, qwickd_config *out)
                 rc = check_public_url(c.public_url);
         } else if (strcmp(k, "default_org") == 0)
             rc = get_str(v, k, 0, &c.default_org, NULL);
+        else if (strcmp(k, "database") == 0)
+            rc = get_str(v, k, 1, &c.database, NULL);
         else if (strcmp(k, "tls") == 0)
             rc = parse_pair(v, "tls.", &c.tls_cert, &c.tls_key, "priorities", &c.tls_priorities,
                             data_dir);
@@ -359,7 +362,7 @@ out:
     return rc;
 }
 
-qk_err config_write_defaults(const char *data_dir, const char *listen)
+qk_err config_write_defaults(const char *data_dir, const char *listen, const char *database)
 {
     qk_err rc;
     char *path = path_join(data_dir, CONFIG_FILE);
@@ -381,6 +384,8 @@ qk_err config_write_defaults(const char *data_dir, const char *listen)
         (int)CONFIG_DEFAULT_COMMIT_DELAY_US, "azure", "reaper_interval_seconds",
         (int)CONFIG_DEFAULT_AZURE_REAPER, "op_timeout_seconds",
         (int)CONFIG_DEFAULT_AZURE_OP_TIMEOUT);
+    if (root != NULL)
+        json_object_set_new(root, "database", database != NULL ? json_string(database) : json_null());
     if (root == NULL || (text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) == NULL) {
         rc = qk_fail(QK_ERR_NOMEM, "building %s", CONFIG_FILE);
         goto out;

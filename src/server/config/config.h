@@ -8,6 +8,8 @@
  *     "listen": "127.0.0.1:8443",
  *     "public_url": null,                 // base of timestampUrl; null: from listen
  *     "default_org": "default",
+ *     "database": null,                   // PostgreSQL URL (the owner's, no password);
+ *                                         // null: SQLite in the data directory
  *     "tls": {"cert": "tls.pem", "key": "tls.key",
  *             "priorities": null},            // GnuTLS priorities; null: TLS 1.3, and
  *                                             // TLS 1.2 with ECDHE and AEAD ciphers only
@@ -73,6 +75,7 @@ typedef struct qwickd_config {
     char *listen;     /* "ADDR:PORT" */
     char *public_url; /* NULL: derived from listen */
     char *default_org;
+    char *database; /* PostgreSQL URL; NULL: SQLite (qwick.db in the data directory) */
     char *tls_cert; /* absolute (resolved against the data dir) */
     char *tls_key;
     char *tsa_cert;
@@ -101,8 +104,9 @@ void config_defaults(const char *data_dir, qwickd_config *out);
 /* Reads DATA/qwickd.json over the defaults. */
 qk_err config_load(const char *data_dir, qwickd_config *out);
 void config_free(qwickd_config *c);
-/* Writes DATA/qwickd.json with the defaults (O_EXCL, 0600); `listen` may be NULL. */
-qk_err config_write_defaults(const char *data_dir, const char *listen);
+/* Writes DATA/qwickd.json with the defaults (O_EXCL, 0600); `listen` and
+ * `database` may be NULL. */
+qk_err config_write_defaults(const char *data_dir, const char *listen, const char *database);
 /* "https://127.0.0.1:8443" from "127.0.0.1:8443" ("[::1]:8443" stays bracketed). */
 char *config_url_from_listen(const char *listen, int tls);
 

@@ -81,6 +81,7 @@ typedef struct serve_opts {
     const char *tls_key;
     const char *port_file;
     const char *master_key;
+    const char *database;
     int plain_http;
 } serve_opts;
 
@@ -88,7 +89,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "Usage: qwickd serve --data DIR [--listen ADDR:PORT] [--tls-cert PEM --tls-key PEM]\n"
-            "                    [--plain-http] [--port-file FILE] [--master-key FILE]\n\n"
+            "                    [--plain-http] [--port-file FILE] [--master-key FILE]\n"
+            "                    [--database URL]\n\n"
             "Serves the signing API over HTTPS with the data directory's TLS certificate\n"
             "(or the given one). Port 0 picks a free port; --port-file receives it.\n"
             "--plain-http serves without TLS, and only on a loopback address.\n"
@@ -97,7 +99,10 @@ static void usage(FILE *f)
             ", or the systemd credential\n" MASTER_KEY_CREDENTIAL
             ") keeps the master key outside DIR (default DIR/" KEYRING_FILE ").\n"
             "Refuses to start when DIR is open to group or others, or the database, the\n"
-            "TLS key or the master key is readable by them.\n");
+            "TLS key or the master key is readable by them.\n"
+            "--database URL (or $" DATABASE_URL_ENV ", or qwickd.json's \"database\"): the\n"
+            "PostgreSQL database init created; serve logs in as the server's own role\n"
+            "(DIR/" DATABASE_CREDENTIALS_FILE "). Several nodes may serve one database.\n");
 }
 
 static int parse_args(int argc, char **argv, serve_opts *o)
@@ -110,6 +115,7 @@ static int parse_args(int argc, char **argv, serve_opts *o)
         {"plain-http", no_argument, NULL, 'P'},
         {"port-file", required_argument, NULL, 'p'},
         {"master-key", required_argument, NULL, 'm'},
+        {"database", required_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -138,6 +144,9 @@ static int parse_args(int argc, char **argv, serve_opts *o)
             break;
         case 'm':
             o->master_key = optarg;
+            break;
+        case 'D':
+            o->database = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -286,7 +295,9 @@ static qk_err check_private_files(const serve_opts *o, const qwickd_config *cfg)
     static const char *const db_files[] = {STORE_SQLITE_FILE, STORE_SQLITE_FILE "-wal",
                                            STORE_SQLITE_FILE "-shm"};
     qk_err rc = QK_OK;
-    for (size_t i = 0; rc == QK_OK && i < sizeof(db_files) / sizeof(db_files[0]); i++) {
+    for (size_t i = 0; database_url(o->database, cfg) == NULL && rc == QK_OK &&
+                       i < sizeof(db_files) / sizeof(db_files[0]);
+         i++) {
         char *p = path_join(o->data, db_files[i]);
         rc = harden_check_private(p, "database");
         free(p);
@@ -447,7 +458,14 @@ int cmd_serve(int argc, char **argv)
         report_err("master key", rc);
         goto out;
     }
-    if ((rc = store_sqlite_open(o.data, &srv.store)) != QK_OK) {
+    /* PostgreSQL: enough connections for every signing thread's commit and
+     * the readers beside them; the database shares the machine or not. */
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int conns = 4 * (int)(ncpu > 0 ? ncpu : 1);
+    if (conns < 8)
+        conns = 8;
+    if ((rc = store_open_dir(o.data, database_url(o.database, &cfg), srv.keyring, conns,
+                             &srv.store)) != QK_OK) {
         report_err("store", rc);
         goto out;
     }

@@ -29,7 +29,7 @@
 
 #include "qwick/error.h"
 
-typedef struct db db;
+typedef struct qk_db qk_db;
 typedef struct db_conn db_conn;
 typedef struct db_stmt db_stmt;
 
@@ -41,6 +41,10 @@ typedef struct db_query {
     const char *pg; /* NULL: the same text */
 } db_query;
 
+/* fn may run more than once (a driver reruns a transaction that failed for a
+ * reason worth retrying): it must write into its arg only what its last run
+ * produced. */
+
 /* A transaction that acts for no org (the instance's tables: orgs, operator
  * tokens, instance secrets). Under RLS it sees no tenant row. */
 #define DB_NO_ORG INT64_MIN
@@ -50,15 +54,15 @@ typedef qk_err (*db_txn_fn)(db_conn *c, void *arg);
 typedef void (*db_done_fn)(void *arg, qk_err rc, const char *detail);
 
 typedef struct db_ops {
-    void (*close)(db *d);
-    qk_err (*read)(db *d, int64_t org, db_txn_fn fn, void *arg);
-    qk_err (*write)(db *d, int64_t org, db_txn_fn fn, void *arg);
+    void (*close)(qk_db *d);
+    qk_err (*read)(qk_db *d, int64_t org, db_txn_fn fn, void *arg);
+    qk_err (*write)(qk_db *d, int64_t org, db_txn_fn fn, void *arg);
     /* Optional (NULL): queues the write and returns; done() runs on a thread
      * of the driver's once it committed or failed. */
-    qk_err (*write_async)(db *d, int64_t org, db_txn_fn fn, void *arg, db_done_fn done,
+    qk_err (*write_async)(qk_db *d, int64_t org, db_txn_fn fn, void *arg, db_done_fn done,
                           void *done_arg);
     /* Returns once every write queued before the call has finished. Optional. */
-    void (*flush)(db *d);
+    void (*flush)(qk_db *d);
     /* Changes the org of the running transaction (a lookup that learns it). */
     qk_err (*set_org)(db_conn *c, int64_t org);
     /* Runs SQL without parameters or result rows (schema migrations). */
@@ -68,6 +72,8 @@ typedef struct db_ops {
     void (*bind_int)(db_stmt *st, int i, int64_t v);
     void (*bind_text)(db_stmt *st, int i, const char *s);
     void (*bind_blob)(db_stmt *st, int i, const uint8_t *p, size_t n);
+    /* NULL of the parameter's own type (an integer column's NULL). */
+    void (*bind_null)(db_stmt *st, int i);
     /* *row = 1 with a row to read, 0 when done. */
     qk_err (*step)(db_stmt *st, int *row);
     int (*col_null)(db_stmt *st, int i);
@@ -80,7 +86,7 @@ typedef struct db_ops {
     void (*done)(db_stmt *st);
 } db_ops;
 
-struct db {
+struct qk_db {
     const db_ops *ops;
     db_dialect dialect;
     const db_query *queries; /* indexed by query id */
@@ -89,17 +95,17 @@ struct db {
 
 /* Drivers embed these first in their own connection and statement. */
 struct db_conn {
-    db *d;
+    qk_db *d;
 };
 struct db_stmt {
     const db_ops *ops;
 };
 
-static inline qk_err db_read(db *d, int64_t org, db_txn_fn fn, void *arg)
+static inline qk_err db_read(qk_db *d, int64_t org, db_txn_fn fn, void *arg)
 {
     return d->ops->read(d, org, fn, arg);
 }
-static inline qk_err db_write(db *d, int64_t org, db_txn_fn fn, void *arg)
+static inline qk_err db_write(qk_db *d, int64_t org, db_txn_fn fn, void *arg)
 {
     return d->ops->write(d, org, fn, arg);
 }
@@ -126,6 +132,10 @@ static inline void db_bind_text(db_stmt *st, int i, const char *s)
 static inline void db_bind_blob(db_stmt *st, int i, const uint8_t *p, size_t n)
 {
     st->ops->bind_blob(st, i, p, n);
+}
+static inline void db_bind_null(db_stmt *st, int i)
+{
+    st->ops->bind_null(st, i);
 }
 static inline qk_err db_step(db_stmt *st, int *row)
 {
@@ -160,10 +170,10 @@ static inline void db_done(db_stmt *st)
 /* The drivers. `queries` must outlive the db. */
 /* SQLite: DATA_DIR/qwick.db (see store.h for its concurrency: reader pool,
  * one group-committing writer thread, a checkpointer); migrations applied. */
-qk_err db_sqlite_open(const char *path, const db_query *queries, int nqueries, db **out);
+qk_err db_sqlite_open(const char *path, const db_query *queries, int nqueries, qk_db **out);
 /* PostgreSQL: a pool of `conns` connections to `conninfo` (a URL or
  * key=value string); connects once to check, fails fast when unreachable. */
 qk_err db_pg_open(const char *conninfo, int conns, const db_query *queries, int nqueries,
-                  db **out);
+                  qk_db **out);
 
 #endif

@@ -209,7 +209,8 @@ typedef struct store_ops {
     void (*close)(qk_store *s);
 
     /* bootstrap (qwickd init) */
-    qk_err (*org_create)(qk_store *s, const char *name, int64_t *id);
+    /* audit (may be NULL): its entry, committed with the org (org 0's log). */
+    qk_err (*org_create)(qk_store *s, const char *name, const store_audit *audit, int64_t *id);
     qk_err (*user_create)(qk_store *s, int64_t org, const char *email, const char *pw_hash,
                           store_role role, int64_t *id);
     qk_err (*signing_key_create)(qk_store *s, int64_t org, const char *kind, qk_slice sealed,
@@ -237,7 +238,7 @@ typedef struct store_ops {
     qk_err (*apikey_list)(qk_store *s, int64_t org, store_apikey **out, size_t *n);
     qk_err (*apikey_revoke)(qk_store *s, int64_t org, int64_t id, const store_audit *audit,
                             int *found);
-    qk_err (*apikey_touch)(qk_store *s, int64_t id, int64_t now);
+    qk_err (*apikey_touch)(qk_store *s, int64_t org, int64_t id, int64_t now);
 
     /* Signing requests + audit. Durable when it returns: the request row and
      * its audit row commit in one transaction; concurrent callers share
@@ -350,6 +351,19 @@ typedef struct store_ops {
 struct qk_store {
     const store_ops *ops;
 };
+
+/* PostgreSQL (docs/postgresql.md): a pool of `conns` connections to `url`
+ * (user and password, when not NULL, replace the URL's); the schema must be
+ * there and of this version. */
+qk_err store_pg_open(const char *url, const char *user, const char *password, int conns,
+                     qk_store **out);
+/* `qwickd init --database URL`: as the URL's user (the owner), creates the
+ * schema with row-level security and the login role `role` that serve uses. */
+qk_err store_pg_create(const char *url, const char *role, const char *password);
+/* Whether a PostgreSQL URL (or key=value string) carries a password. */
+int store_pg_url_has_password(const char *url);
+/* Whether the store is PostgreSQL (shared by many nodes) rather than SQLite. */
+int store_is_pg(const qk_store *s);
 
 /* SQLite backend: opens (creating if needed, mode 0600) DATA_DIR/qwick.db,
  * WAL mode, synchronous=FULL, foreign keys on, migrations applied.
