@@ -1,6 +1,7 @@
 /* qwickd's persistence interface. Every operation names the org it acts for:
- * the SQLite backend puts org_id in every query, the PostgreSQL backend (a
- * later issue) will additionally SET LOCAL the org for row-level security.
+ * every query has org_id in it, and on PostgreSQL each transaction also sets
+ * the org for row-level security (store_sql.c, schema_pg.c). One
+ * implementation, over two database drivers (db.h).
  *
  * Implementations are thread-safe: handlers on many threads call them at once.
  * Strings returned inside structs are owned by the struct; free with the
@@ -255,7 +256,7 @@ typedef struct store_ops {
     /* request_id NULL: every audit row of the org. */
     qk_err (*audit_count)(qk_store *s, int64_t org, const char *request_id, int64_t *count);
 
-    /* Added by the SQLite backend's author (additive; later backends implement them too). */
+    /* Lookups by name and id. */
     /* An org's id by name (CLI commands take --org NAME). */
     qk_err (*org_find)(qk_store *s, const char *name, int64_t *id, int *found);
     /* One key of an org by id (revoke/list output); key material is never stored. */
