@@ -204,11 +204,6 @@ typedef struct install_arg {
     const char *role, *password;
 } install_arg;
 
-static void fill_i64(db_stmt *st, void *p)
-{
-    *(int64_t *)p = db_col_int(st, 0);
-}
-
 static qk_err txn_install(db_conn *c, void *p)
 {
     install_arg *a = p;
@@ -248,7 +243,7 @@ static qk_err txn_install(db_conn *c, void *p)
 static qk_err txn_exists(db_conn *c, void *p)
 {
     int found = 0;
-    return sql_one(c, Q_PG_HAS_SCHEMA, NULL, 0, fill_i64, p, &found);
+    return sql_one(c, Q_PG_HAS_SCHEMA, NULL, 0, sql_fill_i64, p, &found);
 }
 
 qk_err schema_pg_install(qk_db *d, const char *role, const char *password)

@@ -130,11 +130,6 @@ static void fill_hash(db_stmt *st, void *p)
         memcpy(r->h, h, TLOG_HASH_LEN);
 }
 
-static void fill_i64(db_stmt *st, void *p)
-{
-    *(int64_t *)p = db_col_int(st, 0);
-}
-
 /* Reads node `pos` of the org's tree. */
 static qk_err node_get(db_conn *c, int64_t org, int64_t pos, tlog_hash out)
 {
@@ -183,7 +178,7 @@ static qk_err log_size(db_conn *c, int64_t org, int lock, int64_t *size)
     *size = 0;
     if (lock && (rc = sql_exec(c, W_HEAD_INIT, v, 1, NULL)) != QK_OK)
         return rc;
-    return sql_one(c, lock ? Q_HEAD_LOCK : Q_HEAD_GET, v, 1, fill_i64, size, &found);
+    return sql_one(c, lock ? Q_HEAD_LOCK : Q_HEAD_GET, v, 1, sql_fill_i64, size, &found);
 }
 
 qk_err log_append(db_conn *c, const store_audit *in, const char *meta)
@@ -455,7 +450,7 @@ static qk_err txn_verify(db_conn *c, void *p)
     v->out->ok = 1;
     v->c = c;
     v->next_pos = 0;
-    if ((rc = sql_one(c, Q_AUDIT_TYPED, NULL, 0, fill_i64, &typed, &found)) != QK_OK)
+    if ((rc = sql_one(c, Q_AUDIT_TYPED, NULL, 0, sql_fill_i64, &typed, &found)) != QK_OK)
         return rc;
     if (!found || typed != 1)
         return verify_fail(v, 0, "the audit table was rebuilt without STRICT typing");
@@ -487,7 +482,7 @@ static qk_err txn_count(db_conn *c, void *p)
     db_val v[] = {V_INT(a->org), V_TEXT(a->request_id)};
     int found = 0;
     return sql_one(c, a->request_id != NULL ? R_AUDIT_COUNT_REQ : R_AUDIT_COUNT_ALL, v,
-                   a->request_id != NULL ? 2 : 1, fill_i64, &a->count, &found);
+                   a->request_id != NULL ? 2 : 1, sql_fill_i64, &a->count, &found);
 }
 
 qk_err sl_audit_count(qk_store *base, int64_t org, const char *request_id, int64_t *count)
@@ -628,7 +623,7 @@ qk_err sl_log_find_request(qk_store *base, int64_t org, const char *id, int64_t 
 {
     int64_t *rows = NULL;
     size_t n = 0;
-    list_arg a = {R_LOG_REQ, {V_INT(org), V_TEXT(id)}, 2, sizeof(*rows), fill_i64, free_plain,
+    list_arg a = {R_LOG_REQ, {V_INT(org), V_TEXT(id)}, 2, sizeof(*rows), sql_fill_i64, free_plain,
                   NULL, 0};
     qk_err rc = read_list(base, org, &a, (void **)&rows, &n);
     *found = rc == QK_OK && n == 1;

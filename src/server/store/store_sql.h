@@ -119,6 +119,8 @@ qk_err sql_one(db_conn *c, int id, const db_val *v, int nv, row_fill_fn fill, vo
 /* Every row into a growing array of `size`-byte elements. */
 qk_err sql_rows(db_conn *c, int id, const db_val *v, int nv, size_t size, row_fill_fn fill,
                 row_list_free_fn list_free, void **out, size_t *n);
+/* row_fill_fn for one integer column. */
+void sql_fill_i64(db_stmt *st, void *p);
 /* A heap copy of a text column (NULL for NULL), of a blob column. */
 char *col_strdup(db_stmt *st, int i);
 void col_buf(db_stmt *st, int i, qk_buf *out);

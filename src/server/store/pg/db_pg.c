@@ -89,7 +89,7 @@ typedef struct pg_stmt {
     int *lens, *fmts;
     Oid *types;
     int nparams, cap;
-    int bind_err; /* a bad binding, reported by the next step */
+    int bind_err;  /* a bad binding, reported by the next step */
     PGresult *res; /* from the first step until done */
     int row, nrows;
     int64_t changes;
@@ -678,7 +678,9 @@ static qk_err txn_begin(pg_conn *c, int readonly, int64_t org)
     if (org != DB_NO_ORG)
         snprintf(v, sizeof(v), "%" PRId64, org);
     snprintf(sql, sizeof(sql), "%s; SELECT set_config('qwick.org', '%s', true)",
-             readonly ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" : "BEGIN", v);
+             readonly ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+                      : "BEGIN ISOLATION LEVEL READ COMMITTED",
+             v);
     return conn_exec(c, sql, "BEGIN");
 }
 
@@ -779,8 +781,7 @@ static qk_err txn_run(pg_db *d, int readonly, int64_t org, db_txn_fn fn, void *a
             break;
         if (c->why == WHY_CONFLICT && conflicts < CONFLICT_RETRIES) {
             conflicts++;
-            log_kv(LOG_DEBUG, "postgres transaction conflict, retrying", "detail", c->detail,
-                   NULL);
+            log_kv(LOG_DEBUG, "postgres transaction conflict, retrying", "detail", c->detail, NULL);
             sleep_ms(conflict_pause_ms(conflicts));
             continue;
         }
