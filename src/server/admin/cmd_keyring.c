@@ -39,8 +39,8 @@ static void help(void)
            " [--force]\n\n"
            "The master key file holds numbered keys; the newest seals, every one opens.\n"
            "  status   each key, when it was made and superseded, and how many sealed\n"
-           "           secrets (signing keys of every org, the log key, tsa.key.sealed)\n"
-           "           it seals\n"
+           "           secrets it seals (signing keys of every org, the log key,\n"
+           "           tsa.key.sealed, database.sealed)\n"
            "  rotate   adds a key and re-seals every secret under it. Interrupted, run it\n"
            "           again: while a secret is still sealed under an older key, rotate\n"
            "           finishes that rotation instead of adding another key. --resume only\n"
@@ -184,7 +184,12 @@ static qk_err collect(admin_ctx *a, blob_set *s)
 {
     qk_err rc;
     memset(s, 0, sizeof(*s));
-    if ((rc = collect_file(s, a->cfg.tsa_key, SECRETS_AAD_TSA_KEY)) != QK_OK ||
+    /* The server's PostgreSQL login (database.sealed; absent on SQLite). */
+    char *dbcred = path_join(a->dir, DATABASE_CREDENTIALS_FILE);
+    rc = collect_file(s, dbcred, DATABASE_CREDENTIALS_AAD);
+    free(dbcred);
+    if (rc != QK_OK ||
+        (rc = collect_file(s, a->cfg.tsa_key, SECRETS_AAD_TSA_KEY)) != QK_OK ||
         (rc = collect_instance_secrets(a, s)) != QK_OK ||
         (rc = collect_signing_keys(a, s)) != QK_OK)
         blobs_free(s);

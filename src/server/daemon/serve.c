@@ -302,6 +302,11 @@ static qk_err check_private_files(const serve_opts *o, const qwickd_config *cfg)
         rc = harden_check_private(p, "database");
         free(p);
     }
+    if (rc == QK_OK && database_url(o->database, cfg) != NULL) {
+        char *p = path_join(o->data, DATABASE_CREDENTIALS_FILE);
+        rc = harden_check_private(p, "database credentials");
+        free(p);
+    }
     if (rc == QK_OK && !o->plain_http)
         rc = harden_check_private(o->tls_key ? o->tls_key : cfg->tls_key, "TLS private key");
     return rc;
