@@ -182,11 +182,13 @@ static int64_t admin_int(const char *sql)
     return v;
 }
 
-static int group_setup(void **state)
+static int group_teardown(void **state);
+
+/* The cluster, its database and tables. */
+static int cluster_setup(void)
 {
     glob_t g;
     char port[16], info[256];
-    (void)state;
     if (glob("/usr/lib/postgresql/*/bin/initdb", 0, NULL, &g) != 0) {
         fprintf(stderr, "db_pg: PostgreSQL's server binaries are not installed "
                         "(/usr/lib/postgresql/*/bin/initdb): run scripts/setup.sh\n");
@@ -228,25 +230,35 @@ static int group_setup(void **state)
     if (PQstatus(g_admin) != CONNECTION_OK)
         return -1;
     PQsetNoticeProcessor(g_admin, NULL, NULL);
-    ok = admin_exec(g_admin,
-                    "SET client_min_messages = warning;"
-                    "CREATE TABLE kv (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-                    "  name TEXT UNIQUE, n BIGINT, b BYTEA);"
-                    "CREATE TABLE w (thread INT, i INT, PRIMARY KEY (thread, i));"
-                    "CREATE ROLE alice LOGIN;"
-                    "GRANT SELECT ON kv TO alice;"
-                    /* A deferred trigger that kills its own backend: the
-                     * connection breaks in the middle of COMMIT. */
-                    "CREATE TABLE cu (x INT);"
-                    "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS"
-                    "  $$BEGIN PERFORM pg_terminate_backend(pg_backend_pid());"
-                    "  PERFORM pg_sleep(5); RETURN NULL; END$$;"
-                    "CREATE CONSTRAINT TRIGGER cu_die AFTER INSERT ON cu"
-                    "  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die();");
+    ok =
+        admin_exec(g_admin, "SET client_min_messages = warning;"
+                            "CREATE TABLE kv (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                            "  name TEXT UNIQUE, n BIGINT, b BYTEA);"
+                            "CREATE TABLE w (thread INT, i INT, PRIMARY KEY (thread, i));"
+                            "CREATE ROLE alice LOGIN;"
+                            "GRANT SELECT ON kv TO alice;"
+                            /* A deferred trigger that kills its own backend: the
+                             * connection breaks in the middle of COMMIT. */
+                            "CREATE TABLE cu (x INT);"
+                            "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS"
+                            "  $$BEGIN PERFORM pg_terminate_backend(pg_backend_pid());"
+                            "  PERFORM pg_sleep(5); RETURN NULL; END$$;"
+                            "CREATE CONSTRAINT TRIGGER cu_die AFTER INSERT ON cu"
+                            "  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die();");
     if (!ok)
         return -1;
     snprintf(g_url, sizeof(g_url), "postgresql://postgres@127.0.0.1:%d/" TEST_DB, g_port);
     return 0;
+}
+
+/* cmocka runs no group teardown after a failed group setup: a cluster that
+ * started is stopped here then. */
+static int group_setup(void **state)
+{
+    if (cluster_setup() == 0)
+        return 0;
+    group_teardown(state);
+    return -1;
 }
 
 static int group_teardown(void **state)
@@ -254,6 +266,7 @@ static int group_teardown(void **state)
     (void)state;
     if (g_admin != NULL)
         PQfinish(g_admin);
+    g_admin = NULL;
     if (g_dir != NULL) {
         if (cluster("stop", g_dir, NULL) != 0)
             fprintf(stderr, "db_pg: could not stop the cluster in %s\n", g_dir);
@@ -262,6 +275,7 @@ static int group_teardown(void **state)
             remove(st);
         tmpdir_free(g_dir);
     }
+    g_dir = NULL;
     return 0;
 }
 
@@ -1004,8 +1018,7 @@ static void test_closed_port_fails_fast(void **state)
     assert_int_equal(db_pg_open("host=127.0.0.1 password", 1, queries, Q__N, &d),
                      QK_ERR_INVALID_ARG);
     assert_int_equal(db_pg_open(g_url, 0, queries, Q__N, &d), QK_ERR_INVALID_ARG);
-    assert_int_equal(db_pg_open(g_url, DB_PG_MAX_CONNS + 1, queries, Q__N, &d),
-                     QK_ERR_INVALID_ARG);
+    assert_int_equal(db_pg_open(g_url, DB_PG_MAX_CONNS + 1, queries, Q__N, &d), QK_ERR_INVALID_ARG);
     assert_null(d);
 }
 

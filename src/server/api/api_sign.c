@@ -250,17 +250,22 @@ static void audit_from_input(http_req *req, const store_apikey *key, const sign_
     a->filename = in->filename;
 }
 
-/* Writes a denial or failure audit row; answers 500 when that write fails
- * (every decision is on record or the request fails) and returns -1. */
+/* Writes a denial or failure audit row; when that write fails (every
+ * decision is on record or the request fails) answers 503 if the database was
+ * unavailable (worth retrying), 500 otherwise, and returns -1. */
 static int audit_decision(http_req *req, store_audit *a, audit_outcome outcome, const char *detail)
 {
     a->outcome = outcome;
     a->detail = detail;
-    if (STORE_CALL(req->srv->store, audit_append, a) == QK_OK)
+    qk_err rc = STORE_CALL(req->srv->store, audit_append, a);
+    if (rc == QK_OK)
         return 0;
     log_kv(LOG_ERROR, "audit append failed", "request_id", req->id, "detail", qk_error_detail(),
            NULL);
-    http_error(req, 500, "audit_failed", "the decision could not be recorded");
+    if (rc == QK_ERR_IO)
+        http_error(req, 503, "store_unavailable", "the decision could not be recorded now");
+    else
+        http_error(req, 500, "audit_failed", "the decision could not be recorded");
     return -1;
 }
 
@@ -391,8 +396,14 @@ static void commit_done(void *arg, qk_err rc, const char *detail)
     } else {
         log_kv(LOG_ERROR, "request record failed", "request_id", req->id, "detail",
                detail != NULL ? detail : "-", NULL);
-        http_error(req, 500, "audit_failed",
-                   "the signature could not be recorded, so it is not returned");
+        /* The database failing (lost, restarting, a commit whose outcome is
+         * unknown) is worth a retry: 503. Anything else is ours: 500. */
+        if (rc == QK_ERR_IO)
+            http_error(req, 503, "store_unavailable",
+                       "the signature could not be recorded now, so it is not returned");
+        else
+            http_error(req, 500, "audit_failed",
+                       "the signature could not be recorded, so it is not returned");
     }
     sign_job_done(j);
 }

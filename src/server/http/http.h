@@ -94,6 +94,11 @@ typedef struct http_ctx {
     size_t max_body; /* <= QK_HTTP_MAX_BODY_LIMIT */
 } http_ctx;
 
+/* MHD_OPTION_UNESCAPE_CALLBACK: %XX decoding of the path and query in place,
+ * except %00, which stays as the three characters: a decoded NUL would cut the
+ * C string the router matches ("/keys/1%00x" acting on key 1). */
+size_t http_unescape(void *cls, struct MHD_Connection *c, char *s);
+
 enum MHD_Result http_access(void *cls, struct MHD_Connection *conn, const char *url,
                             const char *method, const char *version, const char *upload_data,
                             size_t *upload_data_size, void **con_cls);
