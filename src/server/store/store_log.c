@@ -174,10 +174,7 @@ static qk_err log_size(db_conn *c, int64_t org, int lock, int64_t *size)
 {
     db_val v[] = {V_INT(org)};
     int found = 0;
-    qk_err rc;
     *size = 0;
-    if (lock && (rc = sql_exec(c, W_HEAD_INIT, v, 1, NULL)) != QK_OK)
-        return rc;
     return sql_one(c, lock ? Q_HEAD_LOCK : Q_HEAD_GET, v, 1, sql_fill_i64, size, &found);
 }
 

@@ -724,8 +724,7 @@ static qk_err txn_lease_acquire(db_conn *c, void *p)
     qk_err rc;
     a->granted = 0;
     a->id = 0;
-    if ((rc = sql_exec(c, W_HEAD_INIT, v, 1, NULL)) != QK_OK ||
-        (rc = sql_one(c, Q_HEAD_LOCK, v, 1, sql_fill_i64, &size, &found)) != QK_OK ||
+    if ((rc = sql_one(c, Q_HEAD_LOCK, v, 1, sql_fill_i64, &size, &found)) != QK_OK ||
         (rc = sql_one(c, Q_LEASE_COUNT, v, 2, sql_fill_i64, &live, &found)) != QK_OK)
         return rc;
     if (live >= a->max)

@@ -26,7 +26,6 @@ enum {
     W_APIKEY_TOUCH,
     W_REQ_UPSERT,
     W_AUDIT_INSERT,
-    W_HEAD_INIT,
     W_HEAD_SET,
     Q_HEAD_GET,
     Q_HEAD_LOCK,
