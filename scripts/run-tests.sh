@@ -2,7 +2,14 @@
 # Runs every registered test: all suites on the plain build, then all again
 # under ASan+UBSan and under TSan (the integration scripts drive the
 # sanitizer builds of qwick and qwickd; a report in a server's log fails the
-# script). Ends with "N passed, N failed".
+# script), and the integration suite once more on the plain build with
+# PostgreSQL as the store (QWICK_TEST_STORE=pg, "plain-pg"; the pg_* scripts,
+# always on PostgreSQL, ran already), on one cluster started for the run
+# (tests/tools/pgcluster.sh; each script makes its own databases in it, and
+# the other runs' pg_* scripts use it too). The PostgreSQL run goes beside the
+# ASan run: they share no ports (every server binds port 0) and no files (each
+# script has its own temporary directory and databases). Ends with
+# "N passed, N failed", every run counted.
 set -u
 BUILD=${1:-build}
 ASAN=${2:-build-asan}
@@ -12,27 +19,109 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 # A race report makes a process exit 66 at its end; servers' reports are
 # caught in their logs by the integration scripts.
 export TSAN_OPTIONS=${TSAN_OPTIONS:-second_deadlock_stack=1}
+unset QWICK_TEST_STORE # SQLite, but for the plain-pg run
+here=$(cd "$(dirname "$0")/.." && pwd)
 pass=0
 fail=0
-logs=""
+work=$(mktemp -d "${TMPDIR:-/tmp}/qwick-run-tests.XXXXXX")
+pgdir=""
 
-run() { # dir label args...
-    dir=$1; label=$2; shift 2
-    log=$(mktemp)
+cleanup() {
+    [ -z "$pgdir" ] || sh "$here/tests/tools/pgcluster.sh" stop "$pgdir" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM HUP
+
+# run DIR LABEL ARGS...: meson test; its output and counts go to
+# $work/LABEL.log and $work/LABEL.counts ("OK FAIL"), so a run can go in the
+# background and be collected later (collect LABEL).
+run() {
+    dir=$1
+    label=$2
+    shift 2
+    log=$work/$label.log
     meson test -C "$dir" --print-errorlogs --num-processes 2 "$@" >"$log" 2>&1
-    cat "$log"
     ok=$(sed -n 's/^Ok: *\([0-9]*\).*/\1/p' "$log" | tail -1)
     ko=$(sed -n 's/^Fail: *\([0-9]*\).*/\1/p' "$log" | tail -1)
     to=$(sed -n 's/^Timeout: *\([0-9]*\).*/\1/p' "$log" | tail -1)
-    [ -n "$ok" ] || { echo "$label: meson test produced no summary" >&2; ko=$((${ko:-0} + 1)); }
-    pass=$((pass + ${ok:-0}))
-    fail=$((fail + ${ko:-0} + ${to:-0}))
-    rm -f "$log"
+    if [ -z "$ok" ]; then
+        echo "$label: meson test produced no summary" >>"$log"
+        ko=$((${ko:-0} + 1))
+    fi
+    echo "${ok:-0} $((${ko:-0} + ${to:-0}))" >"$work/$label.counts"
+}
+collect() { # LABEL
+    echo "=== $1"
+    cat "$work/$1.log"
+    if [ -s "$work/$1.counts" ]; then
+        read -r c_ok c_ko <"$work/$1.counts"
+    else
+        echo "$1: no result"
+        c_ok=0
+        c_ko=1
+    fi
+    pass=$((pass + c_ok))
+    fail=$((fail + c_ko))
 }
 
+# The PostgreSQL cluster (unless QWICK_TEST_PG_URL already names a server, a
+# superuser URL): a free port (bind 0 and read it back; pgcluster.sh fails
+# loudly if it is taken meanwhile). Its directory must be reachable by the
+# `postgres` user when running as root. The role that owns the tests'
+# databases is made here, once, so that scripts running side by side do not
+# race to create it (tests/integration/lib.sh, pg_newdb).
+pg_cluster() {
+    [ -z "${QWICK_TEST_PG_URL:-}" ] || { pg_owner_role; return; }
+    chmod 711 "$work"
+    pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])') ||
+        return 1
+    pgdir=$work/pg
+    sh "$here/tests/tools/pgcluster.sh" start "$pgdir" "$pgport" >"$work/pg.log" 2>&1 || return 1
+    QWICK_TEST_PG_URL=postgresql://postgres@127.0.0.1:$pgport/postgres
+    export QWICK_TEST_PG_URL
+    pg_owner_role
+}
+pg_owner_role() {
+    psql "$QWICK_TEST_PG_URL" -X -q -v ON_ERROR_STOP=1 -c "DO \$\$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'qwick_owner')
+        THEN CREATE ROLE qwick_owner LOGIN CREATEROLE; END IF; END \$\$" >>"$work/pg.log" 2>&1
+}
+# The integration tests that take the store from QWICK_TEST_STORE (not pg_*).
+store_tests() {
+    meson test -C "$BUILD" --list --suite integration 2>/dev/null |
+        sed -n 's|^.*:integration / ||p' | grep -v '^pg_'
+}
+
+pg_ok=1
+if ! pg_cluster; then
+    pg_ok=0
+    unset QWICK_TEST_PG_URL
+    { echo "plain-pg: no PostgreSQL server for the tests"; cat "$work/pg.log"; } >"$work/plain-pg.log" 2>&1
+fi
 run "$BUILD" plain
+collect plain
+pgrun=""
+if [ "$pg_ok" = 1 ]; then
+    (
+        QWICK_TEST_STORE=pg
+        export QWICK_TEST_STORE
+        tests=$(store_tests)
+        if [ -n "$tests" ]; then
+            # shellcheck disable=SC2086 # one argument per test name
+            run "$BUILD" plain-pg $tests
+        else echo "plain-pg: no integration tests listed" >"$work/plain-pg.log"; fi
+    ) &
+    pgrun=$!
+fi
 run "$ASAN" asan --suite unit --suite fuzz-replay --suite integration
-[ -z "$TSAN" ] || run "$TSAN" tsan --suite unit --suite integration
+collect asan
+[ -z "$pgrun" ] || wait "$pgrun"
+collect plain-pg
+if [ -n "$TSAN" ]; then
+    run "$TSAN" tsan --suite unit --suite integration
+    collect tsan
+fi
 
 echo
 echo "$pass passed, $fail failed"

@@ -18,7 +18,8 @@ set -eu
 : "${QWICK:?}" "${QWICKD:?}" "${SRC_ROOT:?}"
 . "$SRC_ROOT/tests/integration/lib.sh"
 t_init azure
-need osslsigncode openssl curl sqlite3 x86_64-w64-mingw32-gcc
+need osslsigncode openssl curl x86_64-w64-mingw32-gcc
+if store_is_pg; then need psql pg_dump; else need sqlite3; fi
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import cryptography' 2>/dev/null ||
     die "Debian's python3-cryptography is missing (make setup installs it)"
 
@@ -47,7 +48,12 @@ a = d["config"]["azure"]
 assert a["graph"] == {"clientId": "graph-cli", "grant": "refresh_token"}, a["graph"]
 assert "caPem" in a and "caFile" not in a
 assert "rt-initial" not in json.dumps(d)'
-check_fails "refresh token not stored in clear" grep -q rt-initial "$data/qwick.db"
+if store_is_pg; then
+    pg_dump -d "${PG_SUPER_URL%/*}/$(pg_store_db)" >"$tmp/dump.sql" || die "pg_dump"
+    check_fails "refresh token not stored in clear" grep -q rt-initial "$tmp/dump.sql"
+else
+    check_fails "refresh token not stored in clear" grep -q rt-initial "$data/qwick.db"
+fi
 sed 's/"https:\/\/127/"http:\/\/127/' "$tmp/az.json" >"$tmp/bad.json"
 check_status 1 "http endpoint refused" "$QWICKD" profile create --data "$data" --name bad --config "$tmp/bad.json"
 check_grep "error names the key" 'azure.endpoint must be an https' "$tmp/err"
@@ -193,10 +199,15 @@ assert [c["displayName"] for c in alive] == ["ci-pipeline"], alive
 assert d["max_alive_qwick"] <= 2, d["max_alive_qwick"]
 assert d["refresh_token_valid"] != "rt-initial"'
 db="$data/qwick.db"
-check_eq "audit: secret created" "$(sqlite3 "$db" "SELECT count(*) > 0 FROM audit WHERE action = 'azure.credential.create'")" 1
-check_eq "audit: secret used" "$(sqlite3 "$db" "SELECT count(*) > 0 FROM audit WHERE action = 'azure.credential.use'")" 1
-check_eq "audit: secret revoked at shutdown" "$(sqlite3 "$db" "SELECT count(*) FROM audit WHERE action = 'azure.credential.revoke' AND detail LIKE '%shutdown%'")" 1
-check_eq "audit: signatures name the credential" "$(sqlite3 "$db" "SELECT count(*) > 0 FROM audit WHERE action = 'sign.digest' AND outcome = 0 AND detail LIKE 'azure keyId %'")" 1
+# One query on the store, rows as sqlite3 prints them: sqlite3 on qwick.db, or
+# psql as PostgreSQL's superuser (which row-level security does not bind).
+dbq() {
+    if store_is_pg; then pg_store_sql -c "$1"; else sqlite3 "$db" "$1"; fi
+}
+check_eq "audit: secret created" "$(dbq "SELECT CASE WHEN count(*) > 0 THEN 1 ELSE 0 END FROM audit WHERE action = 'azure.credential.create'")" 1
+check_eq "audit: secret used" "$(dbq "SELECT CASE WHEN count(*) > 0 THEN 1 ELSE 0 END FROM audit WHERE action = 'azure.credential.use'")" 1
+check_eq "audit: secret revoked at shutdown" "$(dbq "SELECT count(*) FROM audit WHERE action = 'azure.credential.revoke' AND detail LIKE '%shutdown%'")" 1
+check_eq "audit: signatures name the credential" "$(dbq "SELECT CASE WHEN count(*) > 0 THEN 1 ELSE 0 END FROM audit WHERE action = 'sign.digest' AND outcome = 0 AND detail LIKE 'azure keyId %'")" 1
 check "audit chain verifies" "$QWICKD" audit verify --data "$data"
 
 # Restart: the Graph token must come from the rotated refresh token in the
@@ -228,7 +239,7 @@ done
 check_py "restart reaped the orphan within one interval; ci-pipeline survives" "$state" '
 assert d["alive_qwick"] == 0, d["credentials"]
 assert any(c["displayName"] == "ci-pipeline" and c["alive"] for c in d["credentials"])'
-check_eq "audit: reap recorded" "$(sqlite3 "$db" "SELECT count(*) FROM audit WHERE action = 'azure.credential.reap'")" 1
+check_eq "audit: reap recorded" "$(dbq "SELECT count(*) FROM audit WHERE action = 'azure.credential.reap'")" 1
 cp "$tmp/app.exe" "$tmp/k.exe"
 sign_ok "signing after the crash" "$tmp/k.exe"
 
@@ -241,6 +252,12 @@ stop_qwickd
 
 # --- two nodes on one store sharing maxSecrets 1 --------------------------------
 data2="$tmp/data2"
+# A store of its own: on PostgreSQL a new database, which every command from
+# here on uses (QWICKD_DATABASE_URL overrides qwickd.json).
+if store_is_pg; then
+    QWICKD_DATABASE_URL=$(pg_newdb azure2) || exit 1
+    export QWICKD_DATABASE_URL
+fi
 "$QWICKD" init --data "$data2" --json >"$tmp/init2.json" 2>/dev/null || die "init data2"
 key2=$(json_get "$tmp/init2.json" api_key)
 optok2=$(json_get "$tmp/init2.json" operator_token)

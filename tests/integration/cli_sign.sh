@@ -136,9 +136,14 @@ cp "$tmp/out" "$tmp/latin1.json"
 check "non-UTF-8 file name: verifies" osslverify "$tmp/$latin1"
 rid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["files"][0]["requestId"])' \
     "$tmp/latin1.json" 2>/dev/null || true)
-got=$(python3 -c 'import sqlite3,sys
+if store_is_pg; then
+    got=$(echo "SELECT filename FROM sign_requests WHERE id = :'rid'" |
+        pg_store_sql -v rid="$rid" 2>/dev/null || true)
+else
+    got=$(python3 -c 'import sqlite3,sys
 print(sqlite3.connect(sys.argv[1]).execute("SELECT filename FROM sign_requests WHERE id = ?",
       (sys.argv[2],)).fetchone()[0])' "$QWICKD_DATA/qwick.db" "$rid" 2>/dev/null || true)
+fi
 check_eq "non-UTF-8 file name: recorded with ? for the stray byte" "$got" "caf?.exe"
 
 # --- detached ----------------------------------------------------------------

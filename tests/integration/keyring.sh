@@ -22,16 +22,35 @@ export XDG_CONFIG_HOME
 D=$tmp/data
 
 mode() { stat -c %a "$1"; }
+# On PostgreSQL one more sealed blob: the server's login, database.sealed.
+if store_is_pg; then pgblob=1; else pgblob=0; fi
+# The store of DATA, as the superuser on PostgreSQL (the database qwickd.json
+# names; row-level security does not bind the superuser).
+dbq() { # DATA SQL
+    if store_is_pg; then
+        dbq_url=$(json_get "$1/qwickd.json" database) || return 1
+        psql "${PG_SUPER_URL%/*}/${dbq_url##*/}" -X -q -At -v ON_ERROR_STOP=1 -c "$2"
+    else sqlite3 "$1/qwick.db" "$2"; fi
+}
 # The kids of every sealed blob, from the bytes ("QKS1" | kid u32 BE | ...):
 # "<sorted distinct kids>/<count>", e.g. "1 2/4".
 blob_kids() { # DATA
-    python3 - "$1" <<'EOF'
+    if store_is_pg; then
+        dbq "$1" "SELECT encode(sealed, 'hex') FROM signing_keys
+                  UNION ALL SELECT encode(sealed, 'hex') FROM instance_secrets" >"$tmp/blobs.hex" ||
+            return 1
+    fi
+    python3 - "$1" "$pgblob" "$tmp/blobs.hex" <<'EOF'
 import os, sqlite3, struct, sys
 d = sys.argv[1]
-db = sqlite3.connect(os.path.join(d, "qwick.db"))
-blobs = [r[0] for r in db.execute("SELECT sealed FROM signing_keys")]
-blobs += [r[0] for r in db.execute("SELECT sealed FROM instance_secrets")]
-db.close()
+if sys.argv[2] == "1":
+    blobs = [bytes.fromhex(l) for l in open(sys.argv[3]).read().split()]
+    blobs = [open(os.path.join(d, "database.sealed"), "rb").read()] + blobs
+else:
+    db = sqlite3.connect(os.path.join(d, "qwick.db"))
+    blobs = [r[0] for r in db.execute("SELECT sealed FROM signing_keys")]
+    blobs += [r[0] for r in db.execute("SELECT sealed FROM instance_secrets")]
+    db.close()
 blobs.append(open(os.path.join(d, "tsa.key.sealed"), "rb").read())
 assert all(b[:4] == b"QKS1" for b in blobs)
 kids = sorted({struct.unpack(">I", b[4:8])[0] for b in blobs})
@@ -144,27 +163,29 @@ make_cert "$tmp/p2" "Keyring Test Signer"
 printf '{"backend": "local", "key": "p2.key", "chain": "p2.pem"}\n' >"$tmp/p2.json"
 check "profile create p2 (a second sealed signing key)" \
     "$QWICKD" profile create --data "$D" --name p2 --config "$tmp/p2.json"
-check_eq "every blob under key 1 (4 blobs)" "$(blob_kids "$D")" "1/4"
+nb=$((4 + pgblob)) # blobs: log key, TSA key, two signing keys (+ database.sealed)
+check_eq "every blob under key 1 ($nb blobs)" "$(blob_kids "$D")" "1/$nb"
 
 # --- rotate ------------------------------------------------------------------
 check_status 0 "keyring rotate" "$QWICKD" keyring rotate --data "$D"
 check_grep "rotate says it added key 2" "Added master key 2" "$tmp/out"
-check_eq "every blob re-sealed under key 2 (read from the bytes)" "$(blob_kids "$D")" "2/4"
+check_eq "every blob re-sealed under key 2 (read from the bytes)" "$(blob_kids "$D")" "2/$nb"
 check_eq "master.key still 0600" "$(mode "$D/master.key")" 600
 check "keyring status --json" status_json "$D"
-check_py "status: key 1 seals nothing, key 2 seals all 4, superseded recorded" \
+check_py "status: key 1 seals nothing, key 2 seals all $nb, superseded recorded" \
     "$tmp/status.json" '
 k = {x["kid"]: x for x in d["keys"]}
 assert d["current"] == 2 and sorted(k) == [1, 2], d
-assert k[1]["blobs"] == 0 and k[2]["blobs"] == 4 and k[2]["current"], d
+assert k[1]["blobs"] == 0 and k[2]["blobs"] == '$nb' and k[2]["current"], d
 assert k[1]["superseded"] == k[2]["created"] > 0 and k[2]["superseded"] == 0, d
 whats = " ".join(b["what"] for b in d["blobs"])
 for w in ("tsa.key.sealed", "log-ed25519", "signing key"): assert w in whats, whats
+assert ("database.sealed" in whats) == ('$pgblob' == 1), whats
 assert all(b["kid"] == 2 and b["in_keyring"] for b in d["blobs"]), d'
-sqlite3 "$D/qwick.db" "SELECT action || ': ' || detail FROM audit WHERE action LIKE 'keyring.%' ORDER BY seq" \
+dbq "$D" "SELECT action || ': ' || detail FROM audit WHERE action LIKE 'keyring.%' ORDER BY seq" \
     >"$tmp/audit.txt"
 check_grep "audited: keyring.rotate with the kids" "keyring.rotate: added master key 2.*key 1 kept" "$tmp/audit.txt"
-check_eq "audited: one keyring.reseal per blob" "$(grep -c '^keyring.reseal: .*master key 1 -> 2$' "$tmp/audit.txt")" 4
+check_eq "audited: one keyring.reseal per blob" "$(grep -c '^keyring.reseal: .*master key 1 -> 2$' "$tmp/audit.txt")" "$nb"
 check "audit log intact after rotation" "$QWICKD" audit verify --data "$D"
 
 start_qwickd "$D"
@@ -183,7 +204,7 @@ check_fails "key 1 is gone from master.key" grep -q '^1 ' "$D/master.key"
 check_eq "master.key 0600 after retire" "$(mode "$D/master.key")" 600
 check_status 0 "retire with nothing left to retire" "$QWICKD" keyring retire --data "$D" --force
 check_grep "... says so" "Nothing to retire" "$tmp/out"
-sqlite3 "$D/qwick.db" "SELECT action || ': ' || detail FROM audit WHERE action = 'keyring.retire'" \
+dbq "$D" "SELECT action || ': ' || detail FROM audit WHERE action = 'keyring.retire'" \
     >"$tmp/audit.txt"
 check_grep "audited: keyring.retire with the kid" "retired master key 1 (--force); key 2" "$tmp/audit.txt"
 start_qwickd "$D"
@@ -191,36 +212,45 @@ sign_ok "after retire"
 stop_qwickd
 
 # --- an interrupted rotation, finished by running rotate again ---------------------
-check_status 3 "rotate stopped after 2 of 4 re-seals (test hook)" \
+left=$((nb - 2))
+check_status 3 "rotate stopped after 2 of $nb re-seals (test hook)" \
     env QWICKD_TEST_RESEAL_STOP_AFTER=2 "$QWICKD" keyring rotate --data "$D"
-check_eq "half the blobs under key 3, half still under key 2" "$(blob_kids "$D")" "2 3/4"
+check_eq "2 blobs under key 3, $left still under key 2" "$(blob_kids "$D")" "2 3/$nb"
 check "status after the interruption" status_json "$D"
-check_py "status counts 2 and 2" "$tmp/status.json" '
+check_py "status counts $left and 2" "$tmp/status.json" '
 k = {x["kid"]: x["blobs"] for x in d["keys"]}
-assert d["current"] == 3 and k == {2: 2, 3: 2}, d'
+assert d["current"] == 3 and k == {2: '$left', 3: 2}, d'
 check_status 1 "retire --force refuses a key that still seals blobs" \
     "$QWICKD" keyring retire --data "$D" --force
-check_grep "... and says to resume" "key 2 still seals 2 secrets" "$tmp/err"
+check_grep "... and says to resume" "key 2 still seals $left secrets" "$tmp/err"
 start_qwickd "$D"
 sign_ok "mid-rotation (both keys in the keyring)"
 sign_ok "mid-rotation, imported key" --profile p2
 stop_qwickd
 check_status 0 "rotate again finishes the rotation" "$QWICKD" keyring rotate --data "$D"
-check_grep "... instead of adding a key" "Finishing an earlier rotation: 2 secrets" "$tmp/out"
+check_grep "... instead of adding a key" "Finishing an earlier rotation: $left secrets" "$tmp/out"
 check_fails "no key 4 was added" grep -q '^4 ' "$D/master.key"
-check_eq "every blob under key 3" "$(blob_kids "$D")" "3/4"
+check_eq "every blob under key 3" "$(blob_kids "$D")" "3/$nb"
 check_status 0 "rotate --resume with nothing to do" "$QWICKD" keyring rotate --data "$D" --resume
 check_grep "... says so" "Nothing to resume" "$tmp/out"
-check_eq "still key 3 only sealing" "$(blob_kids "$D")" "3/4"
+check_eq "still key 3 only sealing" "$(blob_kids "$D")" "3/$nb"
 start_qwickd "$D"
 sign_ok "after the finished rotation"
 sign_ok "after the finished rotation, imported key" --profile p2
 stop_qwickd
 
 # --- file modes: serve refuses what others can reach ---------------------------------
-chmod 644 "$D/qwick.db"
-serve_refuses "database 0644 refused, naming it and its mode" "qwick.db has mode 0644" --data "$D"
-chmod 600 "$D/qwick.db"
+if store_is_pg; then
+    echo "skip (sqlite only): qwick.db's mode"
+    chmod 644 "$D/database.sealed"
+    serve_refuses "database credentials 0644 refused, naming them and their mode" \
+        "database.sealed has mode 0644" --data "$D"
+    chmod 600 "$D/database.sealed"
+else
+    chmod 644 "$D/qwick.db"
+    serve_refuses "database 0644 refused, naming it and its mode" "qwick.db has mode 0644" --data "$D"
+    chmod 600 "$D/qwick.db"
+fi
 chmod 640 "$D/tls.key"
 serve_refuses "TLS key 0640 refused, naming it and its mode" "tls.key has mode 0640" --data "$D"
 chmod 600 "$D/tls.key"
@@ -241,6 +271,12 @@ stop_qwickd
 D2=$tmp/ext
 K=$tmp/keys/qwickd.key
 mkdir -m 700 "$tmp/keys"
+# A store of its own: on PostgreSQL a new database, which every command from
+# here on uses (QWICKD_DATABASE_URL overrides qwickd.json).
+if store_is_pg; then
+    QWICKD_DATABASE_URL=$(pg_newdb keyring2) || exit 1
+    export QWICKD_DATABASE_URL
+fi
 "$QWICKD" init --data "$D2" --master-key "$K" --json >"$tmp/init2.json" 2>"$tmp/init2.log" ||
     die "qwickd init --master-key" "$tmp/init2.log"
 [ ! -e "$D2/master.key" ] && ok "init --master-key: no master.key in DIR" || fail "master.key in DIR"
@@ -268,7 +304,7 @@ sign_ok "serve with \$QWICKD_MASTER_KEY"
 stop_qwickd
 check_status 0 "keyring rotate with \$QWICKD_MASTER_KEY" "$QWICKD" keyring rotate --data "$D2"
 check_eq "the outside key file got key 2" "$(grep -c '^[12] ' "$K")" 2
-check_eq "blobs re-sealed under the outside key 2" "$(blob_kids "$D2")" "2/3"
+check_eq "blobs re-sealed under the outside key 2" "$(blob_kids "$D2")" "2/$((3 + pgblob))"
 unset QWICKD_MASTER_KEY
 mkdir -m 700 "$tmp/creds"
 cp "$K" "$tmp/creds/qwickd-master-key"

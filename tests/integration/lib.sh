@@ -39,6 +39,10 @@
 #                              (LOGIN CREATEROLE, made when missing); prints the
 #                              owner's URL, the one `qwickd init --database` takes
 #   pg_sql SQL...              psql as the superuser on PG_SUPER_URL (-At, stop on error)
+#   pg_store_sql SQL...        the same on the store's database (QWICKD_DATABASE_URL's):
+#                              the superuser bypasses row-level security, so it sees
+#                              and can change every org's rows (tamper tests)
+#   pg_store_db                the name of that database
 #   store_is_pg                true when QWICK_TEST_STORE=pg
 #   qwickd_init DATA           `qwickd init --json` into $tmp/init.json (with
 #                              --database on a pg_newdb database under
@@ -266,6 +270,9 @@ pg_start() {
         PG_SUPER_URL=$QWICK_TEST_PG_URL
     else
         need psql
+        # As root the server runs as `postgres`, which must reach $tmp/pg
+        # through $tmp (mktemp makes it 0700): let it pass, not list.
+        [ "$(id -u)" -ne 0 ] || chmod 711 "$tmp"
         # A free port: bind 0 and read it back (a race with others is unlikely
         # on loopback, and pgcluster.sh fails loudly if it is lost).
         _pgport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -278,6 +285,14 @@ pg_start() {
 }
 pg_sql() { # SQL...
     psql "$PG_SUPER_URL" -X -q -At -v ON_ERROR_STOP=1 "$@"
+}
+pg_store_db() {
+    _db=${QWICKD_DATABASE_URL##*/}
+    echo "${_db%%\?*}"
+}
+pg_store_sql() { # SQL...
+    pg_start
+    psql "${PG_SUPER_URL%/*}/$(pg_store_db)" -X -q -At -v ON_ERROR_STOP=1 "$@"
 }
 pg_newdb() { # NAME
     pg_start

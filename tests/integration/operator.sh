@@ -17,6 +17,14 @@ PY=/usr/bin/python3
 QWICKD_AUTH_FAILURE_INTERVAL_MS=1500
 export QWICKD_AUTH_FAILURE_INTERVAL_MS
 start_qwickd "$tmp/data"
+# q SQL [PG-SQL]: the first column of the first row, from qwick.db, or on
+# PostgreSQL (PG-SQL where the dialects differ) as the superuser, whom
+# row-level security does not bind.
+q() {
+    if store_is_pg; then pg_store_sql -c "${2:-$1}"; else
+        $PY -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])" "$tmp/data/qwick.db" "$1"
+    fi
+}
 get() { # CREDENTIAL PATH: the status; the body in $tmp/resp
     curl -sS --cacert "$QWICKD_TLS_CA" ${1:+-H "Authorization: Bearer $1"} -o "$tmp/resp" \
         -w '%{http_code}' "$QWICKD_URL$2"
@@ -45,7 +53,8 @@ check_grep "lists it active" "scraper.*active" "$tmp/out"
 check "operator token revoke" "$QWICKD" operator token revoke --data "$tmp/data" "$tid"
 check_eq "revoked: 401 at once" "$(get "$tok" /metrics)" 401
 check_status 1 "revoking again fails" "$QWICKD" operator token revoke --data "$tmp/data" "$tid"
-check_eq "the instance log records both" "$($PY -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(\"SELECT group_concat(action, ' ') FROM audit WHERE org_id = 0\").fetchone()[0])" "$tmp/data/qwick.db")" \
+check_eq "the instance log records both" "$(q "SELECT group_concat(action, ' ') FROM audit WHERE org_id = 0" \
+    "SELECT string_agg(action, ' ' ORDER BY seq) FROM audit WHERE org_id = 0")" \
     "operator.token.create operator.token.revoke"
 
 # --- formats per profile, usage ------------------------------------------------
@@ -73,7 +82,7 @@ check_py "3 signatures, 2 denials, by profile" "$tmp/resp" \
     'assert d["signatures"] == 3 and d["denied"] == 2 and d["failed"] == 0 and d["byProfile"] == {"default": 2, "rawp": 1}, d'
 check_eq "usage: bad since is 400" "$(get "$QWICKD_API_KEY" '/api/v1/usage?since=x')" 400
 check_eq "usage with the operator token: 401 (org-scoped)" "$(get "$QWICKD_OPERATOR_TOKEN" /api/v1/usage)" 401
-check_eq "the raw denial is on record" "$($PY -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(\"SELECT count(*) FROM audit WHERE detail = 'format not allowed' AND format = 'raw'\").fetchone()[0])" "$tmp/data/qwick.db")" 1
+check_eq "the raw denial is on record" "$(q "SELECT count(*) FROM audit WHERE detail = 'format not allowed' AND format = 'raw'")" 1
 # --- failed authentications ----------------------------------------------------
 curl -sS --cacert "$QWICKD_TLS_CA" -H "Authorization: Bearer $QWICKD_API_KEY" \
     -H 'Content-Type: application/json' -d '{"name":"soon-revoked","role":"viewer"}' \
@@ -89,12 +98,13 @@ done
 check_eq "revoked key: 401" "$(get "$rk" /api/v1/keys)" 401
 check_eq "revoked key again: 401" "$(get "$rk" /api/v1/keys)" 401
 stop_qwickd
-q() { $PY -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(sys.argv[2]).fetchone()[0])" "$tmp/data/qwick.db" "$1"; }
 n=$(q "SELECT count(*) FROM audit WHERE org_id = 0 AND action = 'auth.failure' AND detail = 'unknown_api_key'")
-total=$(q "SELECT sum(json_extract(meta, '\$.count')) FROM audit WHERE org_id = 0 AND action = 'auth.failure' AND detail = 'unknown_api_key'")
+total=$(q "SELECT sum(json_extract(meta, '\$.count')) FROM audit WHERE org_id = 0 AND action = 'auth.failure' AND detail = 'unknown_api_key'" \
+    "SELECT sum((meta::jsonb ->> 'count')::bigint) FROM audit WHERE org_id = 0 AND action = 'auth.failure' AND detail = 'unknown_api_key'")
 [ "$n" -ge 1 ] && [ "$n" -le 4 ] && ok "unknown keys: $n aggregated rows" || fail "unknown keys: $n rows"
 [ "$total" -ge 40 ] && ok "unknown keys: $total failures counted" || fail "unknown keys: $total counted"
 check_eq "revoked key: counted in its org's log" \
-    "$(q "SELECT sum(json_extract(meta, '\$.count')) || ' ' || client_ip FROM audit WHERE org_id = 1 AND action = 'auth.failure' AND detail = 'revoked_api_key'")" "2 127.0.0.1"
+    "$(q "SELECT sum(json_extract(meta, '\$.count')) || ' ' || client_ip FROM audit WHERE org_id = 1 AND action = 'auth.failure' AND detail = 'revoked_api_key'" \
+        "SELECT sum((meta::jsonb ->> 'count')::bigint) || ' ' || string_agg(DISTINCT client_ip, ',') FROM audit WHERE org_id = 1 AND action = 'auth.failure' AND detail = 'revoked_api_key'")" "2 127.0.0.1"
 check "audit verify: every log intact" "$QWICKD" audit verify --data "$tmp/data"
 t_done

@@ -29,9 +29,16 @@ done
 
 # --- permissions -------------------------------------------------------------
 check_eq "data dir is 0700" "$(mode "$D")" 700
-for f in master.key qwick.db tls.key tsa.key.sealed qwickd.json; do
+# On PostgreSQL the server's role password, sealed, takes the database file's place.
+if store_is_pg; then secrets="database.sealed"; else secrets="qwick.db"; fi
+for f in master.key $secrets tls.key tsa.key.sealed qwickd.json; do
     check_eq "$f is 0600" "$(mode "$D/$f")" 600
 done
+if store_is_pg; then
+    [ ! -e "$D/qwick.db" ] && ok "no SQLite file beside PostgreSQL" || fail "qwick.db created on PostgreSQL"
+    check_grep "qwickd.json records the database" "\"database\": *\"$QWICKD_DATABASE_URL\"" "$D/qwickd.json"
+    check_eq "the server's database login is sealed" "$(head -c 4 "$D/database.sealed")" QKS1
+fi
 
 # --- certificates ------------------------------------------------------------
 x509() { openssl x509 -in "$1" -noout -text 2>/dev/null; }
@@ -62,7 +69,13 @@ check_eq "TLS key matches TLS cert" "$(openssl x509 -in "$D/tls.pem" -noout -pub
 leaks=$(grep -rla "PRIVATE KEY" "$D" | grep -v "/tls.key$" || true)
 check_eq "no plaintext private key in DIR except tls.key" "$leaks" ""
 check_fails "TSA key is sealed" grep -qa "BEGIN" "$D/tsa.key.sealed"
-python3 - "$D/qwick.db" <<'PY' && ok "code-signing key sealed in signing_keys" || fail "code-signing key sealed in signing_keys"
+if store_is_pg; then
+    check_eq "code-signing key sealed in signing_keys" "$(pg_store_sql -c "
+        SELECT (SELECT string_agg(kind || ' ' || encode(substr(sealed, 1, 4), 'escape') || ' '
+                                  || position('PRIVATE'::bytea IN sealed), ',') FROM signing_keys)
+               || ' ' || (SELECT count(*) FROM profiles WHERE name = 'default')")" "local-pem QKS1 0 1"
+else
+    python3 - "$D/qwick.db" <<'PY' && ok "code-signing key sealed in signing_keys" || fail "code-signing key sealed in signing_keys"
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1])
 rows = db.execute("SELECT kind, sealed FROM signing_keys").fetchall()
@@ -71,17 +84,40 @@ assert rows[0][1][:4] == b"QKS1" and b"PRIVATE" not in rows[0][1]
 (n,) = db.execute("SELECT count(*) FROM profiles WHERE name = 'default'").fetchone()
 assert n == 1
 PY
+fi
 
 # --- re-init refuses, touching nothing ---------------------------------------------
-before=$(cd "$D" && ls -lA --time-style=+%s . && sha256sum master.key qwick.db)
+# The store's contents: the SQLite file, or on PostgreSQL a dump of the database
+# (which the superuser reads whole, row-level security or not).
+store_dump() {
+    if store_is_pg; then
+        # (less pg_dump's \restrict lines, which carry a random key)
+        pg_dump -d "${PG_SUPER_URL%/*}/$(pg_store_db)" --no-owner >"$tmp/dump.sql" || die "pg_dump"
+        grep -v '^\\\(un\)\{0,1\}restrict ' "$tmp/dump.sql" | sha256sum
+    else sha256sum qwick.db; fi
+}
+before=$(cd "$D" && ls -lA --time-style=+%s . && sha256sum master.key && store_dump)
 check_fails "init refuses an existing DIR" "$QWICKD" init --data "$D"
-after=$(cd "$D" && ls -lA --time-style=+%s . && sha256sum master.key qwick.db)
+after=$(cd "$D" && ls -lA --time-style=+%s . && sha256sum master.key && store_dump)
 [ "$before" = "$after" ] && ok "refused init left DIR untouched" || fail "refused init left DIR untouched"
+# On PostgreSQL each new DIR gets a fresh database: a refusal must come from
+# the directory, not from a database that already has a schema.
+fresh_db() {
+    if store_is_pg; then pg_newdb "$1"; else echo "${QWICKD_DATABASE_URL:-}"; fi
+}
+url=$(fresh_db nonempty) || exit 1
 mkdir "$tmp/nonempty" && echo keep >"$tmp/nonempty/file"
-check_fails "init refuses a non-empty DIR" "$QWICKD" init --data "$tmp/nonempty"
+check_fails "init refuses a non-empty DIR" env ${url:+QWICKD_DATABASE_URL="$url"} \
+    "$QWICKD" init --data "$tmp/nonempty"
 check_eq "non-empty DIR untouched" "$(ls -A "$tmp/nonempty")" file
+if store_is_pg; then
+    check_eq "non-empty DIR: its database untouched" \
+        "$(psql "${PG_SUPER_URL%/*}/${url##*/}" -X -At -c "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'" 2>&1)" 0
+fi
+url=$(fresh_db empty) || exit 1
 mkdir "$tmp/empty"
-check "init accepts an existing empty DIR" "$QWICKD" init --data "$tmp/empty"
+check "init accepts an existing empty DIR" env ${url:+QWICKD_DATABASE_URL="$url"} \
+    "$QWICKD" init --data "$tmp/empty"
 check_eq "empty DIR tightened to 0700" "$(mode "$tmp/empty")" 700
 check_fails "init without --data is a usage error" "$QWICKD" init
 
@@ -99,7 +135,12 @@ assert k['prefix'] == '$K2'[:10]
 assert '$K2' not in open(sys.argv[1]).read()
 "
 "$QWICKD" apikey list --data "$D" | grep -q "qk_" && ok "apikey list (table)" || fail "apikey list (table)"
-check_fails "key stored only as a hash" grep -qa "$K2" "$D/qwick.db"
+if store_is_pg; then
+    pg_dump -d "${PG_SUPER_URL%/*}/$(pg_store_db)" >"$tmp/dump.sql" || die "pg_dump"
+    check_fails "key stored only as a hash" grep -qa "$K2" "$tmp/dump.sql"
+else
+    check_fails "key stored only as a hash" grep -qa "$K2" "$D/qwick.db"
+fi
 check "apikey revoke" "$QWICKD" apikey revoke --data "$D" "$KID"
 "$QWICKD" apikey list --data "$D" --json >"$tmp/list.json"
 check_py "revoked key shows revoked_at" "$tmp/list.json" "
@@ -115,7 +156,11 @@ check_fails "apikey on a non-data dir fails" "$QWICKD" apikey list --data "$tmp/
 
 # --- audit chain ----------------------------------------------------------------------
 check "audit verify (intact)" "$QWICKD" audit verify --data "$D"
-python3 -c 'import sqlite3,sys; db=sqlite3.connect(sys.argv[1]); db.execute("UPDATE audit SET detail = ? WHERE seq = 2", ("edited",)); db.commit()' "$D/qwick.db"
+if store_is_pg; then
+    pg_store_sql -c "UPDATE audit SET detail = 'edited' WHERE seq = 2"
+else
+    python3 -c 'import sqlite3,sys; db=sqlite3.connect(sys.argv[1]); db.execute("UPDATE audit SET detail = ? WHERE seq = 2", ("edited",)); db.commit()' "$D/qwick.db"
+fi
 check_fails "audit verify detects an edited row" "$QWICKD" audit verify --data "$D"
 
 
