@@ -25,8 +25,16 @@ pass=0
 fail=0
 work=$(mktemp -d "${TMPDIR:-/tmp}/qwick-run-tests.XXXXXX")
 pgdir=""
+pgrun=""
 
+# On exit, also on ^C: the background run stopped first (it ignores SIGINT,
+# as every background job of a shell without job control does), then the
+# cluster.
 cleanup() {
+    if [ -n "$pgrun" ] && kill -0 "$pgrun" 2>/dev/null; then
+        kill -TERM "$pgrun" 2>/dev/null
+        wait "$pgrun" 2>/dev/null
+    fi
     [ -z "$pgdir" ] || sh "$here/tests/tools/pgcluster.sh" stop "$pgdir" >/dev/null 2>&1 || true
     rm -rf "$work"
 }
@@ -34,14 +42,24 @@ trap cleanup EXIT
 trap 'exit 1' INT TERM HUP
 
 # run DIR LABEL ARGS...: meson test; its output and counts go to
-# $work/LABEL.log and $work/LABEL.counts ("OK FAIL"), so a run can go in the
-# background and be collected later (collect LABEL).
+# $work/LABEL.log and $work/LABEL.counts ("OK FAIL SECONDS"), so a run can go
+# in the background and be collected later (collect LABEL). In the background
+# (bg=1) meson is waited for, so that a SIGTERM stops it (meson stops its tests).
+bg=0
 run() {
     dir=$1
     label=$2
     shift 2
     log=$work/$label.log
-    meson test -C "$dir" --print-errorlogs --num-processes 2 "$@" >"$log" 2>&1
+    t0=$(date +%s)
+    if [ "$bg" = 1 ]; then
+        meson test -C "$dir" --print-errorlogs --num-processes 2 "$@" >"$log" 2>&1 &
+        mpid=$!
+        trap 'kill -TERM "$mpid" 2>/dev/null; wait "$mpid"; exit 1' TERM
+        wait "$mpid"
+    else
+        meson test -C "$dir" --print-errorlogs --num-processes 2 "$@" >"$log" 2>&1
+    fi
     ok=$(sed -n 's/^Ok: *\([0-9]*\).*/\1/p' "$log" | tail -1)
     ko=$(sed -n 's/^Fail: *\([0-9]*\).*/\1/p' "$log" | tail -1)
     to=$(sed -n 's/^Timeout: *\([0-9]*\).*/\1/p' "$log" | tail -1)
@@ -49,18 +67,19 @@ run() {
         echo "$label: meson test produced no summary" >>"$log"
         ko=$((${ko:-0} + 1))
     fi
-    echo "${ok:-0} $((${ko:-0} + ${to:-0}))" >"$work/$label.counts"
+    echo "${ok:-0} $((${ko:-0} + ${to:-0})) $(($(date +%s) - t0))" >"$work/$label.counts"
 }
 collect() { # LABEL
-    echo "=== $1"
-    cat "$work/$1.log"
+    c_s=""
     if [ -s "$work/$1.counts" ]; then
-        read -r c_ok c_ko <"$work/$1.counts"
+        read -r c_ok c_ko c_s <"$work/$1.counts"
     else
-        echo "$1: no result"
         c_ok=0
         c_ko=1
     fi
+    echo "=== $1${c_s:+ ($c_s s)}"
+    cat "$work/$1.log"
+    [ -s "$work/$1.counts" ] || echo "$1: no result"
     pass=$((pass + c_ok))
     fail=$((fail + c_ko))
 }
@@ -87,7 +106,9 @@ pg_owner_role() {
         IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'qwick_owner')
         THEN CREATE ROLE qwick_owner LOGIN CREATEROLE; END IF; END \$\$" >>"$work/pg.log" 2>&1
 }
-# The integration tests that take the store from QWICK_TEST_STORE (not pg_*).
+# The integration tests that take the store from QWICK_TEST_STORE (not pg_*);
+# run with --suite integration, since a name alone also picks a unit test of
+# that name.
 store_tests() {
     meson test -C "$BUILD" --list --suite integration 2>/dev/null |
         sed -n 's|^.*:integration / ||p' | grep -v '^pg_'
@@ -101,15 +122,16 @@ if ! pg_cluster; then
 fi
 run "$BUILD" plain
 collect plain
-pgrun=""
 if [ "$pg_ok" = 1 ]; then
     (
+        trap - EXIT INT HUP
+        bg=1
         QWICK_TEST_STORE=pg
         export QWICK_TEST_STORE
         tests=$(store_tests)
         if [ -n "$tests" ]; then
             # shellcheck disable=SC2086 # one argument per test name
-            run "$BUILD" plain-pg $tests
+            run "$BUILD" plain-pg --suite integration $tests
         else echo "plain-pg: no integration tests listed" >"$work/plain-pg.log"; fi
     ) &
     pgrun=$!
