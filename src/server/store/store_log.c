@@ -579,6 +579,10 @@ typedef struct list_arg {
 static qk_err txn_list(db_conn *c, void *p)
 {
     list_arg *a = p;
+    if (a->out != NULL) /* an earlier run's (db.h: fn may run again) */
+        a->list_free(a->out, a->n);
+    a->out = NULL;
+    a->n = 0;
     return sql_rows(c, a->id, a->v, a->nv, a->size, a->fill, a->list_free, &a->out, &a->n);
 }
 

@@ -45,6 +45,10 @@ typedef struct rows_arg {
 static qk_err txn_rows(db_conn *c, void *p)
 {
     rows_arg *a = p;
+    if (*a->out != NULL) /* an earlier run's (db.h: fn may run again) */
+        a->list_free(*a->out, *a->n);
+    *a->out = NULL;
+    *a->n = 0;
     return sql_rows(c, a->id, a->v, a->nv, a->size, a->fill, a->list_free, a->out, a->n);
 }
 
@@ -63,30 +67,43 @@ typedef struct one_arg {
     const db_val *v;
     int nv;
     row_fill_fn fill;
+    void (*clear)(void *elem); /* frees what fill put in elem; NULL: nothing to free */
     void *elem;
     int found;
 } one_arg;
 
+/* A driver may run this more than once (db.h): a row filled by an earlier
+ * run is freed before the next, so nothing leaks and only the last counts. */
+static void one_clear(one_arg *a)
+{
+    if (a->found && a->clear != NULL)
+        a->clear(a->elem);
+    a->found = 0;
+}
+
 static qk_err txn_one(db_conn *c, void *p)
 {
     one_arg *a = p;
+    one_clear(a);
     return sql_one(c, a->id, a->v, a->nv, a->fill, a->elem, &a->found);
 }
 
 /* The same, where no row is an answer (*found = 0, QK_OK). */
 static qk_err read_maybe(qk_store *s, int64_t org, int id, const db_val *v, int nv,
-                         row_fill_fn fill, void *elem, int *found)
+                         row_fill_fn fill, void (*clear)(void *), void *elem, int *found)
 {
-    one_arg a = {id, v, nv, fill, elem, 0};
+    one_arg a = {id, v, nv, fill, clear, elem, 0};
     qk_err rc = db_read(SQL_DB(s), org, txn_one, &a);
+    if (rc != QK_OK)
+        one_clear(&a);
     *found = rc == QK_OK && a.found;
     return rc;
 }
 
 static qk_err read_one(qk_store *s, int64_t org, int id, const db_val *v, int nv, row_fill_fn fill,
-                       void *elem, const char *what, int *found)
+                       void (*clear)(void *), void *elem, const char *what, int *found)
 {
-    qk_err rc = read_maybe(s, org, id, v, nv, fill, elem, found);
+    qk_err rc = read_maybe(s, org, id, v, nv, fill, clear, elem, found);
     if (rc == QK_OK && !*found)
         return not_found(found, what);
     return rc;
@@ -519,7 +536,7 @@ static qk_err sq_request_get(qk_store *base, int64_t org, const char *id, store_
     *found = 0;
     if (id == NULL || strlen(id) >= sizeof(out->id))
         return not_found(found, "request");
-    return read_one(base, org, R_REQ_GET, v, 2, fill_request, out, "request", found);
+    return read_one(base, org, R_REQ_GET, v, 2, fill_request, (void (*)(void *))store_sign_request_clear, out, "request", found);
 }
 
 /* ---- reads by id or name ------------------------------------------------ */
@@ -531,7 +548,7 @@ static qk_err sq_org_find(qk_store *base, const char *name, int64_t *id, int *fo
     *found = 0;
     if (name == NULL)
         return not_found(found, "org");
-    return read_one(base, DB_NO_ORG, R_ORG_FIND, v, 1, sql_fill_i64, id, "org", found);
+    return read_one(base, DB_NO_ORG, R_ORG_FIND, v, 1, sql_fill_i64, NULL, id, "org", found);
 }
 
 static void fill_signing_key(db_stmt *st, void *e)
@@ -548,7 +565,7 @@ static qk_err sq_signing_key_get(qk_store *base, int64_t org, int64_t id, store_
 {
     db_val v[] = {V_INT(org), V_INT(id)};
     memset(out, 0, sizeof(*out));
-    return read_one(base, org, R_SKEY_GET, v, 2, fill_signing_key, out, "signing key", found);
+    return read_one(base, org, R_SKEY_GET, v, 2, fill_signing_key, (void (*)(void *))store_signing_key_clear, out, "signing key", found);
 }
 
 static void fill_profile(db_stmt *st, void *e)
@@ -574,7 +591,7 @@ static qk_err sq_profile_get(qk_store *base, int64_t org, const char *name, stor
     *found = 0;
     if (name == NULL)
         return not_found(found, "profile");
-    return read_one(base, org, R_PROFILE_GET, v, 2, fill_profile, out, "profile", found);
+    return read_one(base, org, R_PROFILE_GET, v, 2, fill_profile, (void (*)(void *))store_profile_clear, out, "profile", found);
 }
 
 typedef struct lookup_arg {
@@ -631,7 +648,7 @@ static qk_err sq_apikey_get(qk_store *base, int64_t org, int64_t id, store_apike
 {
     db_val v[] = {V_INT(org), V_INT(id)};
     memset(out, 0, sizeof(*out));
-    return read_one(base, org, R_APIKEY_GET, v, 2, fill_apikey, out, "API key", found);
+    return read_one(base, org, R_APIKEY_GET, v, 2, fill_apikey, (void (*)(void *))store_apikey_clear, out, "API key", found);
 }
 
 /* ---- lists and simple changes ------------------------------------------- */
@@ -806,12 +823,19 @@ static void fill_secret(db_stmt *st, void *p)
     col_buf(st, 1, &r->pub);
 }
 
+static void clear_secret(void *p)
+{
+    secret_row *r = p;
+    qk_buf_free(&r->sealed);
+    qk_buf_free(&r->pub);
+}
+
 static qk_err sq_instance_secret_get(qk_store *base, const char *name, qk_buf *sealed, qk_buf *pub,
                                      int *found)
 {
     secret_row r = {{NULL, 0}, {NULL, 0}};
     db_val v[] = {V_TEXT(name)};
-    qk_err rc = read_maybe(base, DB_NO_ORG, R_SECRET_GET, v, 1, fill_secret, &r, found);
+    qk_err rc = read_maybe(base, DB_NO_ORG, R_SECRET_GET, v, 1, fill_secret, clear_secret, &r, found);
     if (rc == QK_OK && *found) {
         *sealed = r.sealed;
         *pub = r.pub;
