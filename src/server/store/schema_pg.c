@@ -195,9 +195,11 @@ static qk_err exec_fmt(db_conn *c, const char *fmt, ...)
     va_start(ap, fmt);
     int n = vsnprintf(sql, sizeof(sql), fmt, ap);
     va_end(ap);
-    if (n < 0 || (size_t)n >= sizeof(sql))
-        return qk_fail(QK_ERR_INVALID_ARG, "schema statement too long");
-    return db_exec(c, sql);
+    qk_err rc = n < 0 || (size_t)n >= sizeof(sql)
+                    ? qk_fail(QK_ERR_INVALID_ARG, "schema statement too long")
+                    : db_exec(c, sql);
+    explicit_bzero(sql, sizeof(sql)); /* CREATE ROLE carries the role's password */
+    return rc;
 }
 
 typedef struct install_arg {

@@ -363,8 +363,6 @@ qk_err store_pg_open(const char *url, const char *user, const char *password, in
 qk_err store_pg_create(const char *url, const char *role, const char *password);
 /* Whether a PostgreSQL URL (or key=value string) carries a password. */
 int store_pg_url_has_password(const char *url);
-/* Whether the store is PostgreSQL (shared by many nodes) rather than SQLite. */
-int store_is_pg(const qk_store *s);
 
 /* SQLite backend: opens (creating if needed, mode 0600) DATA_DIR/qwick.db,
  * WAL mode, synchronous=FULL, foreign keys on, migrations applied.

@@ -98,11 +98,6 @@ qk_err store_pg_create(const char *url, const char *role, const char *password)
     return rc;
 }
 
-int store_is_pg(const qk_store *s)
-{
-    return SQL_DB(s)->dialect == DB_PG;
-}
-
 int store_pg_url_has_password(const char *url)
 {
     char *err = NULL;
