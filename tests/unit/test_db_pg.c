@@ -62,6 +62,7 @@ enum {
     Q_BAD,
     Q_CU_INSERT,
     Q_INTS,
+    Q_WA_INSERT,
     Q__N
 };
 
@@ -84,6 +85,8 @@ static const db_query queries[Q__N] = {
     [Q_BAD] = {"SELEC 1", NULL},
     [Q_CU_INSERT] = {"INSERT INTO cu (x) VALUES ($1)", NULL},
     [Q_INTS] = {"SELECT $1::bigint + 0, $2::bigint", NULL},
+    [Q_WA_INSERT] = {"INSERT INTO wa (i, org) VALUES ($1, current_setting('qwick.org', true))",
+                     NULL},
 };
 
 /* ---- the cluster -------------------------------------------------------- */
@@ -235,6 +238,7 @@ static int cluster_setup(void)
                             "CREATE TABLE kv (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
                             "  name TEXT UNIQUE, n BIGINT, b BYTEA);"
                             "CREATE TABLE w (thread INT, i INT, PRIMARY KEY (thread, i));"
+                            "CREATE TABLE wa (i INT PRIMARY KEY, org TEXT, tx BIGINT DEFAULT txid_current());"
                             "CREATE ROLE alice LOGIN;"
                             "GRANT SELECT ON kv TO alice;"
                             /* A deferred trigger that kills its own backend: the
@@ -987,6 +991,138 @@ static void test_pool_threads(void **state)
     d->ops->close(d);
 }
 
+/* ---- the batching writer (write_async) ------------------------------------ */
+
+#define ASYNC_THREADS 3
+#define ASYNC_PER_THREAD 100
+
+typedef struct awrite {
+    int i;
+    int dup;     /* inserts a key another write inserted: a constraint error */
+    int refuse;  /* inserts, then its fn fails on its own */
+    atomic_int *finished;
+    qk_err rc;
+    char detail[256];
+    int runs;
+} awrite;
+
+static qk_err awrite_fn(db_conn *c, void *arg)
+{
+    awrite *a = arg;
+    db_stmt *st = NULL;
+    int row;
+    a->runs++;
+    qk_err rc = db_prepare(c, Q_WA_INSERT, &st);
+    if (rc != QK_OK)
+        return rc;
+    db_bind_int(st, 1, a->refuse ? 100000 + a->i : a->i);
+    rc = db_step(st, &row);
+    db_done(st);
+    if (rc == QK_OK && a->refuse)
+        return qk_fail(QK_ERR_INVALID_ARG, "write %d refuses", a->i);
+    return rc;
+}
+
+static void awrite_done(void *arg, qk_err rc, const char *detail)
+{
+    awrite *a = arg;
+    a->rc = rc;
+    snprintf(a->detail, sizeof(a->detail), "%s", detail != NULL ? detail : "");
+    atomic_fetch_add(a->finished, 1);
+}
+
+typedef struct aworker {
+    qk_db *d;
+    awrite *w;
+    int n;
+    int refused; /* write_async calls that failed */
+} aworker;
+
+static void *aworker_main(void *arg)
+{
+    aworker *t = arg;
+    for (int k = 0; k < t->n; k++)
+        if (t->d->ops->write_async(t->d, t->w[k].i % 5 + 1, awrite_fn, &t->w[k], awrite_done,
+                                   &t->w[k]) != QK_OK)
+            t->refused++;
+    return NULL;
+}
+
+/* Writes queued from several threads while the table is locked pile up, so
+ * the writer takes them in batches: each write commits with its own org set,
+ * a write that fails (a duplicate key, its fn's own error) is undone alone
+ * and told why, the others commit; flush waits for all of them. */
+static void test_write_async_batches(void **state)
+{
+    (void)state;
+    enum { N = ASYNC_THREADS * ASYNC_PER_THREAD };
+    static awrite w[N];
+    atomic_int finished = 0;
+    qk_db *d = open_db(2);
+    assert_non_null(d->ops->write_async);
+    for (int k = 0; k < N; k++) {
+        /* Every 10th write repeats the key of the write before it. */
+        w[k] = (awrite){.i = k % 10 == 9 ? k - 1 : k, .dup = k % 10 == 9,
+                        .refuse = k % 25 == 3, .finished = &finished};
+    }
+    assert_true(admin_exec(g_admin, "BEGIN; LOCK TABLE wa IN EXCLUSIVE MODE"));
+    pthread_t t[ASYNC_THREADS];
+    aworker aw[ASYNC_THREADS];
+    for (int i = 0; i < ASYNC_THREADS; i++) {
+        aw[i] = (aworker){d, &w[i * ASYNC_PER_THREAD], ASYNC_PER_THREAD, 0};
+        assert_int_equal(pthread_create(&t[i], NULL, aworker_main, &aw[i]), 0);
+    }
+    for (int i = 0; i < ASYNC_THREADS; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(aw[i].refused, 0);
+    }
+    usleep(200 * 1000);
+    assert_int_equal(atomic_load(&finished), 0); /* all held by the lock */
+    assert_true(admin_exec(g_admin, "COMMIT"));
+    d->ops->flush(d);
+    assert_int_equal(atomic_load(&finished), N);
+
+    int ok = 0;
+    for (int k = 0; k < N; k++) {
+        if (w[k].dup) {
+            /* The first of the pair queued may be either: exactly one of
+             * them committed. */
+            int first_ok = w[k - 1].rc == QK_OK, second_ok = w[k].rc == QK_OK;
+            if (!w[k - 1].refuse)
+                assert_int_equal(first_ok + second_ok, 1);
+            awrite *loser = second_ok ? &w[k - 1] : &w[k];
+            if (!loser->refuse) {
+                assert_int_equal(loser->rc, QK_ERR_INVALID_ARG);
+                assert_non_null(strstr(loser->detail, "23505"));
+            }
+        } else if (w[k].refuse) {
+            assert_int_equal(w[k].rc, QK_ERR_INVALID_ARG);
+            assert_non_null(strstr(w[k].detail, "refuses"));
+        }
+        ok += w[k].rc == QK_OK;
+    }
+    assert_int_equal(admin_int("SELECT count(*) FROM wa"), ok);
+    assert_int_equal(admin_int("SELECT count(*) FROM wa WHERE i >= 100000"), 0);
+    /* Each row carries the org its own write set. */
+    assert_int_equal(admin_int("SELECT count(*) FROM wa WHERE org::int <> i % 5 + 1"), 0);
+    /* Batches: far fewer transactions (the top-level one of each row; xmin
+     * would be its savepoint's) than writes. */
+    int64_t txns = admin_int("SELECT count(DISTINCT tx) FROM wa");
+    assert_true(txns >= 1 && txns <= N / 8);
+    d->ops->close(d);
+
+    /* Closing drains the queue: every write queued before close lands. */
+    d = open_db(2);
+    atomic_store(&finished, 0);
+    for (int k = 0; k < 50; k++) {
+        w[k] = (awrite){.i = 200000 + k, .finished = &finished};
+        assert_int_equal(d->ops->write_async(d, 7, awrite_fn, &w[k], awrite_done, &w[k]), QK_OK);
+    }
+    d->ops->close(d);
+    assert_int_equal(atomic_load(&finished), 50);
+    assert_int_equal(admin_int("SELECT count(*) FROM wa WHERE i >= 200000 AND org = '7'"), 50);
+}
+
 /* ---- opening -------------------------------------------------------------- */
 
 static void test_closed_port_fails_fast(void **state)
@@ -1082,6 +1218,7 @@ int main(void)
         cmocka_unit_test(test_lost_connection_retry_limit),
         cmocka_unit_test(test_commit_outcome_unknown),
         cmocka_unit_test(test_pool_threads),
+        cmocka_unit_test(test_write_async_batches),
         cmocka_unit_test(test_closed_port_fails_fast),
         cmocka_unit_test(test_conninfo_options),
         cmocka_unit_test(test_server_restart),

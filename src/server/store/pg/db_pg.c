@@ -26,7 +26,10 @@
  *   server restart of a few seconds;
  * - a connection lost during COMMIT leaves a write's outcome unknown: that
  *   is an error ("commit outcome unknown"), never a rerun. A read-only
- *   transaction changed nothing and is rerun. */
+ *   transaction changed nothing and is rerun.
+ *
+ * write_async (the signing path's records) goes to a batching writer
+ * instead, pg_writer.c: many writes share one transaction and one commit. */
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -42,6 +45,7 @@
 #include "core/util.h"
 #include "store/db.h"
 #include "store/pg/db_pg.h"
+#include "store/pg/pg_internal.h"
 
 /* Type OIDs (catalog/pg_type_d.h, which libpq does not install). */
 #define PG_BOOLOID 16
@@ -59,88 +63,18 @@
 #define PG_NUMERICOID 1700
 #define PG_JSONBOID 3802
 
-#define CONFLICT_RETRIES 5
-#define LOST_RETRIES 3
-#define RECONNECT_FIRST_MS 100
-#define RECONNECT_MAX_PAUSE_MS 1000
-#define RECONNECT_WINDOW_MS 5000
-#define DETAIL_MAX 400 /* a remembered error (qk_error_detail holds 512) */
-#define NUM_TEXT 24    /* an int64 in decimal, NUL included */
-
-typedef enum pg_kind { P_UNBOUND = 0, P_INT, P_TEXT, P_BLOB, P_NULL } pg_kind;
-
-typedef struct pg_param {
-    pg_kind kind;
-    const char *p; /* P_TEXT, P_BLOB: borrowed until the statement runs */
-    int len;       /* P_BLOB */
-    char num[NUM_TEXT];
-} pg_param;
-
-typedef struct pg_conn pg_conn;
-
-typedef struct pg_stmt {
-    db_stmt base;
-    pg_conn *c;
-    int id;
-    /* Bindings: params[0] is $1. nparams is the highest index bound since
-     * the last done; the arrays are what PQexecPrepared takes. */
-    pg_param *params;
-    const char **vals;
-    int *lens, *fmts;
-    Oid *types;
-    int nparams, cap;
-    int bind_err;  /* a bad binding, reported by the next step */
-    PGresult *res; /* from the first step until done */
-    int row, nrows;
-    int64_t changes;
-    char (*nums)[NUM_TEXT]; /* col_text of integer columns, one per column */
-    int nnums;
-} pg_stmt;
-
-/* Why a transaction failed, as far as retrying goes. */
-typedef enum pg_why { WHY_NONE = 0, WHY_CONFLICT, WHY_LOST, WHY_UNKNOWN } pg_why;
-
-struct pg_conn {
-    db_conn base;
-    PGconn *pg;              /* NULL until first used */
-    pg_stmt *st;             /* one per query id */
-    unsigned char *prepared; /* per query id: prepared in this session */
-    /* The running transaction's first error (QK_OK: none). */
-    qk_err err;
-    pg_why why;
-    char detail[DETAIL_MAX];
-};
-
-enum { BASE_PARAMS = 3, MAX_CONN_PARAMS = 6 };
-
-typedef struct pg_db {
-    qk_db base;
-    /* PQconnectdbParams' arrays: our defaults, then the conninfo (expanded,
-     * overriding them), then user and password (overriding it). */
-    const char *keys[MAX_CONN_PARAMS];
-    const char *vals[MAX_CONN_PARAMS];
-    char *conninfo, *user, *password;
-
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    pg_conn *conns;
-    int nconns;
-    pg_conn **idle; /* a stack: the most recently used connection is reused first */
-    int nidle;
-} pg_db;
-
 static const db_ops pg_ops;
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static int64_t mono_ms(void)
+int64_t pgc_mono_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void sleep_ms(int64_t ms)
+void pgc_sleep_ms(int64_t ms)
 {
     struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000};
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
@@ -149,7 +83,7 @@ static void sleep_ms(int64_t ms)
 
 /* A pause of 1 .. 5 * 2^attempt ms, different on each thread, so the two
  * sides of a conflict do not collide again in step. */
-static int64_t conflict_pause_ms(int attempt)
+int64_t pgc_conflict_pause_ms(int attempt)
 {
     static _Thread_local uint64_t x;
     if (x == 0) {
@@ -244,13 +178,13 @@ static qk_err conn_fail(pg_conn *c, const PGresult *r, const char *what)
 
 /* The transaction already failed: PostgreSQL refuses everything until the
  * rollback, so nothing is sent and the first error is raised again. */
-static qk_err conn_failed_before(const pg_conn *c)
+qk_err pgc_failed_before(const pg_conn *c)
 {
     return qk_fail(c->err, "%s", c->detail);
 }
 
 /* Runs parameterless SQL whose result is not needed. */
-static qk_err conn_exec(pg_conn *c, const char *sql, const char *what)
+qk_err pgc_exec(pg_conn *c, const char *sql, const char *what)
 {
     PGresult *r = PQexec(c->pg, sql);
     ExecStatusType st = PQresultStatus(r);
@@ -394,7 +328,7 @@ static qk_err stmt_run(pg_stmt *s)
     qk_err rc;
 
     if (c->err != QK_OK)
-        return conn_failed_before(c);
+        return pgc_failed_before(c);
     if (s->bind_err != 0)
         return qk_fail(QK_ERR_INVALID_ARG, "query %d: %s", s->id,
                        s->bind_err == 1 ? "parameter index out of range" : "blob too large");
@@ -608,7 +542,7 @@ static qk_err connect_fail(const PGconn *pg)
 }
 
 /* (Re)connects: a new session, so nothing is prepared in it yet. */
-static qk_err conn_connect(pg_db *d, pg_conn *c)
+qk_err pgc_connect(pg_db *d, pg_conn *c)
 {
     memset(c->prepared, 0, (size_t)d->base.nqueries);
     if (c->pg != NULL) {
@@ -628,22 +562,22 @@ static qk_err conn_connect(pg_db *d, pg_conn *c)
  * while the server is away (a restart) until `deadline`. The last try is at
  * the deadline: giving up one pause early would cut the window short (a
  * crash recovery of 4 s failed requests 3.4 s after the loss). */
-static qk_err conn_reconnect(pg_db *d, pg_conn *c, int attempt, int64_t deadline)
+qk_err pgc_reconnect(pg_db *d, pg_conn *c, int attempt, int64_t deadline)
 {
     int64_t pause = (int64_t)RECONNECT_FIRST_MS << (attempt - 1);
     for (;;) {
-        int64_t left = deadline - mono_ms();
+        int64_t left = deadline - pgc_mono_ms();
         if (pause > RECONNECT_MAX_PAUSE_MS)
             pause = RECONNECT_MAX_PAUSE_MS;
-        sleep_ms(pause < left ? pause : left > 0 ? left : 0);
-        qk_err rc = conn_connect(d, c);
-        if (rc == QK_OK || mono_ms() >= deadline)
+        pgc_sleep_ms(pause < left ? pause : left > 0 ? left : 0);
+        qk_err rc = pgc_connect(d, c);
+        if (rc == QK_OK || pgc_mono_ms() >= deadline)
             return rc;
         pause *= 2;
     }
 }
 
-static void conn_free(pg_db *d, pg_conn *c)
+void pgc_free(pg_db *d, pg_conn *c)
 {
     if (c->st != NULL)
         for (int i = 0; i < d->base.nqueries; i++)
@@ -685,7 +619,7 @@ static qk_err txn_begin(pg_conn *c, int readonly, int64_t org)
              readonly ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
                       : "BEGIN ISOLATION LEVEL READ COMMITTED",
              v);
-    return conn_exec(c, sql, "BEGIN");
+    return pgc_exec(c, sql, "BEGIN");
 }
 
 static qk_err pg_set_org(db_conn *base, int64_t org)
@@ -695,7 +629,7 @@ static qk_err pg_set_org(db_conn *base, int64_t org)
     const char *vals[1] = {v};
     qk_err rc = QK_OK;
     if (c->err != QK_OK)
-        return conn_failed_before(c);
+        return pgc_failed_before(c);
     if (org != DB_NO_ORG)
         snprintf(v, sizeof(v), "%" PRId64, org);
     PGresult *r = PQexecParams(c->pg, "SELECT set_config('qwick.org', $1, true)", 1, NULL, vals,
@@ -710,11 +644,11 @@ static qk_err pg_exec(db_conn *base, const char *sql)
 {
     pg_conn *c = (pg_conn *)base;
     if (c->err != QK_OK)
-        return conn_failed_before(c);
-    return conn_exec(c, sql, "exec");
+        return pgc_failed_before(c);
+    return pgc_exec(c, sql, "exec");
 }
 
-static void txn_rollback(pg_conn *c)
+void pgc_rollback(pg_conn *c)
 {
     if (PQstatus(c->pg) != CONNECTION_OK || PQtransactionStatus(c->pg) == PQTRANS_IDLE)
         return;
@@ -723,7 +657,7 @@ static void txn_rollback(pg_conn *c)
 
 /* COMMIT. A write whose connection breaks here may or may not have
  * committed: WHY_UNKNOWN, never rerun. */
-static qk_err txn_commit(pg_conn *c, int readonly)
+qk_err pgc_commit(pg_conn *c, int readonly)
 {
     PGresult *r = PQexec(c->pg, "COMMIT");
     qk_err rc = QK_OK;
@@ -743,34 +677,47 @@ static qk_err txn_commit(pg_conn *c, int readonly)
     return rc;
 }
 
-/* One run of the transaction; c->why says whether another may follow. */
-static qk_err txn_once(pg_db *d, pg_conn *c, int readonly, int64_t org, db_txn_fn fn, void *arg)
+qk_err pgc_txn_prepare(pg_db *d, pg_conn *c)
 {
     qk_err rc;
     c->err = QK_OK;
     c->why = WHY_NONE;
     c->detail[0] = '\0';
     if (c->pg == NULL || PQstatus(c->pg) != CONNECTION_OK) {
-        if ((rc = conn_connect(d, c)) != QK_OK) {
+        if ((rc = pgc_connect(d, c)) != QK_OK) {
             c->why = WHY_LOST;
             snprintf(c->detail, sizeof(c->detail), "%s", qk_error_detail());
             return rc;
         }
     }
-    txn_rollback(c); /* a transaction left open by a failed rollback */
+    pgc_rollback(c); /* a transaction left open by a failed rollback */
+    return QK_OK;
+}
+
+void pgc_reset_stmts(pg_db *d, pg_conn *c)
+{
+    for (int i = 0; i < d->base.nqueries; i++)
+        if (c->st[i].res != NULL || c->st[i].nparams > 0)
+            stmt_reset(&c->st[i]);
+}
+
+/* One run of the transaction; c->why says whether another may follow. */
+static qk_err txn_once(pg_db *d, pg_conn *c, int readonly, int64_t org, db_txn_fn fn, void *arg)
+{
+    qk_err rc = pgc_txn_prepare(d, c);
+    if (rc != QK_OK)
+        return rc;
     rc = txn_begin(c, readonly, org);
     if (rc == QK_OK)
         rc = fn(&c->base, arg);
     if (rc == QK_OK && c->err != QK_OK)
-        rc = conn_failed_before(c); /* fn went on after an error */
-    for (int i = 0; i < d->base.nqueries; i++)
-        if (c->st[i].res != NULL || c->st[i].nparams > 0)
-            stmt_reset(&c->st[i]); /* statements fn left undone */
+        rc = pgc_failed_before(c); /* fn went on after an error */
+    pgc_reset_stmts(d, c);
     if (rc != QK_OK) {
-        txn_rollback(c);
+        pgc_rollback(c);
         return rc;
     }
-    return txn_commit(c, readonly);
+    return pgc_commit(c, readonly);
 }
 
 static qk_err txn_run(pg_db *d, int readonly, int64_t org, db_txn_fn fn, void *arg)
@@ -786,16 +733,16 @@ static qk_err txn_run(pg_db *d, int readonly, int64_t org, db_txn_fn fn, void *a
         if (c->why == WHY_CONFLICT && conflicts < CONFLICT_RETRIES) {
             conflicts++;
             log_kv(LOG_DEBUG, "postgres transaction conflict, retrying", "detail", c->detail, NULL);
-            sleep_ms(conflict_pause_ms(conflicts));
+            pgc_sleep_ms(pgc_conflict_pause_ms(conflicts));
             continue;
         }
         if (c->why != WHY_LOST || losses >= LOST_RETRIES)
             break;
         losses++;
         if (deadline == 0)
-            deadline = mono_ms() + RECONNECT_WINDOW_MS;
+            deadline = pgc_mono_ms() + RECONNECT_WINDOW_MS;
         log_kv(LOG_WARN, "postgres connection lost, reconnecting", "detail", c->detail, NULL);
-        if ((rc = conn_reconnect(d, c, losses, deadline)) != QK_OK)
+        if ((rc = pgc_reconnect(d, c, losses, deadline)) != QK_OK)
             break;
     }
     pool_give(d, c);
@@ -819,9 +766,10 @@ static void pg_close(qk_db *base)
     pg_db *d = (pg_db *)base;
     if (d == NULL)
         return;
+    pg_writer_stop(d); /* queued writes land first */
     if (d->conns != NULL)
         for (int i = 0; i < d->nconns; i++)
-            conn_free(d, &d->conns[i]);
+            pgc_free(d, &d->conns[i]);
     free(d->conns);
     free(d->idle);
     pthread_mutex_destroy(&d->mu);
@@ -857,8 +805,8 @@ static const db_ops pg_ops = {
     .close = pg_close,
     .read = pg_read,
     .write = pg_write,
-    .write_async = NULL,
-    .flush = NULL,
+    .write_async = pg_write_async,
+    .flush = pg_flush,
     .set_org = pg_set_org,
     .exec = pg_exec,
     .prepare = pg_prepare,
@@ -875,7 +823,7 @@ static const db_ops pg_ops = {
     .done = pg_done,
 };
 
-static void conn_init(pg_db *d, pg_conn *c)
+void pgc_init(pg_db *d, pg_conn *c)
 {
     int n = d->base.nqueries;
     c->base.d = &d->base;
@@ -935,11 +883,12 @@ qk_err db_pg_open_as(const char *conninfo, const char *user, const char *passwor
     d->conns = xcalloc((size_t)conns, sizeof(*d->conns));
     d->idle = xcalloc((size_t)conns, sizeof(*d->idle));
     for (int i = 0; i < conns; i++)
-        conn_init(d, &d->conns[i]);
+        pgc_init(d, &d->conns[i]);
     /* The stack's top is conns[0], connected now; the rest connect lazily. */
     for (int i = conns - 1; i >= 0; i--)
         d->idle[d->nidle++] = &d->conns[i];
-    if ((rc = conn_connect(d, &d->conns[0])) != QK_OK)
+    if ((rc = pgc_connect(d, &d->conns[0])) != QK_OK ||
+        (rc = pg_writer_start(d, PG_WRITERS)) != QK_OK)
         goto out;
     *out = &d->base;
     d = NULL;
