@@ -165,9 +165,11 @@ static const char *const tenant_tables[] = {
 static const char functions_sql[] =
     "CREATE FUNCTION qwick_current_org() RETURNS BIGINT LANGUAGE sql STABLE AS "
     "$$ SELECT NULLIF(current_setting('qwick.org', true), '')::bigint $$;"
-    "CREATE FUNCTION qwick_apikey_org(h BYTEA) RETURNS BIGINT LANGUAGE sql STABLE "
+    /* PL/pgSQL: it runs on every authentication, and keeps its plan
+     * (a SQL function with SET is not inlined and plans on every call). */
+    "CREATE FUNCTION qwick_apikey_org(h BYTEA) RETURNS BIGINT LANGUAGE plpgsql STABLE "
     "SECURITY DEFINER SET search_path = public, pg_temp AS "
-    "$$ SELECT org_id FROM apikey_orgs WHERE hash = h $$;"
+    "$$ BEGIN RETURN (SELECT org_id FROM apikey_orgs WHERE hash = h); END $$;"
     "CREATE FUNCTION qwick_org_find(n TEXT) RETURNS BIGINT LANGUAGE sql STABLE "
     "SECURITY DEFINER SET search_path = public, pg_temp AS "
     "$$ SELECT id FROM orgs WHERE name = n $$;"

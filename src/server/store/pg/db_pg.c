@@ -184,8 +184,15 @@ qk_err pgc_failed_before(const pg_conn *c)
 }
 
 /* Runs parameterless SQL whose result is not needed. */
+static qk_err pipeline_run(pg_conn *c, pg_stmt *s, const char *name, const char *what);
+
 qk_err pgc_exec(pg_conn *c, const char *sql, const char *what)
 {
+    if (c->nqueued > 0) {
+        qk_err rc = pipeline_run(c, NULL, NULL, what);
+        if (rc != QK_OK)
+            return rc;
+    }
     PGresult *r = PQexec(c->pg, sql);
     ExecStatusType st = PQresultStatus(r);
     qk_err rc = QK_OK;
@@ -335,6 +342,8 @@ static qk_err stmt_run(pg_stmt *s)
     snprintf(name, sizeof(name), "q%d", s->id);
     snprintf(what, sizeof(what), "query %d", s->id);
     stmt_params(s);
+    if (c->nqueued > 0)
+        return pipeline_run(c, s, name, what);
     if (!c->prepared[s->id]) {
         r = PQprepare(c->pg, name, q->pg != NULL ? q->pg : q->sql, s->nparams,
                       s->nparams > 0 ? s->types : NULL);
@@ -358,6 +367,106 @@ static qk_err stmt_run(pg_stmt *s)
     s->row = -1;
     s->nrows = PQntuples(r);
     s->changes = strtoll(PQcmdTuples(r), NULL, 10);
+    return QK_OK;
+}
+
+/* ---- pipeline: statements held back for the next round trip ------------ */
+
+/* Sends `sql` (one statement, text parameters) in pipeline mode without
+ * waiting for it; its result is read with the next statement's. */
+static qk_err pipeline_queue(pg_conn *c, const char *sql, int nparams, const char *const *vals,
+                             const char *what)
+{
+    if (c->err != QK_OK)
+        return pgc_failed_before(c);
+    if (c->nqueued == PG_QUEUE_MAX) {
+        qk_err rc = pipeline_run(c, NULL, NULL, what);
+        if (rc != QK_OK)
+            return rc;
+    }
+    if ((PQpipelineStatus(c->pg) == PQ_PIPELINE_OFF && PQenterPipelineMode(c->pg) != 1) ||
+        PQsendQueryParams(c->pg, sql, nparams, NULL, vals, NULL, NULL, 0) != 1)
+        return conn_fail(c, NULL, what);
+    c->queued[c->nqueued++] = what;
+    return QK_OK;
+}
+
+/* One result of the pipeline and the NULL that ends it. NULL when the
+ * connection broke (raised as the transaction's error). */
+static PGresult *pipeline_result(pg_conn *c, const char *what)
+{
+    PGresult *r = PQgetResult(c->pg);
+    if (r == NULL) {
+        (void)conn_fail(c, NULL, what);
+        /* Out of step with the server: this session is done for; the next
+         * transaction connects anew (and this one may rerun). */
+        c->why = WHY_LOST;
+        PQfinish(c->pg);
+        c->pg = NULL;
+        return NULL;
+    }
+    PGresult *end = PQgetResult(c->pg);
+    PQclear(end);
+    return r;
+}
+
+/* Sends the statement (prepared first if it is not yet; none: only the
+ * queue) and a sync, then reads every queued result, the statement's (kept
+ * in s->res) and the sync: one round trip. The first error is the
+ * transaction's; what was queued after it comes back aborted. */
+static qk_err pipeline_run(pg_conn *c, pg_stmt *s, const char *name, const char *what)
+{
+    int n = c->nqueued, prep = 0, lost = 0;
+    PGresult *r;
+    c->nqueued = 0;
+    if (s != NULL && !c->prepared[s->id]) {
+        const db_query *q = &c->base.d->queries[s->id];
+        prep = 1;
+        if (PQsendPrepare(c->pg, name, q->pg != NULL ? q->pg : q->sql, s->nparams,
+                          s->nparams > 0 ? s->types : NULL) != 1)
+            lost = 1;
+    }
+    if (!lost && s != NULL &&
+        PQsendQueryPrepared(c->pg, name, s->nparams, s->nparams > 0 ? s->vals : NULL,
+                            s->nparams > 0 ? s->lens : NULL, s->nparams > 0 ? s->fmts : NULL,
+                            1) != 1)
+        lost = 1;
+    if (lost || PQpipelineSync(c->pg) != 1) {
+        (void)conn_fail(c, NULL, what);
+        return pgc_failed_before(c);
+    }
+    for (int i = 0; i < n + prep + (s != NULL); i++) {
+        const char *w = i < n ? c->queued[i] : what;
+        if ((r = pipeline_result(c, w)) == NULL)
+            return pgc_failed_before(c);
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_FATAL_ERROR)
+            (void)conn_fail(c, r, w);
+        else if (i == n && prep && st == PGRES_COMMAND_OK)
+            c->prepared[s->id] = 1;
+        if (s != NULL && i == n + prep && (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)) {
+            s->res = r;
+            s->row = -1;
+            s->nrows = PQntuples(r);
+            s->changes = strtoll(PQcmdTuples(r), NULL, 10);
+        } else {
+            PQclear(r);
+        }
+    }
+    r = PQgetResult(c->pg);
+    if (r == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+        PQclear(r);
+        (void)conn_fail(c, NULL, what);
+    } else {
+        PQclear(r);
+        if (PQexitPipelineMode(c->pg) != 1)
+            (void)conn_fail(c, NULL, what);
+    }
+    if (c->err != QK_OK) {
+        if (s != NULL)
+            stmt_reset(s);
+        return pgc_failed_before(c);
+    }
     return QK_OK;
 }
 
@@ -545,13 +654,13 @@ static qk_err connect_fail(const PGconn *pg)
 qk_err pgc_connect(pg_db *d, pg_conn *c)
 {
     memset(c->prepared, 0, (size_t)d->base.nqueries);
-    if (c->pg != NULL) {
-        PQreset(c->pg);
-    } else {
-        c->pg = PQconnectdbParams(d->keys, d->vals, 1);
-        if (c->pg != NULL)
-            PQsetNoticeReceiver(c->pg, notice_drop, NULL);
-    }
+    c->nqueued = 0;
+    c->commit_sent = 0;
+    if (c->pg != NULL)
+        PQfinish(c->pg); /* a new session: no half-read pipeline left over */
+    c->pg = PQconnectdbParams(d->keys, d->vals, 1);
+    if (c->pg != NULL)
+        PQsetNoticeReceiver(c->pg, notice_drop, NULL);
     if (c->pg == NULL || PQstatus(c->pg) != CONNECTION_OK)
         return connect_fail(c->pg);
     return QK_OK;
@@ -608,36 +717,29 @@ static void pool_give(pg_db *d, pg_conn *c)
 
 /* ---- transactions ------------------------------------------------------- */
 
-/* BEGIN and the org in one round trip. The org is an integer formatted
- * here, so it cannot inject anything. */
-static qk_err txn_begin(pg_conn *c, int readonly, int64_t org)
+/* BEGIN and the org, queued: they go out with the first statement. The org
+ * is a parameter (an integer formatted here). */
+qk_err pgc_begin(pg_conn *c, int readonly, int64_t org)
 {
-    char sql[160], v[NUM_TEXT] = "";
+    qk_err rc = pipeline_queue(c,
+                               readonly ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+                                        : "BEGIN ISOLATION LEVEL READ COMMITTED",
+                               0, NULL, "BEGIN");
+    return rc == QK_OK ? pgc_set_org(c, org) : rc;
+}
+
+qk_err pgc_set_org(pg_conn *c, int64_t org)
+{
+    char v[NUM_TEXT] = "";
+    const char *vals[1] = {v};
     if (org != DB_NO_ORG)
         snprintf(v, sizeof(v), "%" PRId64, org);
-    snprintf(sql, sizeof(sql), "%s; SELECT set_config('qwick.org', '%s', true)",
-             readonly ? "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
-                      : "BEGIN ISOLATION LEVEL READ COMMITTED",
-             v);
-    return pgc_exec(c, sql, "BEGIN");
+    return pipeline_queue(c, "SELECT set_config('qwick.org', $1, true)", 1, vals, "set org");
 }
 
 static qk_err pg_set_org(db_conn *base, int64_t org)
 {
-    pg_conn *c = (pg_conn *)base;
-    char v[NUM_TEXT] = "";
-    const char *vals[1] = {v};
-    qk_err rc = QK_OK;
-    if (c->err != QK_OK)
-        return pgc_failed_before(c);
-    if (org != DB_NO_ORG)
-        snprintf(v, sizeof(v), "%" PRId64, org);
-    PGresult *r = PQexecParams(c->pg, "SELECT set_config('qwick.org', $1, true)", 1, NULL, vals,
-                               NULL, NULL, 0);
-    if (PQresultStatus(r) != PGRES_TUPLES_OK)
-        rc = conn_fail(c, r, "set org");
-    PQclear(r);
-    return rc;
+    return pgc_set_org((pg_conn *)base, org);
 }
 
 static qk_err pg_exec(db_conn *base, const char *sql)
@@ -650,6 +752,8 @@ static qk_err pg_exec(db_conn *base, const char *sql)
 
 void pgc_rollback(pg_conn *c)
 {
+    if (c->nqueued > 0)
+        (void)pipeline_run(c, NULL, NULL, "ROLLBACK"); /* BEGIN never went out alone */
     if (PQstatus(c->pg) != CONNECTION_OK || PQtransactionStatus(c->pg) == PQTRANS_IDLE)
         return;
     PQclear(PQexec(c->pg, "ROLLBACK"));
@@ -659,8 +763,16 @@ void pgc_rollback(pg_conn *c)
  * committed: WHY_UNKNOWN, never rerun. */
 qk_err pgc_commit(pg_conn *c, int readonly)
 {
-    PGresult *r = PQexec(c->pg, "COMMIT");
     qk_err rc = QK_OK;
+    if (c->nqueued > 0 && (rc = pipeline_run(c, NULL, NULL, "COMMIT")) != QK_OK)
+        return rc; /* fn ran no statement: BEGIN goes out now */
+    /* A read's COMMIT only ends its snapshot: sent, and not waited for (the
+     * next transaction on this connection reads its result first). */
+    if (readonly && PQsendQuery(c->pg, "COMMIT") == 1) {
+        c->commit_sent = 1;
+        return QK_OK;
+    }
+    PGresult *r = PQexec(c->pg, "COMMIT");
     if (PQresultStatus(r) == PGRES_COMMAND_OK) {
         /* "ROLLBACK" would mean the transaction had failed unnoticed. */
         if (strcmp(PQcmdStatus(r), "COMMIT") != 0)
@@ -683,6 +795,18 @@ qk_err pgc_txn_prepare(pg_db *d, pg_conn *c)
     c->err = QK_OK;
     c->why = WHY_NONE;
     c->detail[0] = '\0';
+    c->nqueued = 0;
+    if (c->pg != NULL && PQpipelineStatus(c->pg) != PQ_PIPELINE_OFF) {
+        PQfinish(c->pg); /* left mid-pipeline by a failure: start afresh */
+        c->pg = NULL;
+        c->commit_sent = 0;
+    }
+    if (c->commit_sent) {
+        PGresult *r;
+        c->commit_sent = 0;
+        while (c->pg != NULL && (r = PQgetResult(c->pg)) != NULL)
+            PQclear(r); /* a read's COMMIT: nothing to learn from it */
+    }
     if (c->pg == NULL || PQstatus(c->pg) != CONNECTION_OK) {
         if ((rc = pgc_connect(d, c)) != QK_OK) {
             c->why = WHY_LOST;
@@ -707,7 +831,7 @@ static qk_err txn_once(pg_db *d, pg_conn *c, int readonly, int64_t org, db_txn_f
     qk_err rc = pgc_txn_prepare(d, c);
     if (rc != QK_OK)
         return rc;
-    rc = txn_begin(c, readonly, org);
+    rc = pgc_begin(c, readonly, org);
     if (rc == QK_OK)
         rc = fn(&c->base, arg);
     if (rc == QK_OK && c->err != QK_OK)

@@ -13,8 +13,11 @@
 
 /* The batching writer: its threads (each with a connection of its own) and
  * the most writes one transaction carries. */
-#define PG_WRITERS 2
+#define PG_WRITERS 1
 #define PG_BATCH_MAX 64
+
+/* Statements a connection holds back for its next round trip. */
+#define PG_QUEUE_MAX 4
 
 #define CONFLICT_RETRIES 5
 #define LOST_RETRIES 3
@@ -62,6 +65,11 @@ struct pg_conn {
     PGconn *pg;              /* NULL until first used */
     pg_stmt *st;             /* one per query id */
     unsigned char *prepared; /* per query id: prepared in this session */
+    /* Statements sent in pipeline mode whose results are not read yet (BEGIN,
+     * the org): they go out with the next statement, one round trip for all. */
+    const char *queued[PG_QUEUE_MAX];
+    int nqueued;
+    int commit_sent; /* a read's COMMIT sent, its result not read yet */
     /* The running transaction's first error (QK_OK: none). */
     qk_err err;
     pg_why why;
@@ -100,8 +108,12 @@ void pgc_init(pg_db *d, pg_conn *c);
 void pgc_free(pg_db *d, pg_conn *c);
 qk_err pgc_connect(pg_db *d, pg_conn *c);
 qk_err pgc_reconnect(pg_db *d, pg_conn *c, int attempt, int64_t deadline);
-/* Parameterless SQL whose result is not needed; a failure is remembered as
- * the transaction's first error. */
+/* Queues BEGIN and the org (sent with the next statement). */
+qk_err pgc_begin(pg_conn *c, int readonly, int64_t org);
+/* Queues setting the org of the running transaction. */
+qk_err pgc_set_org(pg_conn *c, int64_t org);
+/* Parameterless SQL whose result is not needed, queued statements first; a
+ * failure is remembered as the transaction's first error. */
 qk_err pgc_exec(pg_conn *c, const char *sql, const char *what);
 /* The transaction's first error, raised again. */
 qk_err pgc_failed_before(const pg_conn *c);

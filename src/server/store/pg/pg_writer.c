@@ -2,17 +2,18 @@
  *
  * Writes nobody waits for (the signing path's request records with their
  * audit entries, last-use touches of API keys) are queued. PG_WRITERS
- * threads, each on a connection of its own outside the pool, take up to
- * PG_BATCH_MAX of them at a time and run them in one transaction, each under
- * a savepoint with its own org set:
+ * thread(s), each on a connection of its own outside the pool, take up to
+ * PG_BATCH_MAX of them at a time and run them in one transaction, the org
+ * set before each write of another org than the one before:
  *
- *   BEGIN; SAVEPOINT w; set_config(org 1)        write 1
- *   RELEASE w; SAVEPOINT w; set_config(org 2)    write 2   ...   COMMIT
+ *   BEGIN; set_config(org 1)   write 1   write 2   set_config(org 2) ... COMMIT
  *
- * So a batch costs one commit (one WAL flush) and takes an org's log-head
- * lock once, where a transaction per write paid both every time and held the
- * lock across its own commit. A write that fails on its own (a constraint,
- * an error of its fn) is rolled back to its savepoint and reported; the
+ * So a batch costs one commit (one WAL flush) and waits for an org's
+ * log-head lock once, where a transaction per write paid both every time and
+ * held the lock across its own commit. A write that fails on its own (a
+ * constraint, an error of its fn) rolls the batch back, which runs again
+ * with each write under a savepoint (SAVEPOINT w; set_config; write; RELEASE
+ * w): the failed one is rolled back to its savepoint and reported, the
  * others commit. The batch is rerun whole, like any transaction here (db.h:
  * fn may run more than once), after a deadlock, a serialization failure or a
  * connection lost before COMMIT was sent; a COMMIT whose outcome is unknown
@@ -21,8 +22,9 @@
  *
  * Within a batch the writes are sorted by org (stably: one org's writes keep
  * their order), so two writers, or two nodes, take the orgs' log-head locks
- * in the same order and cannot deadlock on them. While one writer waits for
- * its commit, the other runs the next batch up to the lock. */
+ * in the same order and cannot deadlock on them. One writer per node:
+ * a second one only waited for the first's log-head locks, and took the
+ * writes the first would have batched (two writes per batch, not tens). */
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -62,27 +64,39 @@ typedef struct writer_thread {
     pg_conn *c;
 } writer_thread;
 
-/* One run of the batch. Sets each write's own outcome; returns the batch's
- * (not QK_OK: nothing of it committed, c->why says whether to rerun). */
-static qk_err batch_once(pg_db *d, pg_conn *c, pg_wjob **jobs, int n)
+/* Careful runs: the savepoint statements, then the org. */
+static qk_err batch_savepoint(pg_conn *c, const char *sql, int64_t org)
 {
-    char sql[200];
-    int undo = 0; /* the previous write failed: back to its savepoint */
+    qk_err rc = pgc_exec(c, sql, "SAVEPOINT");
+    return rc == QK_OK ? pgc_set_org(c, org) : rc;
+}
+
+/* One run of the batch. Sets each write's own outcome; returns the batch's
+ * (not QK_OK: nothing of it committed, c->why says whether to rerun).
+ *
+ * The first run is optimistic: no savepoints, the org set only where it
+ * changes (the batch is sorted by org). A write that fails on its own then
+ * (rarely: a constraint, its fn's error) sets *careful, and the batch is
+ * rolled back and run again carefully, each write under a savepoint. */
+static qk_err batch_once(pg_db *d, pg_conn *c, pg_wjob **jobs, int n, int *careful)
+{
+    int undo = 0; /* careful: the previous write failed, back to its savepoint */
     qk_err rc = pgc_txn_prepare(d, c);
     if (rc != QK_OK)
         return rc;
     for (int i = 0; i < n; i++) {
         pg_wjob *j = jobs[i];
-        char org[NUM_TEXT] = "";
-        if (j->org != DB_NO_ORG)
-            snprintf(org, sizeof(org), "%" PRId64, j->org);
-        /* The org is an integer formatted here: nothing to inject. */
-        snprintf(sql, sizeof(sql), "%s; SAVEPOINT w; SELECT set_config('qwick.org', '%s', true)",
-                 i == 0 ? "BEGIN ISOLATION LEVEL READ COMMITTED"
-                 : undo ? "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w"
-                        : "RELEASE SAVEPOINT w",
-                 org);
-        if ((rc = pgc_exec(c, sql, i == 0 ? "BEGIN" : "SAVEPOINT")) != QK_OK)
+        if (*careful)
+            rc = batch_savepoint(c,
+                                 i == 0 ? "BEGIN ISOLATION LEVEL READ COMMITTED; SAVEPOINT w"
+                                 : undo ? "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; SAVEPOINT w"
+                                        : "RELEASE SAVEPOINT w; SAVEPOINT w",
+                                 j->org);
+        else if (i == 0)
+            rc = pgc_begin(c, 0, j->org);
+        else if (j->org != jobs[i - 1]->org)
+            rc = pgc_set_org(c, j->org);
+        if (rc != QK_OK)
             goto fail;
         rc = j->fn(&c->base, j->arg);
         if (rc == QK_OK && c->err != QK_OK)
@@ -94,9 +108,13 @@ static qk_err batch_once(pg_db *d, pg_conn *c, pg_wjob **jobs, int n)
             continue;
         if (c->why != WHY_NONE)
             goto fail; /* a conflict or a lost connection: the whole batch */
-        /* This write alone: its savepoint undoes it, the others go on. */
+        /* This write alone. */
         snprintf(j->detail, sizeof(j->detail), "%s", qk_error_detail());
-        c->err = QK_OK;
+        if (!*careful) {
+            *careful = 1;
+            goto fail;
+        }
+        c->err = QK_OK; /* its savepoint undoes it, the others go on */
     }
     if (undo && (rc = pgc_exec(c, "ROLLBACK TO SAVEPOINT w", "ROLLBACK TO SAVEPOINT")) != QK_OK)
         goto fail;
@@ -108,16 +126,19 @@ fail:
 
 static void run_batch(pg_db *d, pg_conn *c, pg_wjob **jobs, int n)
 {
-    int conflicts = 0, losses = 0;
+    int conflicts = 0, losses = 0, careful = 0;
     int64_t deadline = 0;
     qk_err rc;
     for (;;) {
+        int was_careful = careful;
         for (int i = 0; i < n; i++) {
             jobs[i]->rc = QK_OK;
             jobs[i]->detail[0] = '\0';
         }
-        if ((rc = batch_once(d, c, jobs, n)) == QK_OK)
+        if ((rc = batch_once(d, c, jobs, n, &careful)) == QK_OK)
             return;
+        if (careful && !was_careful)
+            continue; /* a write failed alone: again, with savepoints */
         if (c->why == WHY_CONFLICT && conflicts < CONFLICT_RETRIES) {
             conflicts++;
             log_kv(LOG_DEBUG, "postgres batch conflict, retrying", "detail", c->detail, NULL);
