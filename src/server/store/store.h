@@ -392,7 +392,8 @@ void store_sqlite_set_commit_delay(qk_store *s, unsigned usec, const atomic_int 
 /* Test hook: make the next `n` batch commits fail (rolled back), to exercise
  * the "audit write failed, so the request fails" path. */
 void store_sqlite_fail_commits(qk_store *s, int n);
-/* Counters since open (for /metrics and tests). */
+/* Counters since open (for /metrics and tests). PostgreSQL fills commits
+ * and writes (its batching writer's); the rest are SQLite's. */
 typedef struct store_sqlite_counters {
     uint64_t commits;     /* transactions committed (group commits) */
     uint64_t writes;      /* writes they carried: writes / commits = mean batch */

@@ -39,8 +39,10 @@ void store_sqlite_stats(qk_store *base, store_sqlite_counters *out)
     qk_db *d = SQL_DB(base);
     db_sqlite_counters c;
     memset(out, 0, sizeof(*out));
-    if (d->dialect != DB_SQLITE)
+    if (d->dialect == DB_PG) {
+        db_pg_stats(d, &out->commits, &out->writes); /* the batching writer's */
         return;
+    }
     db_sqlite_stats(d, &c);
     out->commits = c.commits;
     out->writes = c.writes;

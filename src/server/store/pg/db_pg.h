@@ -4,6 +4,8 @@
 #ifndef QWICKD_STORE_DB_PG_H
 #define QWICKD_STORE_DB_PG_H
 
+#include <stdint.h>
+
 #include "store/db.h"
 
 /* Connections a pool may hold, and the parameters one statement may bind. */
@@ -15,5 +17,9 @@
  * an error detail. */
 qk_err db_pg_open_as(const char *conninfo, const char *user, const char *password, int conns,
                      const db_query *queries, int nqueries, qk_db **out);
+
+/* The batching writer's counters since open: transactions committed and
+ * the writes they carried (write_async). */
+void db_pg_stats(qk_db *d, uint64_t *commits, uint64_t *writes);
 
 #endif

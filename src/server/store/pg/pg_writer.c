@@ -53,6 +53,7 @@ struct pg_writer {
     pthread_cond_t idle; /* a batch finished */
     pg_wjob *head, *tail;
     int busy;     /* batches being run */
+    uint64_t commits, writes; /* batches committed, the writes they carried */
     int stopping; /* no more writes taken; the queue is drained */
     int nthreads;
     pthread_t *threads;
@@ -124,7 +125,8 @@ fail:
     return rc;
 }
 
-static void run_batch(pg_db *d, pg_conn *c, pg_wjob **jobs, int n)
+/* 1 when the batch committed. */
+static int run_batch(pg_db *d, pg_conn *c, pg_wjob **jobs, int n)
 {
     int conflicts = 0, losses = 0, careful = 0;
     int64_t deadline = 0;
@@ -136,7 +138,7 @@ static void run_batch(pg_db *d, pg_conn *c, pg_wjob **jobs, int n)
             jobs[i]->detail[0] = '\0';
         }
         if ((rc = batch_once(d, c, jobs, n, &careful)) == QK_OK)
-            return;
+            return 1;
         if (careful && !was_careful)
             continue; /* a write failed alone: again, with savepoints */
         if (c->why == WHY_CONFLICT && conflicts < CONFLICT_RETRIES) {
@@ -161,6 +163,7 @@ static void run_batch(pg_db *d, pg_conn *c, pg_wjob **jobs, int n)
         jobs[i]->rc = rc;
         memcpy(jobs[i]->detail, detail, sizeof(detail));
     }
+    return 0;
 }
 
 static void *writer_main(void *arg)
@@ -195,9 +198,10 @@ static void *writer_main(void *arg)
                 jobs[k] = jobs[k - 1];
             jobs[k] = j;
         }
-        run_batch(w->d, t->c, jobs, n);
+        int committed = run_batch(w->d, t->c, jobs, n), carried = 0;
         for (int i = 0; i < n; i++) {
             pg_wjob *j = jobs[i];
+            carried += j->rc == QK_OK;
             if (j->done != NULL)
                 j->done(j->done_arg, j->rc, j->rc == QK_OK ? NULL : j->detail);
             free(j);
@@ -205,6 +209,8 @@ static void *writer_main(void *arg)
 
         pthread_mutex_lock(&w->mu);
         w->busy--;
+        w->commits += (uint64_t)committed;
+        w->writes += (uint64_t)carried;
         pthread_cond_broadcast(&w->idle);
         pthread_mutex_unlock(&w->mu);
     }
@@ -235,6 +241,15 @@ qk_err pg_write_async(qk_db *base, int64_t org, db_txn_fn fn, void *arg, db_done
     pthread_cond_signal(&w->work);
     pthread_mutex_unlock(&w->mu);
     return QK_OK;
+}
+
+void db_pg_stats(qk_db *base, uint64_t *commits, uint64_t *writes)
+{
+    struct pg_writer *w = ((pg_db *)base)->writer;
+    pthread_mutex_lock(&w->mu);
+    *commits = w->commits;
+    *writes = w->writes;
+    pthread_mutex_unlock(&w->mu);
 }
 
 void pg_flush(qk_db *base)
