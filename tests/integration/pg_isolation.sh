@@ -503,10 +503,12 @@ fi
 
 # The SECURITY DEFINER lookups answer only what they are asked.
 a_hash=$(su -c "SELECT encode(hash, 'hex') FROM api_keys WHERE id = $a_signer_id")
-sql_case "qwick_apikey_org(a random hash) is NULL" t value \
-    "SELECT qwick_apikey_org(decode('$(openssl rand -hex 32)', 'hex')) IS NULL AS r"
-sql_case "control: qwick_apikey_org(A's key hash) is A" "$A" value \
-    "SELECT qwick_apikey_org(decode('$a_hash', 'hex')) AS r"
+sql_case "qwick_apikey_lookup(a random hash) returns no row" 0 value \
+    "SELECT count(*) AS r FROM qwick_apikey_lookup(decode('$(openssl rand -hex 32)', 'hex'))"
+sql_case "control: qwick_apikey_lookup(A's key hash) is A's key" "$a_signer_id $A" value \
+    "SELECT id || ' ' || org_id AS r FROM qwick_apikey_lookup(decode('$a_hash', 'hex'))"
+sql_case "qwick_apikey_lookup(a prefix of A's hash) returns no row" 0 value \
+    "SELECT count(*) AS r FROM qwick_apikey_lookup(decode('$(printf %.32s "$a_hash")', 'hex'))"
 sql_case "qwick_org_find('nonexistent') is NULL" t value "SELECT qwick_org_find('nonexistent') IS NULL AS r"
 sql_case "qwick_org_find(\"' OR '1'='1\") is NULL" t value "SELECT qwick_org_find(\$\$' OR '1'='1\$\$) IS NULL AS r"
 sql_case "qwick_org_find(\"default' --\") is NULL" t value "SELECT qwick_org_find(\$\$default' --\$\$) IS NULL AS r"

@@ -785,7 +785,9 @@ static void test_prepared_reuse_and_reconnect(void **state)
     assert_int_equal(db_read(d, DB_NO_ORG, session_fn, &s3), QK_OK);
     assert_true(s3.pid != s1.pid);
     assert_int_equal(s3.prepared, 1); /* prepared again in the new session */
-    assert_int_equal(s3.runs, 1);     /* the lost BEGIN never reached fn */
+    /* BEGIN travels with fn's first statement, so the loss may show inside
+     * fn (rerun once) or already at the previous read's COMMIT. */
+    assert_true(s3.runs >= 1 && s3.runs <= 2);
 
     /* A write too. */
     terminate(s3.pid);
@@ -1123,6 +1125,113 @@ static void test_write_async_batches(void **state)
     assert_int_equal(admin_int("SELECT count(*) FROM wa WHERE i >= 200000 AND org = '7'"), 50);
 }
 
+/* ---- statements run later (db.h run_later) -------------------------------- */
+
+typedef struct later {
+    int first, second; /* keys inserted with run_later, in this order */
+    int64_t expect;    /* rows the second must change */
+    int64_t seen;      /* rows of wa with key >= first, read after both */
+    int read;
+} later;
+
+static qk_err later_fn(db_conn *c, void *arg)
+{
+    later *l = arg;
+    db_stmt *st = NULL;
+    int row = 0;
+    qk_err rc;
+    assert_non_null(c->d->ops->run_later);
+    int keys[2] = {l->first, l->second};
+    for (int k = 0; k < 2; k++) {
+        if ((rc = db_prepare(c, Q_WA_INSERT, &st)) != QK_OK)
+            return rc;
+        db_bind_int(st, 1, keys[k]);
+        rc = c->d->ops->run_later(st, k == 1 ? l->expect : -1, "the second insert missed");
+        db_done(st);
+        if (rc != QK_OK)
+            return rc;
+    }
+    if (!l->read)
+        return QK_OK;
+    /* A statement that returns rows sees what the queued ones wrote. */
+    assert_int_equal(db_prepare(c, Q_KV_COUNT, &st), QK_OK); /* a round trip of its own */
+    db_bind_text(st, 1, "%");
+    rc = db_step(st, &row);
+    db_done(st);
+    if (rc != QK_OK)
+        return rc;
+    return QK_OK;
+}
+
+typedef struct later_result {
+    later *l;
+    qk_err rc;
+    char detail[256];
+    atomic_int *finished;
+} later_result;
+
+static void later_done(void *arg, qk_err rc, const char *detail)
+{
+    later_result *r = arg;
+    r->rc = rc;
+    snprintf(r->detail, sizeof(r->detail), "%s", detail != NULL ? detail : "");
+    atomic_fetch_add(r->finished, 1);
+}
+
+/* Statements queued with run_later go out with the next one that returns
+ * rows or with COMMIT; their errors and unexpected row counts fail the
+ * transaction then, which rolls back whole. */
+static void test_run_later(void **state)
+{
+    (void)state;
+    qk_db *d = open_db(1);
+    later ok = {.first = 300000, .second = 300001, .expect = 1, .read = 1};
+    assert_int_equal(db_write(d, DB_NO_ORG, later_fn, &ok), QK_OK);
+    assert_int_equal(admin_int("SELECT count(*) FROM wa WHERE i IN (300000, 300001)"), 2);
+
+    /* A duplicate key in the second: found at COMMIT, nothing kept. */
+    later dup = {.first = 300002, .second = 300000, .expect = -1};
+    assert_int_equal(db_write(d, DB_NO_ORG, later_fn, &dup), QK_ERR_INVALID_ARG);
+    assert_non_null(strstr(qk_error_detail(), "23505"));
+    assert_int_equal(admin_int("SELECT count(*) FROM wa WHERE i = 300002"), 0);
+
+    /* The same found by a later statement that returns rows. */
+    later dup2 = {.first = 300003, .second = 300000, .expect = -1, .read = 1};
+    assert_int_equal(db_write(d, DB_NO_ORG, later_fn, &dup2), QK_ERR_INVALID_ARG);
+    assert_non_null(strstr(qk_error_detail(), "23505"));
+    assert_int_equal(admin_int("SELECT count(*) FROM wa WHERE i = 300003"), 0);
+
+    /* A changed-row count other than expected fails with the caller's words. */
+    later miss = {.first = 300004, .second = 300005, .expect = 2};
+    assert_int_equal(db_write(d, DB_NO_ORG, later_fn, &miss), QK_ERR_INVALID_ARG);
+    assert_non_null(strstr(qk_error_detail(), "the second insert missed"));
+    assert_int_equal(admin_int("SELECT count(*) FROM wa WHERE i IN (300004, 300005)"), 0);
+
+    /* In a batch, only the write whose queued statement failed fails. */
+    atomic_int finished = 0;
+    later lw[3] = {{.first = 300010, .second = 300011, .expect = 1},
+                   {.first = 300012, .second = 300013, .expect = 0},
+                   {.first = 300014, .second = 300015, .expect = 1}};
+    later_result res[3];
+    assert_true(admin_exec(g_admin, "BEGIN; LOCK TABLE wa IN EXCLUSIVE MODE"));
+    for (int i = 0; i < 3; i++) {
+        res[i].l = &lw[i];
+        res[i].finished = &finished;
+        assert_int_equal(d->ops->write_async(d, 1, later_fn, &lw[i], later_done, &res[i]), QK_OK);
+    }
+    usleep(100 * 1000);
+    assert_true(admin_exec(g_admin, "COMMIT"));
+    d->ops->flush(d);
+    assert_int_equal(atomic_load(&finished), 3);
+    assert_int_equal(res[0].rc, QK_OK);
+    assert_int_equal(res[1].rc, QK_ERR_INVALID_ARG);
+    assert_non_null(strstr(res[1].detail, "the second insert missed"));
+    assert_int_equal(res[2].rc, QK_OK);
+    assert_int_equal(admin_int("SELECT count(*) FROM wa WHERE i BETWEEN 300010 AND 300015"), 4);
+    assert_int_equal(admin_int("SELECT count(*) FROM wa WHERE i IN (300012, 300013)"), 0);
+    d->ops->close(d);
+}
+
 /* ---- opening -------------------------------------------------------------- */
 
 static void test_closed_port_fails_fast(void **state)
@@ -1219,6 +1328,7 @@ int main(void)
         cmocka_unit_test(test_commit_outcome_unknown),
         cmocka_unit_test(test_pool_threads),
         cmocka_unit_test(test_write_async_batches),
+        cmocka_unit_test(test_run_later),
         cmocka_unit_test(test_closed_port_fails_fast),
         cmocka_unit_test(test_conninfo_options),
         cmocka_unit_test(test_server_restart),

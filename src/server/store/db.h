@@ -80,6 +80,13 @@ typedef struct db_ops {
     int64_t (*col_int)(db_stmt *st, int i);
     const char *(*col_text)(db_stmt *st, int i); /* NULL for NULL; valid until the next step */
     const uint8_t *(*col_blob)(db_stmt *st, int i, size_t *n);
+    /* Optional (NULL: step at once): runs the bound statement, whose rows
+     * are not wanted, possibly later: with the next statement that returns
+     * rows, or at COMMIT (PostgreSQL sends it in the same round trip). Its
+     * error, or a count of changed rows other than `expect` (>= 0; -1: any),
+     * which fails with `mismatch` (copied), is the transaction's error then.
+     * The statement may be reused at once. */
+    qk_err (*run_later)(db_stmt *st, int64_t expect, const char *mismatch);
     /* Rows the statement changed (after its last step). */
     int64_t (*changes)(db_stmt *st);
     /* Resets the statement and clears its bindings. */

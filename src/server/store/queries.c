@@ -131,10 +131,9 @@ const db_query store_queries[Q__COUNT] = {
                     NULL},
     [R_PROFILE_GET] = {"SELECT " PROFILE_COLS " FROM profiles WHERE org_id = $1 AND name = $2",
                        NULL},
-    [Q_APIKEY_ORG] = {"SELECT org_id FROM api_keys WHERE hash = $1",
-                      "SELECT org_id FROM qwick_apikey_org($1) AS org_id WHERE org_id IS NOT NULL"},
-    [R_APIKEY_LOOKUP] = {"SELECT " APIKEY_COLS " FROM api_keys WHERE org_id = $1 AND hash = $2",
-                         NULL},
+    /* Across orgs: on PostgreSQL through a SECURITY DEFINER function. */
+    [R_APIKEY_LOOKUP] = {"SELECT " APIKEY_COLS " FROM api_keys WHERE hash = $1",
+                         "SELECT " APIKEY_COLS " FROM qwick_apikey_lookup($1)"},
     [R_APIKEY_LIST] = {"SELECT " APIKEY_COLS " FROM api_keys WHERE org_id = $1 ORDER BY id", NULL},
     [R_APIKEY_GET] = {"SELECT " APIKEY_COLS " FROM api_keys WHERE org_id = $1 AND id = $2", NULL},
     [R_REQ_GET] = {"SELECT id, org_id, coalesce(apikey_id, 0), coalesce(user_id, 0), status, "
@@ -217,6 +216,9 @@ static void bind_vals(db_stmt *st, const db_val *v, int n)
         case 's':
             db_bind_text(st, i + 1, v[i].s);
             break;
+        case 'z':
+            db_bind_null(st, i + 1);
+            break;
         default:
             db_bind_blob(st, i + 1, v[i].p, v[i].n);
             break;
@@ -229,6 +231,23 @@ qk_err sql_stmt(db_conn *c, int id, const db_val *v, int nv, db_stmt **out)
     qk_err rc = db_prepare(c, id, out);
     if (rc == QK_OK)
         bind_vals(*out, v, nv);
+    return rc;
+}
+
+qk_err sql_exec_later(db_conn *c, int id, const db_val *v, int nv, int64_t expect,
+                      const char *mismatch)
+{
+    db_stmt *st = NULL;
+    int64_t changes = 0;
+    qk_err rc;
+    if (c->d->ops->run_later == NULL) {
+        if ((rc = sql_exec(c, id, v, nv, &changes)) == QK_OK && expect >= 0 && changes != expect)
+            rc = qk_fail(QK_ERR_INVALID_ARG, "%s", mismatch);
+        return rc;
+    }
+    if ((rc = sql_stmt(c, id, v, nv, &st)) == QK_OK)
+        rc = c->d->ops->run_later(st, expect, mismatch);
+    db_done(st);
     return rc;
 }
 

@@ -165,11 +165,18 @@ static const char *const tenant_tables[] = {
 static const char functions_sql[] =
     "CREATE FUNCTION qwick_current_org() RETURNS BIGINT LANGUAGE sql STABLE AS "
     "$$ SELECT NULLIF(current_setting('qwick.org', true), '')::bigint $$;"
-    /* PL/pgSQL: it runs on every authentication, and keeps its plan
-     * (a SQL function with SET is not inlined and plans on every call). */
-    "CREATE FUNCTION qwick_apikey_org(h BYTEA) RETURNS BIGINT LANGUAGE plpgsql STABLE "
+    /* The API key with this hash, whatever its org (authentication, before
+     * the org is known): the org from apikey_orgs, then the row under that
+     * org, so api_keys' policy still decides what is returned. PL/pgSQL: it
+     * runs on every request and keeps its plans (a SQL function with SET is
+     * not inlined and plans on every call). */
+    "CREATE FUNCTION qwick_apikey_lookup(h BYTEA) RETURNS SETOF api_keys LANGUAGE plpgsql "
     "SECURITY DEFINER SET search_path = public, pg_temp AS "
-    "$$ BEGIN RETURN (SELECT org_id FROM apikey_orgs WHERE hash = h); END $$;"
+    "$$ DECLARE o BIGINT; BEGIN "
+    "SELECT org_id INTO o FROM apikey_orgs WHERE hash = h; "
+    "IF o IS NULL THEN RETURN; END IF; "
+    "PERFORM set_config('qwick.org', o::text, true); "
+    "RETURN QUERY SELECT * FROM api_keys WHERE org_id = o AND hash = h; END $$;"
     "CREATE FUNCTION qwick_org_find(n TEXT) RETURNS BIGINT LANGUAGE sql STABLE "
     "SECURITY DEFINER SET search_path = public, pg_temp AS "
     "$$ SELECT id FROM orgs WHERE name = n $$;"
@@ -182,7 +189,7 @@ static const char functions_sql[] =
     "RETURN NEW; END $$;"
     "CREATE TRIGGER api_keys_index AFTER INSERT ON api_keys FOR EACH ROW "
     "EXECUTE FUNCTION qwick_apikey_index();"
-    "REVOKE ALL ON FUNCTION qwick_apikey_org(BYTEA), qwick_org_find(TEXT), qwick_org_list(), "
+    "REVOKE ALL ON FUNCTION qwick_apikey_lookup(BYTEA), qwick_org_find(TEXT), qwick_org_list(), "
     "qwick_apikey_index() FROM PUBLIC;"
     "ALTER TABLE orgs ENABLE ROW LEVEL SECURITY;"
     "CREATE POLICY org_self ON orgs USING (id = qwick_current_org());"
@@ -236,7 +243,7 @@ static qk_err txn_install(db_conn *c, void *p)
                        "instance_secrets TO %s;"
                        "GRANT SELECT ON operator_tokens TO %s;"
                        "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO %s;"
-                       "GRANT EXECUTE ON FUNCTION qwick_apikey_org(BYTEA), qwick_org_find(TEXT), "
+                       "GRANT EXECUTE ON FUNCTION qwick_apikey_lookup(BYTEA), qwick_org_find(TEXT), "
                        "qwick_org_list() TO %s;",
                        a->role, a->password, a->role, a->role, a->role, a->role, a->role,
                        a->role, a->role)) != QK_OK)

@@ -149,7 +149,7 @@ static qk_err node_get(db_conn *c, int64_t org, int64_t pos, tlog_hash out)
 static qk_err node_put(db_conn *c, int64_t org, int64_t pos, const tlog_hash h)
 {
     db_val v[] = {V_INT(org), V_INT(pos), V_BLOB(h, TLOG_HASH_LEN)};
-    return sql_exec(c, W_NODE_INSERT, v, 3, NULL);
+    return sql_exec_later(c, W_NODE_INSERT, v, 3, -1, NULL);
 }
 
 /* Adds leaf `index` and every subtree it completes (about two rows per
@@ -202,9 +202,11 @@ qk_err log_append(db_conn *c, const store_audit *in, const char *meta)
                   V_TEXT(e.sigval_sha256), V_INT(e.outcome),    V_TEXT(e.detail),
                   V_TEXT(e.meta)};
     db_val hv[] = {V_INT(a.org_id), V_INT(size + 1)};
-    if ((rc = sql_exec(c, W_AUDIT_INSERT, v, 19, NULL)) == QK_OK &&
+    /* Nothing here reads what these write, so they travel with the next
+     * statement that returns rows, or with COMMIT. */
+    if ((rc = sql_exec_later(c, W_AUDIT_INSERT, v, 19, -1, NULL)) == QK_OK &&
         (rc = log_add_leaf(c, a.org_id, size, leaf)) == QK_OK)
-        rc = sql_exec(c, W_HEAD_SET, hv, 2, NULL);
+        rc = sql_exec_later(c, W_HEAD_SET, hv, 2, -1, NULL);
     if (rc == QK_OK && in->log_index != NULL)
         *in->log_index = size;
     return rc;

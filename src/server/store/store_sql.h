@@ -50,7 +50,6 @@ enum {
     R_ORG_FIND,
     R_SKEY_GET,
     R_PROFILE_GET,
-    Q_APIKEY_ORG,
     R_APIKEY_LOOKUP,
     R_APIKEY_LIST,
     R_APIKEY_GET,
@@ -94,7 +93,8 @@ qk_err store_over_db(qk_db *d, qk_store **out);
 
 /* One bound value, so simple statements share one bind loop. */
 typedef struct db_val {
-    char t; /* 'i' integer, 'n' integer or NULL when 0, 's' text (NULL binds NULL), 'b' blob */
+    char t; /* 'i' integer, 'n' integer or NULL when 0, 's' text (NULL binds NULL), 'b' blob,
+             * 'z' NULL */
     int64_t i;
     const char *s;
     const uint8_t *p;
@@ -104,6 +104,7 @@ typedef struct db_val {
 #define V_ID(x) ((db_val){.t = 'n', .i = (x)})
 #define V_TEXT(x) ((db_val){.t = 's', .s = (x)})
 #define V_BLOB(ptr, len) ((db_val){.t = 'b', .p = (ptr), .n = (len)})
+#define V_NULL ((db_val){.t = 'z'})
 
 typedef void (*row_fill_fn)(db_stmt *st, void *elem);
 typedef void (*row_list_free_fn)(void *rows, size_t n);
@@ -112,6 +113,12 @@ typedef void (*row_list_free_fn)(void *rows, size_t n);
 qk_err sql_stmt(db_conn *c, int id, const db_val *v, int nv, db_stmt **out);
 /* Runs a statement that returns no rows; *changes (may be NULL) = rows changed. */
 qk_err sql_exec(db_conn *c, int id, const db_val *v, int nv, int64_t *changes);
+/* sql_exec whose outcome may arrive later (db.h run_later): its error, or a
+ * changed-row count other than `expect` (-1: any) failing with `mismatch`,
+ * fails the transaction at its next statement that returns rows or at
+ * COMMIT. For writes whose result nothing in between depends on. */
+qk_err sql_exec_later(db_conn *c, int id, const db_val *v, int nv, int64_t expect,
+                      const char *mismatch);
 /* The first row of statement `id` filled into `elem` (*found 0: no row, still QK_OK). */
 qk_err sql_one(db_conn *c, int id, const db_val *v, int nv, row_fill_fn fill, void *elem,
                int *found);

@@ -344,7 +344,7 @@ static qk_err stmt_run(pg_stmt *s)
     stmt_params(s);
     if (c->nqueued > 0)
         return pipeline_run(c, s, name, what);
-    if (!c->prepared[s->id]) {
+    if (c->prepared[s->id] != 1) {
         r = PQprepare(c->pg, name, q->pg != NULL ? q->pg : q->sql, s->nparams,
                       s->nparams > 0 ? s->types : NULL);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
@@ -372,23 +372,66 @@ static qk_err stmt_run(pg_stmt *s)
 
 /* ---- pipeline: statements held back for the next round trip ------------ */
 
+/* Room for `n` more queued statements, in pipeline mode. */
+static qk_err pipeline_room(pg_conn *c, int n, const char *what)
+{
+    if (c->err != QK_OK)
+        return pgc_failed_before(c);
+    if (c->nqueued + n > PG_QUEUE_MAX) {
+        qk_err rc = pipeline_run(c, NULL, NULL, what);
+        if (rc != QK_OK)
+            return rc;
+    }
+    if (PQpipelineStatus(c->pg) == PQ_PIPELINE_OFF && PQenterPipelineMode(c->pg) != 1)
+        return conn_fail(c, NULL, what);
+    return QK_OK;
+}
+
+static pg_queued *queued_add(pg_conn *c, char kind, int id, const char *what)
+{
+    pg_queued *q = &c->queued[c->nqueued++];
+    q->kind = kind;
+    q->id = id;
+    q->what = what;
+    q->expect = -1;
+    q->mismatch[0] = '\0';
+    return q;
+}
+
 /* Sends `sql` (one statement, text parameters) in pipeline mode without
  * waiting for it; its result is read with the next statement's. */
 static qk_err pipeline_queue(pg_conn *c, const char *sql, int nparams, const char *const *vals,
                              const char *what)
 {
-    if (c->err != QK_OK)
-        return pgc_failed_before(c);
-    if (c->nqueued == PG_QUEUE_MAX) {
-        qk_err rc = pipeline_run(c, NULL, NULL, what);
-        if (rc != QK_OK)
-            return rc;
-    }
-    if ((PQpipelineStatus(c->pg) == PQ_PIPELINE_OFF && PQenterPipelineMode(c->pg) != 1) ||
-        PQsendQueryParams(c->pg, sql, nparams, NULL, vals, NULL, NULL, 0) != 1)
+    qk_err rc = pipeline_room(c, 1, what);
+    if (rc != QK_OK)
+        return rc;
+    if (PQsendQueryParams(c->pg, sql, nparams, NULL, vals, NULL, NULL, 0) != 1)
         return conn_fail(c, NULL, what);
-    c->queued[c->nqueued++] = what;
+    queued_add(c, 'q', -1, what);
     return QK_OK;
+}
+
+/* Sends the prepare of statement `s` unless this session has it or one is
+ * on its way. */
+static int send_prepare(pg_conn *c, pg_stmt *s, const char *name)
+{
+    const db_query *q = &c->base.d->queries[s->id];
+    if (c->prepared[s->id] != 0)
+        return 1;
+    if (PQsendPrepare(c->pg, name, q->pg != NULL ? q->pg : q->sql, s->nparams,
+                      s->nparams > 0 ? s->types : NULL) != 1)
+        return 0;
+    c->prepared[s->id] = 2; /* sent, not confirmed */
+    queued_add(c, 'p', s->id, NULL);
+    return 1;
+}
+
+static int send_exec(pg_conn *c, pg_stmt *s, const char *name)
+{
+    return PQsendQueryPrepared(c->pg, name, s->nparams, s->nparams > 0 ? s->vals : NULL,
+                               s->nparams > 0 ? s->lens : NULL, s->nparams > 0 ? s->fmts : NULL,
+                               1) == 1;
 }
 
 /* One result of the pipeline and the NULL that ends it. NULL when the
@@ -410,41 +453,59 @@ static PGresult *pipeline_result(pg_conn *c, const char *what)
     return r;
 }
 
+/* Takes one queued result: a prepare confirmed or forgotten, a statement's
+ * error or a changed-row count it was not to have remembered as the
+ * transaction's error. */
+static void queued_result(pg_conn *c, const pg_queued *q, PGresult *r)
+{
+    char what[32];
+    ExecStatusType st = PQresultStatus(r);
+    if (q->kind == 'q')
+        snprintf(what, sizeof(what), "%s", q->what);
+    else
+        snprintf(what, sizeof(what), "query %d", q->id);
+    if (q->kind == 'p')
+        c->prepared[q->id] = st == PGRES_COMMAND_OK ? 1 : 0;
+    if (st == PGRES_FATAL_ERROR) {
+        (void)conn_fail(c, r, what);
+    } else if (q->kind == 'x' && q->expect >= 0 && st == PGRES_COMMAND_OK &&
+               strtoll(PQcmdTuples(r), NULL, 10) != q->expect && c->err == QK_OK) {
+        c->err = QK_ERR_INVALID_ARG;
+        c->why = WHY_NONE;
+        snprintf(c->detail, sizeof(c->detail), "%s", q->mismatch);
+    }
+}
+
 /* Sends the statement (prepared first if it is not yet; none: only the
  * queue) and a sync, then reads every queued result, the statement's (kept
  * in s->res) and the sync: one round trip. The first error is the
  * transaction's; what was queued after it comes back aborted. */
 static qk_err pipeline_run(pg_conn *c, pg_stmt *s, const char *name, const char *what)
 {
-    int n = c->nqueued, prep = 0, lost = 0;
+    int lost = 0, n;
     PGresult *r;
+    /* Its prepare, when sent, is the last queued. */
+    if (s != NULL)
+        lost = !send_prepare(c, s, name) || !send_exec(c, s, name);
+    n = c->nqueued;
     c->nqueued = 0;
-    if (s != NULL && !c->prepared[s->id]) {
-        const db_query *q = &c->base.d->queries[s->id];
-        prep = 1;
-        if (PQsendPrepare(c->pg, name, q->pg != NULL ? q->pg : q->sql, s->nparams,
-                          s->nparams > 0 ? s->types : NULL) != 1)
-            lost = 1;
-    }
-    if (!lost && s != NULL &&
-        PQsendQueryPrepared(c->pg, name, s->nparams, s->nparams > 0 ? s->vals : NULL,
-                            s->nparams > 0 ? s->lens : NULL, s->nparams > 0 ? s->fmts : NULL,
-                            1) != 1)
-        lost = 1;
     if (lost || PQpipelineSync(c->pg) != 1) {
         (void)conn_fail(c, NULL, what);
         return pgc_failed_before(c);
     }
-    for (int i = 0; i < n + prep + (s != NULL); i++) {
-        const char *w = i < n ? c->queued[i] : what;
+    for (int i = 0; i < n + (s != NULL); i++) {
+        const char *w = i < n && c->queued[i].kind == 'q' ? c->queued[i].what : what;
         if ((r = pipeline_result(c, w)) == NULL)
             return pgc_failed_before(c);
+        if (i < n) {
+            queued_result(c, &c->queued[i], r);
+            PQclear(r);
+            continue;
+        }
         ExecStatusType st = PQresultStatus(r);
         if (st == PGRES_FATAL_ERROR)
-            (void)conn_fail(c, r, w);
-        else if (i == n && prep && st == PGRES_COMMAND_OK)
-            c->prepared[s->id] = 1;
-        if (s != NULL && i == n + prep && (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)) {
+            (void)conn_fail(c, r, what);
+        if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
             s->res = r;
             s->row = -1;
             s->nrows = PQntuples(r);
@@ -467,6 +528,38 @@ static qk_err pipeline_run(pg_conn *c, pg_stmt *s, const char *name, const char 
             stmt_reset(s);
         return pgc_failed_before(c);
     }
+    return QK_OK;
+}
+
+qk_err pgc_flush(pg_conn *c)
+{
+    if (c->err != QK_OK)
+        return pgc_failed_before(c);
+    return c->nqueued > 0 ? pipeline_run(c, NULL, NULL, "pipeline") : QK_OK;
+}
+
+/* db.h run_later: the statement queued; with room for its prepare. */
+static qk_err pg_run_later(db_stmt *base, int64_t expect, const char *mismatch)
+{
+    pg_stmt *s = (pg_stmt *)base;
+    pg_conn *c = s->c;
+    char name[16];
+    qk_err rc;
+    if (c->err != QK_OK)
+        return pgc_failed_before(c);
+    if (s->bind_err != 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "query %d: %s", s->id,
+                       s->bind_err == 1 ? "parameter index out of range" : "blob too large");
+    snprintf(name, sizeof(name), "q%d", s->id);
+    stmt_params(s);
+    if ((rc = pipeline_room(c, 2, "pipeline")) != QK_OK)
+        return rc;
+    if (!send_prepare(c, s, name) || !send_exec(c, s, name))
+        return conn_fail(c, NULL, "pipeline");
+    pg_queued *q = queued_add(c, 'x', s->id, NULL);
+    q->expect = expect;
+    snprintf(q->mismatch, sizeof(q->mismatch), "%s",
+             mismatch != NULL ? mismatch : "unexpected number of rows changed");
     return QK_OK;
 }
 
@@ -764,8 +857,13 @@ void pgc_rollback(pg_conn *c)
 qk_err pgc_commit(pg_conn *c, int readonly)
 {
     qk_err rc = QK_OK;
-    if (c->nqueued > 0 && (rc = pipeline_run(c, NULL, NULL, "COMMIT")) != QK_OK)
-        return rc; /* fn ran no statement: BEGIN goes out now */
+    /* What is still queued goes first (BEGIN, if fn ran no statement;
+     * statements run later). If it fails, the transaction ends here: left
+     * open on a pooled connection it would hold its locks. */
+    if (c->nqueued > 0 && (rc = pipeline_run(c, NULL, NULL, "COMMIT")) != QK_OK) {
+        pgc_rollback(c);
+        return rc;
+    }
     /* A read's COMMIT only ends its snapshot: sent, and not waited for (the
      * next transaction on this connection reads its result first). */
     if (readonly && PQsendQuery(c->pg, "COMMIT") == 1) {
@@ -939,6 +1037,7 @@ static const db_ops pg_ops = {
     .bind_blob = pg_bind_blob,
     .bind_null = pg_bind_null,
     .step = pg_step,
+    .run_later = pg_run_later,
     .col_null = pg_col_null,
     .col_int = pg_col_int,
     .col_text = pg_col_text,

@@ -17,7 +17,7 @@
 #define PG_BATCH_MAX 64
 
 /* Statements a connection holds back for its next round trip. */
-#define PG_QUEUE_MAX 4
+#define PG_QUEUE_MAX 16
 
 #define CONFLICT_RETRIES 5
 #define LOST_RETRIES 3
@@ -37,6 +37,15 @@ typedef struct pg_param {
 } pg_param;
 
 typedef struct pg_conn pg_conn;
+
+/* A statement sent in pipeline mode whose result is read later. */
+typedef struct pg_queued {
+    char kind;        /* 'q' plain SQL, 'p' a prepare, 'x' a prepared statement */
+    int id;           /* 'p', 'x': the query id */
+    const char *what; /* 'q': what it is, for errors */
+    int64_t expect;   /* 'x': rows it must change (-1: any) */
+    char mismatch[120];
+} pg_queued;
 
 typedef struct pg_stmt {
     db_stmt base;
@@ -67,7 +76,7 @@ struct pg_conn {
     unsigned char *prepared; /* per query id: prepared in this session */
     /* Statements sent in pipeline mode whose results are not read yet (BEGIN,
      * the org): they go out with the next statement, one round trip for all. */
-    const char *queued[PG_QUEUE_MAX];
+    pg_queued queued[PG_QUEUE_MAX];
     int nqueued;
     int commit_sent; /* a read's COMMIT sent, its result not read yet */
     /* The running transaction's first error (QK_OK: none). */
@@ -112,6 +121,8 @@ qk_err pgc_reconnect(pg_db *d, pg_conn *c, int attempt, int64_t deadline);
 qk_err pgc_begin(pg_conn *c, int readonly, int64_t org);
 /* Queues setting the org of the running transaction. */
 qk_err pgc_set_org(pg_conn *c, int64_t org);
+/* Reads the results of what is queued (one round trip). */
+qk_err pgc_flush(pg_conn *c);
 /* Parameterless SQL whose result is not needed, queued statements first; a
  * failure is remembered as the transaction's first error. */
 qk_err pgc_exec(pg_conn *c, const char *sql, const char *what);

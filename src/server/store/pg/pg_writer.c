@@ -102,6 +102,8 @@ static qk_err batch_once(pg_db *d, pg_conn *c, pg_wjob **jobs, int n, int *caref
         rc = j->fn(&c->base, j->arg);
         if (rc == QK_OK && c->err != QK_OK)
             rc = pgc_failed_before(c); /* fn went on after an error */
+        if (rc == QK_OK && *careful)
+            rc = pgc_flush(c); /* its deferred statements' errors are its own */
         pgc_reset_stmts(d, c);
         j->rc = rc;
         undo = rc != QK_OK;
@@ -116,6 +118,13 @@ static qk_err batch_once(pg_db *d, pg_conn *c, pg_wjob **jobs, int n, int *caref
             goto fail;
         }
         c->err = QK_OK; /* its savepoint undoes it, the others go on */
+    }
+    /* Optimistic: deferred statements of the last writes fail here, and
+     * which write they belong to is unknown: a careful run will tell. */
+    if (!*careful && (rc = pgc_flush(c)) != QK_OK) {
+        if (c->why == WHY_NONE)
+            *careful = 1;
+        goto fail;
     }
     if (undo && (rc = pgc_exec(c, "ROLLBACK TO SAVEPOINT w", "ROLLBACK TO SAVEPOINT")) != QK_OK)
         goto fail;
