@@ -347,6 +347,15 @@ qwick_env() {
 }
 
 # --- files -----------------------------------------------------------------------
+# json_each KEY FILE...: the top-level KEY of each file, one per line (one
+# python3 for all of them: a process per file cost a minute under load).
+json_each() {
+    python3 - "$@" <<'EOF'
+import json, sys
+for f in sys.argv[2:]:
+    print(json.load(open(f))[sys.argv[1]])
+EOF
+}
 json_get() { # FILE PATH
     python3 - "$1" "$2" <<'EOF'
 import json, sys
