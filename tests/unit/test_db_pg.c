@@ -727,6 +727,47 @@ static void test_org_setting(void **state)
     d->ops->close(d);
 }
 
+/* A one-statement read (read1): the org and the statement in one implicit
+ * transaction, nothing carried into the next; a second statement fails and
+ * nothing is left open. */
+static qk_err two_statements_fn(db_conn *c, void *arg)
+{
+    one *o = arg;
+    qk_err rc = one_fn(c, o);
+    return rc == QK_OK ? one_fn(c, o) : rc;
+}
+
+static void test_read1(void **state)
+{
+    (void)state;
+    qk_db *d = open_db(1);
+    assert_non_null(d->ops->read1);
+    orgs a = {0}, b = {0};
+    one pid1 = {.q = Q_PID}, pid2 = {.q = Q_PID}, two = {.q = Q_PID};
+    assert_int_equal(db_read1(d, 42, org_only_fn, &a), QK_OK);
+    assert_string_equal(a.first, "42");
+    assert_int_equal(db_read1(d, DB_NO_ORG, org_only_fn, &b), QK_OK);
+    assert_string_equal(b.first, "");
+    assert_int_equal(db_read(d, DB_NO_ORG, org_only_fn, &b), QK_OK);
+    assert_string_equal(b.first, "");
+    assert_int_equal(db_read1(d, 5, one_fn, &pid1), QK_OK);
+    assert_int_equal(db_read1(d, 7, two_statements_fn, &two), QK_ERR_INVALID_ARG);
+    assert_non_null(strstr(qk_error_detail(), "second statement"));
+    assert_int_equal(two.runs, 2); /* one run (its two statements): a mistake is not rerun */
+    /* The connection is the same, idle and usable: a write and reads. */
+    assert_int_equal(admin_int("SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                               "'qwickd' AND state <> 'idle'"),
+                     0);
+    orgs w = {0};
+    assert_int_equal(db_write(d, 9, org_only_fn, &w), QK_OK);
+    assert_string_equal(w.first, "9");
+    assert_int_equal(db_read1(d, 11, org_only_fn, &b), QK_OK);
+    assert_string_equal(b.first, "11");
+    assert_int_equal(db_read1(d, DB_NO_ORG, one_fn, &pid2), QK_OK);
+    assert_int_equal(pid2.v, pid1.v);
+    d->ops->close(d);
+}
+
 /* ---- prepared statements, reconnects, retries ----------------------------- */
 
 static char prepared_name[16];
@@ -1322,6 +1363,7 @@ int main(void)
         cmocka_unit_test(test_bad_bindings),
         cmocka_unit_test(test_read_sees_committed_and_changes),
         cmocka_unit_test(test_org_setting),
+        cmocka_unit_test(test_read1),
         cmocka_unit_test(test_prepared_reuse_and_reconnect),
         cmocka_unit_test(test_conflict_retries),
         cmocka_unit_test(test_lost_connection_retry_limit),

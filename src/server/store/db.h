@@ -57,6 +57,11 @@ typedef struct db_ops {
     void (*close)(qk_db *d);
     qk_err (*read)(qk_db *d, int64_t org, db_txn_fn fn, void *arg);
     qk_err (*write)(qk_db *d, int64_t org, db_txn_fn fn, void *arg);
+    /* Optional (NULL: read): a read whose fn runs exactly one statement, which
+     * a driver may run without a transaction block of its own (PostgreSQL: the
+     * org and the statement in one implicit transaction, no BEGIN/COMMIT). A
+     * second statement fails. */
+    qk_err (*read1)(qk_db *d, int64_t org, db_txn_fn fn, void *arg);
     /* Optional (NULL): queues the write and returns; done() runs on a thread
      * of the driver's once it committed or failed. */
     qk_err (*write_async)(qk_db *d, int64_t org, db_txn_fn fn, void *arg, db_done_fn done,
@@ -111,6 +116,10 @@ struct db_stmt {
 static inline qk_err db_read(qk_db *d, int64_t org, db_txn_fn fn, void *arg)
 {
     return d->ops->read(d, org, fn, arg);
+}
+static inline qk_err db_read1(qk_db *d, int64_t org, db_txn_fn fn, void *arg)
+{
+    return d->ops->read1 != NULL ? d->ops->read1(d, org, fn, arg) : d->ops->read(d, org, fn, arg);
 }
 static inline qk_err db_write(qk_db *d, int64_t org, db_txn_fn fn, void *arg)
 {

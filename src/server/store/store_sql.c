@@ -58,7 +58,7 @@ static qk_err read_rows(qk_store *s, int64_t org, int id, const db_val *v, int n
     rows_arg a = {id, v, nv, size, fill, list_free, out, n};
     *out = NULL;
     *n = 0;
-    return db_read(SQL_DB(s), org, txn_rows, &a);
+    return db_read1(SQL_DB(s), org, txn_rows, &a);
 }
 
 /* A read of one row as one operation; no row is the not-found convention. */
@@ -93,7 +93,7 @@ static qk_err read_maybe(qk_store *s, int64_t org, int id, const db_val *v, int 
                          row_fill_fn fill, void (*clear)(void *), void *elem, int *found)
 {
     one_arg a = {id, v, nv, fill, clear, elem, 0};
-    qk_err rc = db_read(SQL_DB(s), org, txn_one, &a);
+    qk_err rc = db_read1(SQL_DB(s), org, txn_one, &a);
     if (rc != QK_OK)
         one_clear(&a);
     *found = rc == QK_OK && a.found;
@@ -624,7 +624,7 @@ static qk_err sq_apikey_lookup(qk_store *base, const uint8_t hash[32], store_api
     memset(out, 0, sizeof(*out));
     memset(stored_hash, 0, HASH_LEN);
     *found = 0;
-    qk_err rc = db_read(SQL_DB(base), DB_NO_ORG, txn_apikey_lookup, &a);
+    qk_err rc = db_read1(SQL_DB(base), DB_NO_ORG, txn_apikey_lookup, &a);
     if (rc == QK_OK && !a.found)
         return not_found(found, "API key");
     *found = a.found;

@@ -339,6 +339,9 @@ static qk_err stmt_run(pg_stmt *s)
     if (s->bind_err != 0)
         return qk_fail(QK_ERR_INVALID_ARG, "query %d: %s", s->id,
                        s->bind_err == 1 ? "parameter index out of range" : "blob too large");
+    if (c->one && c->nstmts++ > 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "query %d: a second statement in a one-statement read",
+                       s->id);
     snprintf(name, sizeof(name), "q%d", s->id);
     snprintf(what, sizeof(what), "query %d", s->id);
     stmt_params(s);
@@ -550,6 +553,8 @@ static qk_err pg_run_later(db_stmt *base, int64_t expect, const char *mismatch)
     if (s->bind_err != 0)
         return qk_fail(QK_ERR_INVALID_ARG, "query %d: %s", s->id,
                        s->bind_err == 1 ? "parameter index out of range" : "blob too large");
+    if (c->one)
+        return qk_fail(QK_ERR_INVALID_ARG, "query %d: run later in a one-statement read", s->id);
     snprintf(name, sizeof(name), "q%d", s->id);
     stmt_params(s);
     if ((rc = pipeline_room(c, 2, "pipeline")) != QK_OK)
@@ -924,11 +929,31 @@ void pgc_reset_stmts(pg_db *d, pg_conn *c)
 }
 
 /* One run of the transaction; c->why says whether another may follow. */
-static qk_err txn_once(pg_db *d, pg_conn *c, int readonly, int64_t org, db_txn_fn fn, void *arg)
+/* `mode`: TXN_WRITE, TXN_READ, or TXN_READ1: a read of one statement,
+ * which needs no transaction block (the org and the statement go out
+ * together, one implicit transaction up to the sync: one snapshot, the
+ * org's setting local to it). */
+enum { TXN_WRITE = 0, TXN_READ = 1, TXN_READ1 = 2 };
+
+static qk_err txn_once(pg_db *d, pg_conn *c, int mode, int64_t org, db_txn_fn fn, void *arg)
 {
     qk_err rc = pgc_txn_prepare(d, c);
     if (rc != QK_OK)
         return rc;
+    if (mode == TXN_READ1) {
+        c->one = 1;
+        c->nstmts = 0;
+        if (org != DB_NO_ORG)
+            rc = pgc_set_org(c, org);
+        if (rc == QK_OK)
+            rc = fn(&c->base, arg);
+        if (rc == QK_OK)
+            rc = pgc_flush(c); /* fn ran no statement: the org went nowhere */
+        c->one = 0;
+        pgc_reset_stmts(d, c);
+        return rc;
+    }
+    int readonly = mode == TXN_READ;
     rc = pgc_begin(c, readonly, org);
     if (rc == QK_OK)
         rc = fn(&c->base, arg);
@@ -942,14 +967,14 @@ static qk_err txn_once(pg_db *d, pg_conn *c, int readonly, int64_t org, db_txn_f
     return pgc_commit(c, readonly);
 }
 
-static qk_err txn_run(pg_db *d, int readonly, int64_t org, db_txn_fn fn, void *arg)
+static qk_err txn_run(pg_db *d, int mode, int64_t org, db_txn_fn fn, void *arg)
 {
     pg_conn *c = pool_take(d);
     int conflicts = 0, losses = 0;
     int64_t deadline = 0;
     qk_err rc;
     for (;;) {
-        rc = txn_once(d, c, readonly, org, fn, arg);
+        rc = txn_once(d, c, mode, org, fn, arg);
         if (rc == QK_OK)
             break;
         if (c->why == WHY_CONFLICT && conflicts < CONFLICT_RETRIES) {
@@ -973,12 +998,17 @@ static qk_err txn_run(pg_db *d, int readonly, int64_t org, db_txn_fn fn, void *a
 
 static qk_err pg_read(qk_db *base, int64_t org, db_txn_fn fn, void *arg)
 {
-    return txn_run((pg_db *)base, 1, org, fn, arg);
+    return txn_run((pg_db *)base, TXN_READ, org, fn, arg);
+}
+
+static qk_err pg_read1(qk_db *base, int64_t org, db_txn_fn fn, void *arg)
+{
+    return txn_run((pg_db *)base, TXN_READ1, org, fn, arg);
 }
 
 static qk_err pg_write(qk_db *base, int64_t org, db_txn_fn fn, void *arg)
 {
-    return txn_run((pg_db *)base, 0, org, fn, arg);
+    return txn_run((pg_db *)base, TXN_WRITE, org, fn, arg);
 }
 
 /* ---- open / close ------------------------------------------------------- */
@@ -1027,6 +1057,7 @@ static const db_ops pg_ops = {
     .close = pg_close,
     .read = pg_read,
     .write = pg_write,
+    .read1 = pg_read1,
     .write_async = pg_write_async,
     .flush = pg_flush,
     .set_org = pg_set_org,
