@@ -18,6 +18,7 @@ static const subcmd commands[] = {
     {"audit", cmd_audit, "verify the transparency log of every org"},
     {"keyring", cmd_keyring, "master key status, rotation (re-sealing every secret), retirement"},
     {"org", cmd_org, "create and list orgs (tenants)"},
+    {"migrate", cmd_migrate, "bring the database to this qwickd's schema version"},
     {"operator", cmd_operator, "create, list and revoke operator tokens (GET /metrics)"},
 };
 

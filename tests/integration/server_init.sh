@@ -27,6 +27,16 @@ for f in "$ROOT" "$TSAROOT" "$TLSCA"; do
     *) fail "path $f is absolute" ;; esac
 done
 
+# --- migrate: a fresh directory is at this version; no directory, no database --
+if store_is_pg; then kind=postgresql; else kind=sqlite; fi
+"$QWICKD" migrate --data "$D" --json >"$tmp/migrate.json" 2>"$tmp/migrate.err"
+check_eq "migrate on a fresh directory: nothing to do" "$(cat "$tmp/migrate.json")" \
+    "{\"store\": \"$kind\", \"from\": 5, \"to\": 5}"
+mkdir "$tmp/not-init"
+check_status 1 "migrate refuses a directory init never made" "$QWICKD" migrate --data "$tmp/not-init"
+check_grep "and says so" "not an initialised qwickd data directory" "$tmp/err"
+[ ! -e "$tmp/not-init/qwick.db" ] && ok "no database created there" || fail "migrate created a database"
+
 # --- permissions -------------------------------------------------------------
 check_eq "data dir is 0700" "$(mode "$D")" 700
 # On PostgreSQL the server's role password, sealed, takes the database file's place.

@@ -142,9 +142,10 @@ sql "UPDATE audit SET filename = 'innocent.exe' WHERE seq = 3"
 check_status 1 "edited entry: audit verify fails" audit_verify
 check_grep "names the entry" "BROKEN at entry 3" "$tmp/out"
 restore
-# 2. Tail deleted, head reset, but the checkpoint left behind.
+# 2. Tail deleted, head reset (its edge cleared: an edge from before the cut
+# would give it away), but the checkpoint left behind.
 orphans="DELETE FROM sign_requests WHERE id NOT IN (SELECT request_id FROM audit WHERE request_id IS NOT NULL)"
-sql "DELETE FROM audit WHERE seq > 4; DELETE FROM log_nodes WHERE pos >= 7; UPDATE log_heads SET size = 4; $orphans"
+sql "DELETE FROM audit WHERE seq > 4; DELETE FROM log_nodes WHERE pos >= 7; UPDATE log_heads SET size = 4, frontier = NULL; $orphans"
 check_status 1 "tail cut, checkpoint kept: audit verify fails" audit_verify
 check_grep "says the log was cut" "cut back" "$tmp/out"
 # ... and with the checkpoints and requests gone too: only the outside sees it.

@@ -127,6 +127,7 @@ static void writes_work_again(fixture *f)
 }
 
 #define SQL_ZERO_HASH "zeroblob(32)"
+#define SQL_ZERO_EDGE(n) "zeroblob(" #n ")"
 #define SQL_BLOB_0102 "X'0102'"
 
 #else
@@ -242,6 +243,7 @@ static void writes_work_again(fixture *f)
 }
 
 #define SQL_ZERO_HASH "decode(repeat('00', 32), 'hex')"
+#define SQL_ZERO_EDGE(n) "decode(repeat('00', " #n "), 'hex')"
 #define SQL_BLOB_0102 "'\\x0102'::bytea"
 #endif
 
@@ -615,6 +617,39 @@ static void test_audit_detects_node_edit(void **state)
              tlog_pos(1, 1)); /* the subtree over entries 3 and 4 */
     raw_sql(f->where, sql);
     verify_expect(f->s, org, 0, 4);
+}
+
+/* The log head keeps the tree's right edge for appends; a wrong one (same
+ * length, or not fitting the size) is found by verify. */
+static void test_audit_detects_edge_edit(void **state)
+{
+    fixture *f = *state;
+    int64_t org = new_org(f, "acme");
+    append_n(f->s, org, 7); /* 4 + 2 + 1: three subtrees on the edge */
+    assert_int_equal(raw_int(f->where, "SELECT length(frontier) FROM log_heads"), 3 * 32);
+    verify_expect(f->s, org, 1, 0);
+    raw_sql(f->where, "UPDATE log_heads SET frontier = " SQL_ZERO_EDGE(96));
+    verify_expect(f->s, org, 0, 0);
+    raw_sql(f->where, "UPDATE log_heads SET frontier = " SQL_ZERO_EDGE(32));
+    verify_expect(f->s, org, 0, 0);
+}
+
+/* A head written before it kept the edge (NULL): verify accepts it, the
+ * next append rebuilds the edge from the stored nodes and keeps it, and the
+ * tree stays the one its entries make. */
+static void test_log_edge_rebuilt_for_older_head(void **state)
+{
+    fixture *f = *state;
+    int64_t org = new_org(f, "acme");
+    append_n(f->s, org, 13);
+    raw_sql(f->where, "UPDATE log_heads SET frontier = NULL");
+    verify_expect(f->s, org, 1, 0);
+    append_n(f->s, org, 6); /* 19 = 16 + 2 + 1 */
+    assert_int_equal(raw_int(f->where, "SELECT length(frontier) FROM log_heads"), 3 * 32);
+    verify_expect(f->s, org, 1, 0);
+    store_proof p;
+    assert_int_equal(STORE_CALL(f->s, log_prove, org, PROOF_CONSISTENCY, 13, 19, &p), QK_OK);
+    assert_int_equal(p.size, 19);
 }
 
 static void test_audit_detects_delete(void **state)
@@ -1514,6 +1549,65 @@ static void test_schema_required_and_created_once(void **state)
     assert_null(s);
     assert_non_null(strstr(qk_error_detail(), "older"));
 }
+
+/* A database made at version 4 (as the first PostgreSQL release left it:
+ * no edge in the log head, qwick_apikey_org) with an org, a key and log
+ * entries: `serve` refuses it and names `qwickd migrate`; the migration, as
+ * the owner, brings it to this version; the key is found through the new
+ * function by the server's role, the log continues and verifies; a second
+ * migration has nothing to do. */
+static void test_migrate_from_version_4(void **state)
+{
+    fixture *f = *state;
+    char url[256], role[64], sql[1024];
+    uint8_t h[32], stored[32];
+    int64_t org = new_org(f, "acme"), kid = 0;
+    int found = 0, from = 0, to = 0;
+    store_apikey k;
+    memset(h, 0x5a, sizeof(h));
+    assert_int_equal(STORE_CALL(f->s, apikey_create, org, 0, "ci", "qk_abcdefg", h, ROLE_SIGNER,
+                                0, NULL, &kid),
+                     QK_OK);
+    append_n(f->s, org, 11);
+    f->s->ops->close(f->s);
+    f->s = NULL;
+    pgfx_server_role(f->where, role, sizeof(role));
+    snprintf(sql, sizeof(sql),
+             "SET ROLE " PGFX_OWNER ";"
+             "ALTER TABLE log_heads DROP COLUMN frontier;"
+             "DROP FUNCTION qwick_apikey_lookup(BYTEA);"
+             "CREATE FUNCTION qwick_apikey_org(h BYTEA) RETURNS BIGINT LANGUAGE sql STABLE "
+             "SECURITY DEFINER SET search_path = public, pg_temp AS "
+             "$$ SELECT org_id FROM apikey_orgs WHERE hash = h $$;"
+             "REVOKE ALL ON FUNCTION qwick_apikey_org(BYTEA) FROM PUBLIC;"
+             "GRANT EXECUTE ON FUNCTION qwick_apikey_org(BYTEA) TO %s;"
+             "UPDATE schema_version SET version = 4;",
+             role);
+    raw_sql(f->where, sql);
+
+    assert_int_equal(store_open_at(f->where, &f->s), QK_ERR_INVALID_ARG);
+    assert_non_null(strstr(qk_error_detail(), "qwickd migrate"));
+    pgfx_url(f->where, PGFX_OWNER, url, sizeof(url));
+    assert_int_equal(store_pg_migrate(url, &from, &to), QK_OK);
+    assert_int_equal(from, 4);
+    assert_int_equal(to, 5);
+    assert_int_equal(raw_int(f->where, "SELECT count(*) FROM pg_proc WHERE proname = "
+                                       "'qwick_apikey_org'"),
+                     0);
+
+    assert_int_equal(store_open_at(f->where, &f->s), QK_OK);
+    assert_int_equal(STORE_CALL(f->s, apikey_lookup, h, &k, stored, &found), QK_OK);
+    assert_int_equal(k.id, kid);
+    assert_int_equal(k.org_id, org);
+    store_apikey_clear(&k);
+    verify_expect(f->s, org, 1, 0);
+    append_n(f->s, org, 5);
+    verify_expect(f->s, org, 1, 0);
+    assert_int_equal(raw_int(f->where, "SELECT length(frontier) FROM log_heads"), 1 * 32);
+
+    assert_int_equal(store_pg_migrate(url, &from, &to), QK_OK);
+    assert_int_equal(from, 5);
+}
 #endif
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1530,6 +1624,8 @@ int main(void)
         T(test_audit_detects_outcome_flip),
         T(test_audit_refuses_text_in_integer),
         T(test_audit_detects_node_edit),
+        T(test_audit_detects_edge_edit),
+        T(test_log_edge_rebuilt_for_older_head),
         T(test_audit_detects_request_tamper),
         T(test_log_proofs),
         T(test_changes_commit_with_their_entry),
@@ -1554,6 +1650,7 @@ int main(void)
         T(test_rls_isolates_tenants),
         T(test_concurrent_appends_one_log),
         T(test_schema_required_and_created_once),
+        T(test_migrate_from_version_4),
 #endif
     };
 #ifdef STORE_PG

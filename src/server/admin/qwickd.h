@@ -32,6 +32,7 @@ qk_err operator_token_issue(qk_store *st, const char *name, char token[APIKEY_LE
 int cmd_profile(int argc, char **argv);
 int cmd_keyring(int argc, char **argv);
 int cmd_org(int argc, char **argv);
+int cmd_migrate(int argc, char **argv);
 /* Defined by serve.c (the HTTP server). */
 int cmd_serve(int argc, char **argv);
 

@@ -60,15 +60,16 @@ const db_query store_queries[Q__COUNT] = {
     [W_AUDIT_INSERT] = {"INSERT INTO audit(" AUDIT_COLS ") VALUES($1, $2, $3, $4, $5, $6, $7, $8, "
                         "$9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
                         NULL},
-    [W_HEAD_SET] = {"UPDATE log_heads SET size = $2 WHERE org_id = $1", NULL},
+    [W_HEAD_SET] = {"UPDATE log_heads SET size = $2, frontier = $3 WHERE org_id = $1", NULL},
     [Q_HEAD_GET] = {"SELECT size FROM log_heads WHERE org_id = $1", NULL},
+    [R_HEAD_EDGE] = {"SELECT size, frontier FROM log_heads WHERE org_id = $1", NULL},
     /* The append lock, in one statement: the org's head row, made when
      * missing, locked (an upsert's update locks the row it touches) to the
      * end of the transaction, so appends from many nodes form one sequence;
      * its size is the next entry's index. SQLite's single writer (BEGIN
      * IMMEDIATE) serializes appends anyway. */
     [Q_HEAD_LOCK] = {"INSERT INTO log_heads(org_id, size) VALUES($1, 0) ON CONFLICT(org_id) "
-                     "DO UPDATE SET size = log_heads.size RETURNING size",
+                     "DO UPDATE SET size = log_heads.size RETURNING size, frontier",
                      NULL},
     [Q_NODE_GET] = {"SELECT hash FROM log_nodes WHERE org_id = $1 AND pos = $2", NULL},
     [W_NODE_INSERT] = {"INSERT INTO log_nodes(org_id, pos, hash) VALUES($1, $2, $3)", NULL},

@@ -1,5 +1,6 @@
-/* The PostgreSQL schema (version SCHEMA_VERSION, the same tables as SQLite's
- * migration 4), its row-level security, and the server's own login role.
+/* The PostgreSQL schema: version 4 (the same tables as SQLite's migration 4)
+ * and the steps after it, its row-level security, and the server's own login
+ * role.
  *
  * Roles: `qwickd init --database URL` connects as the URL's user, the owner
  * (CREATEROLE, not superuser), creates the tables, and creates the role that
@@ -14,8 +15,9 @@
  * sets with set_config(..., true), local to the transaction; no org set, no
  * rows). FORCE makes the owner obey it too. Three questions are answered
  * across orgs, each by a SECURITY DEFINER function that answers only that:
- * which org an API-key hash belongs to (from apikey_orgs, which a trigger
- * fills), which org has a name, and the list of orgs (background jobs that
+ * the API key with a hash (its org from apikey_orgs, which a trigger fills,
+ * then its row read under that org: version 5's qwick_apikey_lookup; version
+ * 4 answered only the org), which org has a name, and the list of orgs (background jobs that
  * serve every tenant). `orgs` and `apikey_orgs` are not tenant tables: they
  * have RLS enabled but not forced, so the server sees only its org's row of
  * `orgs` and nothing of `apikey_orgs`, while the functions (running as the
@@ -165,18 +167,9 @@ static const char *const tenant_tables[] = {
 static const char functions_sql[] =
     "CREATE FUNCTION qwick_current_org() RETURNS BIGINT LANGUAGE sql STABLE AS "
     "$$ SELECT NULLIF(current_setting('qwick.org', true), '')::bigint $$;"
-    /* The API key with this hash, whatever its org (authentication, before
-     * the org is known): the org from apikey_orgs, then the row under that
-     * org, so api_keys' policy still decides what is returned. PL/pgSQL: it
-     * runs on every request and keeps its plans (a SQL function with SET is
-     * not inlined and plans on every call). */
-    "CREATE FUNCTION qwick_apikey_lookup(h BYTEA) RETURNS SETOF api_keys LANGUAGE plpgsql "
+    "CREATE FUNCTION qwick_apikey_org(h BYTEA) RETURNS BIGINT LANGUAGE sql STABLE "
     "SECURITY DEFINER SET search_path = public, pg_temp AS "
-    "$$ DECLARE o BIGINT; BEGIN "
-    "SELECT org_id INTO o FROM apikey_orgs WHERE hash = h; "
-    "IF o IS NULL THEN RETURN; END IF; "
-    "PERFORM set_config('qwick.org', o::text, true); "
-    "RETURN QUERY SELECT * FROM api_keys WHERE org_id = o AND hash = h; END $$;"
+    "$$ SELECT org_id FROM apikey_orgs WHERE hash = h $$;"
     "CREATE FUNCTION qwick_org_find(n TEXT) RETURNS BIGINT LANGUAGE sql STABLE "
     "SECURITY DEFINER SET search_path = public, pg_temp AS "
     "$$ SELECT id FROM orgs WHERE name = n $$;"
@@ -189,11 +182,48 @@ static const char functions_sql[] =
     "RETURN NEW; END $$;"
     "CREATE TRIGGER api_keys_index AFTER INSERT ON api_keys FOR EACH ROW "
     "EXECUTE FUNCTION qwick_apikey_index();"
-    "REVOKE ALL ON FUNCTION qwick_apikey_lookup(BYTEA), qwick_org_find(TEXT), qwick_org_list(), "
+    "REVOKE ALL ON FUNCTION qwick_apikey_org(BYTEA), qwick_org_find(TEXT), qwick_org_list(), "
     "qwick_apikey_index() FROM PUBLIC;"
     "ALTER TABLE orgs ENABLE ROW LEVEL SECURITY;"
     "CREATE POLICY org_self ON orgs USING (id = qwick_current_org());"
     "ALTER TABLE apikey_orgs ENABLE ROW LEVEL SECURITY;";
+
+/* The steps after version 4 (the schema above), applied in order by the
+ * owner: by `qwickd init` right after it, and by `qwickd migrate` to a
+ * database an older qwickd made. Step k takes the schema to version k + 5.
+ * The server's role gets what a step adds by its grants on qwick_org_find,
+ * which every server role of this database holds. */
+static const char *const migrations[] = {
+    /* 5: the log head keeps its tree's right edge (an append reads no node);
+     * NULL in heads written before, rebuilt from the nodes by the next
+     * append. And an API key found in one statement: qwick_apikey_lookup
+     * returns the key's row, read under its org (api_keys' policy still
+     * decides), replacing qwick_apikey_org and the second query after it.
+     * PL/pgSQL: it runs on every request and keeps its plans (a SQL function
+     * with SET is not inlined and plans on every call). */
+    "ALTER TABLE log_heads ADD COLUMN frontier BYTEA;"
+    "CREATE FUNCTION qwick_apikey_lookup(h BYTEA) RETURNS SETOF api_keys LANGUAGE plpgsql "
+    "SECURITY DEFINER SET search_path = public, pg_temp AS "
+    "$$ DECLARE o BIGINT; BEGIN "
+    "SELECT org_id INTO o FROM apikey_orgs WHERE hash = h; "
+    "IF o IS NULL THEN RETURN; END IF; "
+    "PERFORM set_config('qwick.org', o::text, true); "
+    "RETURN QUERY SELECT * FROM api_keys WHERE org_id = o AND hash = h; END $$;"
+    "REVOKE ALL ON FUNCTION qwick_apikey_lookup(BYTEA) FROM PUBLIC;"
+    "DO $$ DECLARE r TEXT; BEGIN "
+    "FOR r IN SELECT DISTINCT grantee FROM information_schema.routine_privileges "
+    "WHERE routine_schema = 'public' AND routine_name = 'qwick_org_find' "
+    "AND privilege_type = 'EXECUTE' AND grantee <> current_user LOOP "
+    "EXECUTE format('GRANT EXECUTE ON FUNCTION qwick_apikey_lookup(BYTEA) TO %I', r); "
+    "END LOOP; END $$;"
+    "DROP FUNCTION qwick_apikey_org(BYTEA);",
+};
+
+#define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
+#define BASE_VERSION 4
+
+_Static_assert(BASE_VERSION + NMIGRATIONS == SCHEMA_VERSION,
+               "schema_pg.c and SCHEMA_VERSION disagree");
 
 static qk_err exec_fmt(db_conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -208,6 +238,17 @@ static qk_err exec_fmt(db_conn *c, const char *fmt, ...)
                     ? qk_fail(QK_ERR_INVALID_ARG, "schema statement too long")
                     : db_exec(c, sql);
     explicit_bzero(sql, sizeof(sql)); /* CREATE ROLE carries the role's password */
+    return rc;
+}
+
+/* Applies the steps after `version`, then records the new version. */
+static qk_err migrate_from(db_conn *c, int64_t version)
+{
+    qk_err rc = QK_OK;
+    for (int64_t v = version; v < SCHEMA_VERSION && rc == QK_OK; v++)
+        rc = db_exec(c, migrations[v - BASE_VERSION]);
+    if (rc == QK_OK && version < SCHEMA_VERSION)
+        rc = exec_fmt(c, "UPDATE schema_version SET version = %d", SCHEMA_VERSION);
     return rc;
 }
 
@@ -243,12 +284,14 @@ static qk_err txn_install(db_conn *c, void *p)
                        "instance_secrets TO %s;"
                        "GRANT SELECT ON operator_tokens TO %s;"
                        "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO %s;"
-                       "GRANT EXECUTE ON FUNCTION qwick_apikey_lookup(BYTEA), qwick_org_find(TEXT), "
+                       "GRANT EXECUTE ON FUNCTION qwick_apikey_org(BYTEA), qwick_org_find(TEXT), "
                        "qwick_org_list() TO %s;",
                        a->role, a->password, a->role, a->role, a->role, a->role, a->role,
                        a->role, a->role)) != QK_OK)
         return rc;
-    return exec_fmt(c, "INSERT INTO schema_version VALUES (%d)", SCHEMA_VERSION);
+    if ((rc = exec_fmt(c, "INSERT INTO schema_version VALUES (%d)", BASE_VERSION)) != QK_OK)
+        return rc;
+    return migrate_from(c, BASE_VERSION);
 }
 
 static qk_err txn_exists(db_conn *c, void *p)
@@ -299,7 +342,50 @@ qk_err schema_pg_check(qk_db *d)
                        SCHEMA_VERSION);
     if (version < SCHEMA_VERSION)
         return qk_fail(QK_ERR_INVALID_ARG,
-                       "database schema version %d is older than this qwickd (%d)", (int)version,
-                       SCHEMA_VERSION);
+                       "database schema version %d is older than this qwickd (%d): run `qwickd "
+                       "migrate --data DIR` (it connects as the database's owner)",
+                       (int)version, SCHEMA_VERSION);
     return QK_OK;
+}
+
+typedef struct migrate_arg {
+    int64_t from;
+} migrate_arg;
+
+/* One transaction, the version table locked first: two nodes migrating at
+ * once take turns, and the second finds nothing left to do. */
+static qk_err txn_migrate(db_conn *c, void *p)
+{
+    migrate_arg *a = p;
+    int found = 0;
+    qk_err rc = db_exec(c, "LOCK TABLE schema_version IN EXCLUSIVE MODE");
+    a->from = 0;
+    if (rc == QK_OK)
+        rc = sql_one(c, Q_SCHEMA_VERSION, NULL, 0, fill_version, &a->from, &found);
+    if (rc != QK_OK)
+        return rc;
+    if (a->from > SCHEMA_VERSION)
+        return qk_fail(QK_ERR_INVALID_ARG,
+                       "database schema version %d is newer than this qwickd (%d)", (int)a->from,
+                       SCHEMA_VERSION);
+    if (a->from < BASE_VERSION)
+        return qk_fail(QK_ERR_INVALID_ARG, "database schema version %d is not one qwickd made",
+                       (int)a->from);
+    return migrate_from(c, a->from);
+}
+
+qk_err schema_pg_migrate(qk_db *d, int *from)
+{
+    migrate_arg a = {0};
+    int64_t exists = 0;
+    qk_err rc = db_read(d, DB_NO_ORG, txn_exists, &exists);
+    *from = 0;
+    if (rc != QK_OK)
+        return rc;
+    if (!exists)
+        return qk_fail(QK_ERR_INVALID_ARG,
+                       "the database holds no qwickd schema: run `qwickd init --database URL`");
+    if ((rc = db_write(d, DB_NO_ORG, txn_migrate, &a)) == QK_OK)
+        *from = (int)a.from;
+    return rc;
 }

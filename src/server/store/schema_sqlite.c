@@ -175,6 +175,10 @@ static const char *const migrations[] = {
     "  sealed BLOB NOT NULL,"
     "  public BLOB NOT NULL,"
     "  created_at INTEGER NOT NULL) STRICT;",
+    /* 5: the log head keeps its tree's right edge (the roots of the complete
+     * subtrees, largest first), so an append reads no node. NULL in heads
+     * written before: rebuilt from the nodes by the next append. */
+    "ALTER TABLE log_heads ADD COLUMN frontier BLOB;",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -191,7 +195,7 @@ static qk_err txn_migrate(db_conn *c, void *arg)
     int64_t version = 0;
     int found = 0;
     qk_err rc;
-    (void)arg;
+    int *from = arg;
     if ((rc = db_exec(c, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);"
                          "INSERT INTO schema_version SELECT 0 WHERE NOT EXISTS "
                          "(SELECT 1 FROM schema_version);")) != QK_OK)
@@ -202,6 +206,7 @@ static qk_err txn_migrate(db_conn *c, void *arg)
         return qk_fail(QK_ERR_INVALID_ARG,
                        "database schema version %d is newer than this qwickd (%d)", (int)version,
                        NMIGRATIONS);
+    *from = (int)version;
     for (int v = (int)version; v < NMIGRATIONS; v++) {
         char bump[64];
         if ((rc = db_exec(c, migrations[v])) != QK_OK)
@@ -215,7 +220,8 @@ static qk_err txn_migrate(db_conn *c, void *arg)
     return QK_OK;
 }
 
-qk_err schema_sqlite_migrate(qk_db *d)
+qk_err schema_sqlite_migrate(qk_db *d, int *from)
 {
-    return db_write(d, DB_NO_ORG, txn_migrate, NULL);
+    *from = 0;
+    return db_write(d, DB_NO_ORG, txn_migrate, from);
 }

@@ -361,6 +361,11 @@ qk_err store_pg_open(const char *url, const char *user, const char *password, in
 /* `qwickd init --database URL`: as the URL's user (the owner), creates the
  * schema with row-level security and the login role `role` that serve uses. */
 qk_err store_pg_create(const char *url, const char *role, const char *password);
+/* Brings the schema at `url` (the owner's) to this qwickd's version;
+ * *from and *to: the versions before and after. */
+qk_err store_pg_migrate(const char *url, int *from, int *to);
+/* The same for DATA_DIR/qwick.db (which every open migrates anyway). */
+qk_err store_sqlite_migrate(const char *data_dir, int *from, int *to);
 /* Whether a PostgreSQL URL (or key=value string) carries a password. */
 int store_pg_url_has_password(const char *url);
 

@@ -152,30 +152,102 @@ static qk_err node_put(db_conn *c, int64_t org, int64_t pos, const tlog_hash h)
     return sql_exec_later(c, W_NODE_INSERT, v, 3, -1, NULL);
 }
 
-/* Adds leaf `index` and every subtree it completes (about two rows per
- * entry on average; the left siblings are read back, log n at worst). */
-static qk_err log_add_leaf(db_conn *c, int64_t org, int64_t index, const tlog_hash leaf)
+/* The right edge of an org's tree of `size` leaves: the roots of its
+ * complete subtrees, largest first (one per set bit of the size). Kept in
+ * the log head, so an append reads no node: the left siblings it hashes with
+ * are exactly these. */
+typedef struct log_edge {
+    tlog_hash h[TLOG_MAX_PROOF];
+    int n;
+} log_edge;
+
+static int popcount64(int64_t x)
 {
-    tlog_hash cur, left;
-    qk_err rc = node_put(c, org, tlog_pos(0, index), leaf);
-    memcpy(cur, leaf, TLOG_HASH_LEN);
-    for (int level = 0; rc == QK_OK && (index & 1); level++, index >>= 1) {
-        if ((rc = node_get(c, org, tlog_pos(level, index - 1), left)) != QK_OK)
-            break;
-        tlog_node_hash(left, cur, cur);
-        rc = node_put(c, org, tlog_pos(level + 1, index >> 1), cur);
+    int n = 0;
+    for (uint64_t u = (uint64_t)x; u != 0; u &= u - 1)
+        n++;
+    return n;
+}
+
+/* The edge from the tree's stored nodes (a head written before the edge was
+ * kept in it: read once, then kept). */
+static qk_err edge_from_nodes(db_conn *c, int64_t org, int64_t size, log_edge *edge)
+{
+    int64_t start = 0;
+    qk_err rc = QK_OK;
+    edge->n = 0;
+    for (int k = 62; k >= 0 && rc == QK_OK; k--) {
+        if (!((size >> k) & 1))
+            continue;
+        rc = node_get(c, org, tlog_pos(k, start >> k), edge->h[edge->n++]);
+        start += (int64_t)1 << k;
     }
     return rc;
 }
 
-/* The org's log size (0 when it has no entry yet); `lock`: and holds the
- * append lock to the end of the transaction. */
-static qk_err log_size(db_conn *c, int64_t org, int lock, int64_t *size)
+/* Adds leaf `index` and every subtree it completes (about two rows per
+ * entry), hashing with the edge, which it moves on to the new size. */
+static qk_err log_add_leaf(db_conn *c, int64_t org, int64_t index, const tlog_hash leaf,
+                           log_edge *edge)
+{
+    tlog_hash cur;
+    qk_err rc = node_put(c, org, tlog_pos(0, index), leaf);
+    memcpy(cur, leaf, TLOG_HASH_LEN);
+    for (int level = 0; rc == QK_OK && (index & 1); level++, index >>= 1) {
+        if (edge->n == 0)
+            return qk_fail(QK_ERR_IO, "the log edge of org %" PRId64 " is short", org);
+        tlog_node_hash(edge->h[--edge->n], cur, cur);
+        rc = node_put(c, org, tlog_pos(level + 1, index >> 1), cur);
+    }
+    if (rc == QK_OK && edge->n < TLOG_MAX_PROOF)
+        memcpy(edge->h[edge->n++], cur, TLOG_HASH_LEN);
+    return rc;
+}
+
+/* The org's log size (0 when it has no entry yet). */
+static qk_err log_size(db_conn *c, int64_t org, int64_t *size)
 {
     db_val v[] = {V_INT(org)};
     int found = 0;
     *size = 0;
-    return sql_one(c, lock ? Q_HEAD_LOCK : Q_HEAD_GET, v, 1, sql_fill_i64, size, &found);
+    return sql_one(c, Q_HEAD_GET, v, 1, sql_fill_i64, size, &found);
+}
+
+typedef struct head_row {
+    int64_t size;
+    log_edge *edge;
+    int edge_ok;  /* the stored edge is there and fits the size */
+    int has_edge; /* one is stored (NULL: a head from before edges were kept) */
+} head_row;
+
+static void fill_head(db_stmt *st, void *p)
+{
+    head_row *h = p;
+    size_t n = 0;
+    const uint8_t *b = db_col_blob(st, 1, &n);
+    h->size = db_col_int(st, 0);
+    h->has_edge = !db_col_null(st, 1);
+    h->edge_ok = h->size >= 0 && b != NULL && n % TLOG_HASH_LEN == 0 &&
+                 (int)(n / TLOG_HASH_LEN) == popcount64(h->size);
+    h->edge->n = 0;
+    if (h->edge_ok) {
+        h->edge->n = (int)(n / TLOG_HASH_LEN);
+        memcpy(h->edge->h, b, n);
+    }
+}
+
+/* Takes the org's append lock (held to the end of the transaction: one
+ * statement, an upsert that locks the head row) and reads its size and edge. */
+static qk_err log_lock(db_conn *c, int64_t org, int64_t *size, log_edge *edge)
+{
+    db_val v[] = {V_INT(org)};
+    head_row h = {0, edge, 0, 0};
+    int found = 0;
+    qk_err rc = sql_one(c, Q_HEAD_LOCK, v, 1, fill_head, &h, &found);
+    *size = h.size;
+    if (rc == QK_OK && !h.edge_ok)
+        rc = edge_from_nodes(c, org, h.size, edge);
+    return rc;
 }
 
 qk_err log_append(db_conn *c, const store_audit *in, const char *meta)
@@ -185,12 +257,13 @@ qk_err log_append(db_conn *c, const store_audit *in, const char *meta)
     tlog_entry e;
     tlog_hash leaf;
     int64_t size = 0;
+    log_edge edge;
 
     if (meta != NULL)
         a.meta = meta;
     if (a.ts == 0)
         a.ts = now_unix_ms();
-    if ((rc = log_size(c, a.org_id, 1, &size)) != QK_OK)
+    if ((rc = log_lock(c, a.org_id, &size, &edge)) != QK_OK)
         return rc;
     audit_entry(&a, size + 1, &e);
     entry_leaf_hash(&e, leaf);
@@ -201,12 +274,14 @@ qk_err log_append(db_conn *c, const store_audit *in, const char *meta)
                   V_TEXT(e.filename),   V_TEXT(e.signer_fp),    V_TEXT(e.sig_sha256),
                   V_TEXT(e.sigval_sha256), V_INT(e.outcome),    V_TEXT(e.detail),
                   V_TEXT(e.meta)};
-    db_val hv[] = {V_INT(a.org_id), V_INT(size + 1)};
     /* Nothing here reads what these write, so they travel with the next
      * statement that returns rows, or with COMMIT. */
     if ((rc = sql_exec_later(c, W_AUDIT_INSERT, v, 19, -1, NULL)) == QK_OK &&
-        (rc = log_add_leaf(c, a.org_id, size, leaf)) == QK_OK)
-        rc = sql_exec_later(c, W_HEAD_SET, hv, 2, -1, NULL);
+        (rc = log_add_leaf(c, a.org_id, size, leaf, &edge)) == QK_OK) {
+        db_val hv[] = {V_INT(a.org_id), V_INT(size + 1),
+                       V_BLOB((const uint8_t *)edge.h, (size_t)edge.n * TLOG_HASH_LEN)};
+        rc = sql_exec_later(c, W_HEAD_SET, hv, 3, -1, NULL);
+    }
     if (rc == QK_OK && in->log_index != NULL)
         *in->log_index = size;
     return rc;
@@ -217,6 +292,7 @@ qk_err log_backfill(db_conn *c)
     db_stmt *st = NULL;
     int row = 0;
     int64_t org = -1, next = 1;
+    log_edge edge = {.n = 0};
     qk_err rc = sql_stmt(c, R_AUDIT_ALL, NULL, 0, &st);
     while (rc == QK_OK && (rc = db_step(st, &row)) == QK_OK && row) {
         tlog_entry e;
@@ -225,6 +301,7 @@ qk_err log_backfill(db_conn *c)
         if (e.org_id != org) {
             org = e.org_id;
             next = 1;
+            edge.n = 0;
         }
         if (e.seq != next++) {
             rc = qk_fail(QK_ERR_IO,
@@ -234,7 +311,7 @@ qk_err log_backfill(db_conn *c)
             break;
         }
         entry_leaf_hash(&e, leaf);
-        rc = log_add_leaf(c, org, e.seq - 1, leaf);
+        rc = log_add_leaf(c, org, e.seq - 1, leaf, &edge);
     }
     db_done(st);
     return rc;
@@ -268,6 +345,7 @@ typedef struct frontier {
 } frontier;
 
 typedef struct verify_ctx {
+    frontier f; /* the tree rebuilt so far */
     db_conn *c;
     db_stmt *nodes; /* R_NODES_ALL, stepped alongside the rows */
     int64_t next_pos;
@@ -371,7 +449,7 @@ static int is_signed_entry(const tlog_entry *e)
 static qk_err verify_rows(verify_ctx *v)
 {
     db_stmt *st = NULL;
-    frontier f = {.n = 0};
+    frontier *f = &v->f;
     db_val val[] = {V_INT(v->org)};
     int row = 0;
     qk_err rc = sql_stmt(v->c, R_AUDIT_ROWS, val, 1, &st);
@@ -396,7 +474,7 @@ static qk_err verify_rows(verify_ctx *v)
             break;
         }
         entry_leaf_hash(&e, leaf);
-        if (!frontier_add(v, &f, leaf, &rc)) {
+        if (!frontier_add(v, f, leaf, &rc)) {
             if (rc == QK_OK)
                 rc = verify_fail(v, e.seq, "entry %" PRId64 " differs from the log's tree", e.seq);
             break;
@@ -423,11 +501,26 @@ static qk_err verify_tail(verify_ctx *v)
         return rc;
     if (row)
         return verify_fail(v, 0, "the tree holds nodes for entries that are gone");
-    if ((rc = log_size(v->c, v->org, 0, &size)) != QK_OK)
+    if ((rc = log_size(v->c, v->org, &size)) != QK_OK)
         return rc;
     if (size != v->out->count)
         return verify_fail(v, 0, "the log head says %" PRId64 " entries, %" PRId64 " are present",
                            size, v->out->count);
+    /* The edge the head keeps for appends, when it keeps one, is the rebuilt
+     * tree's (a wrong one would corrupt every later node). */
+    log_edge edge;
+    head_row h = {0, &edge, 0, 0};
+    db_val hv[] = {V_INT(v->org)};
+    if ((rc = sql_one(v->c, R_HEAD_EDGE, hv, 1, fill_head, &h, &found)) != QK_OK)
+        return rc;
+    if (found && h.has_edge) {
+        int same = h.edge_ok && edge.n == v->f.n;
+        for (int i = 0; same && i < edge.n; i++)
+            same = sodium_memcmp(edge.h[i], v->f.h[i], TLOG_HASH_LEN) == 0;
+        if (!same)
+            return verify_fail(v, 0, "the log head's edge differs from the log's tree");
+    }
+    found = 0;
     db_val val[] = {V_INT(v->org), V_INT(REQ_SIGNED)};
     if ((rc = sql_one(v->c, R_SIGNED_UNLOGGED, val, 2, fill_text, &id, &found)) != QK_OK)
         return rc;
@@ -520,7 +613,7 @@ static qk_err txn_prove(db_conn *c, void *p)
     store_proof *out = pa->out;
     node_src src = {c, pa->org, QK_OK};
     int64_t cur = 0, a = pa->a;
-    qk_err rc = log_size(c, pa->org, 0, &cur);
+    qk_err rc = log_size(c, pa->org, &cur);
     if (rc != QK_OK)
         return rc;
     memset(out, 0, sizeof(*out));

@@ -13,7 +13,7 @@
 #include "store/store.h"
 #include "store/store_sql.h"
 
-qk_err store_sqlite_open(const char *data_dir, qk_store **out)
+static qk_err sqlite_open(const char *data_dir, qk_store **out, int *from)
 {
     qk_db *d = NULL;
     qk_err rc;
@@ -25,11 +25,27 @@ qk_err store_sqlite_open(const char *data_dir, qk_store **out)
     free(path);
     if (rc != QK_OK)
         return rc;
-    if ((rc = schema_sqlite_migrate(d)) != QK_OK) {
+    if ((rc = schema_sqlite_migrate(d, from)) != QK_OK) {
         d->ops->close(d);
         return rc;
     }
     return store_over_db(d, out);
+}
+
+qk_err store_sqlite_open(const char *data_dir, qk_store **out)
+{
+    int from = 0;
+    return sqlite_open(data_dir, out, &from);
+}
+
+qk_err store_sqlite_migrate(const char *data_dir, int *from, int *to)
+{
+    qk_store *s = NULL;
+    qk_err rc = sqlite_open(data_dir, &s, from);
+    *to = rc == QK_OK ? SCHEMA_VERSION : 0;
+    if (s != NULL)
+        s->ops->close(s);
+    return rc;
 }
 
 /* ---- what only some drivers have ---------------------------------------- */
@@ -96,6 +112,19 @@ qk_err store_pg_create(const char *url, const char *role, const char *password)
     if (rc != QK_OK)
         return rc;
     rc = schema_pg_install(d, role, password);
+    d->ops->close(d);
+    return rc;
+}
+
+qk_err store_pg_migrate(const char *url, int *from, int *to)
+{
+    qk_db *d = NULL;
+    qk_err rc = db_pg_open_as(url, NULL, NULL, 1, store_queries, Q__COUNT, &d);
+    *from = *to = 0;
+    if (rc != QK_OK)
+        return rc;
+    if ((rc = schema_pg_migrate(d, from)) == QK_OK)
+        *to = SCHEMA_VERSION;
     d->ops->close(d);
     return rc;
 }

@@ -28,6 +28,7 @@ enum {
     W_AUDIT_INSERT,
     W_HEAD_SET,
     Q_HEAD_GET,
+    R_HEAD_EDGE,
     Q_HEAD_LOCK,
     Q_NODE_GET,
     W_NODE_INSERT,
@@ -163,12 +164,15 @@ qk_err sl_usage(qk_store *base, int64_t org, int64_t since, int64_t until, store
 
 /* The schemas: each migrates its database to the current version in one
  * transaction, or refuses a database newer than this qwickd. */
-qk_err schema_sqlite_migrate(qk_db *d);
+qk_err schema_sqlite_migrate(qk_db *d, int *from); /* *from: the version before */
 /* PostgreSQL: creates the schema, its policies and the server's login role
  * (as the owner, in one transaction); refuses a database that has one. */
 qk_err schema_pg_install(qk_db *d, const char *role, const char *password);
 /* PostgreSQL: the schema is there and of this qwickd's version. */
 qk_err schema_pg_check(qk_db *d);
-#define SCHEMA_VERSION 4
+/* PostgreSQL, as the owner: applies the steps a database made by an older
+ * qwickd lacks, in one transaction; *from: its version before. */
+qk_err schema_pg_migrate(qk_db *d, int *from);
+#define SCHEMA_VERSION 5
 
 #endif
