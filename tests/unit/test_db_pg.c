@@ -1,6 +1,6 @@
 /* store/pg/db_pg.c against a real PostgreSQL: a throwaway cluster
- * (tests/tools/pgcluster.sh) on a free port of 25400-25499, started by the
- * group setup and always stopped and removed by the group teardown. Every
+ * (pg_fixture.h) started by the group setup and always stopped and removed
+ * by the group teardown. Every
  * bind and column type round trip, RETURNING, constraint violations and
  * rollbacks, the org setting, prepared statements across reconnects, the
  * retries (a killed backend, a restarted server, serialization failures, a
@@ -9,7 +9,6 @@
  *
  * Without PostgreSQL's server binaries the test fails (scripts/setup.sh
  * installs them): a skipped driver test would hide a broken driver. */
-#include "tmpdir.h"
 
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,12 +17,13 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
-#include <errno.h>
-#include <glob.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -31,20 +31,17 @@
 
 #include <libpq-fe.h>
 
+#include "pg_fixture.h"
 #include "store/db.h"
 #include "store/pg/db_pg.h"
 
-#define PORT_FIRST 25400
-#define PORT_COUNT 100
-#define TEST_DB "qwicktest"
 #define THREADS 8
 #define WRITES_PER_THREAD 200
 
-/* The cluster, shared by every test. */
-static char *g_dir;
-static int g_port;
+/* The database, shared by every test. */
+static char *g_db;
 static char g_url[256];
-static PGconn *g_admin; /* a raw libpq session on TEST_DB: setup and inspection */
+static PGconn *g_admin; /* a raw libpq session on g_db: setup and inspection */
 
 enum {
     Q_ECHO,
@@ -91,38 +88,6 @@ static const db_query queries[Q__N] = {
 
 /* ---- the cluster -------------------------------------------------------- */
 
-/* Runs tests/tools/pgcluster.sh with its arguments; its exit status. */
-static int cluster(const char *cmd, const char *dir, const char *port)
-{
-    const char *script = getenv("QWICK_PGCLUSTER");
-    if (script == NULL)
-        return -1;
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        execl("/bin/sh", "sh", script, cmd, dir, port, (char *)NULL);
-        _exit(127);
-    }
-    int st;
-    while (waitpid(pid, &st, 0) < 0)
-        if (errno != EINTR)
-            return -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static int port_free(int port)
-{
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), ok;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (fd < 0)
-        return 0;
-    ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    close(fd);
-    return ok;
-}
-
 /* A port nobody listens on: the kernel's pick, released. */
 static int port_closed(void)
 {
@@ -135,33 +100,6 @@ static int port_closed(void)
     assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
     close(fd);
     return ntohs(a.sin_port);
-}
-
-/* A cluster a killed run of this test left running is stopped first. */
-static void stop_stale(void)
-{
-    const char *state = getenv("QWICK_PG_STATE");
-    char dir[4096];
-    FILE *f = state != NULL ? fopen(state, "r") : NULL;
-    if (f == NULL)
-        return;
-    if (fgets(dir, sizeof(dir), f) != NULL) {
-        dir[strcspn(dir, "\n")] = '\0';
-        if (dir[0] == '/')
-            cluster("stop", dir, NULL);
-    }
-    fclose(f);
-    remove(state);
-}
-
-static void remember(const char *dir)
-{
-    const char *state = getenv("QWICK_PG_STATE");
-    FILE *f = state != NULL ? fopen(state, "w") : NULL;
-    if (f == NULL)
-        return;
-    fprintf(f, "%s\n", dir);
-    fclose(f);
 }
 
 static int admin_exec(PGconn *pg, const char *sql)
@@ -187,53 +125,13 @@ static int64_t admin_int(const char *sql)
 
 static int group_teardown(void **state);
 
-/* The cluster, its database and tables. */
+/* The cluster, a database and its tables, all the superuser's. */
 static int cluster_setup(void)
 {
-    glob_t g;
-    char port[16], info[256];
-    if (glob("/usr/lib/postgresql/*/bin/initdb", 0, NULL, &g) != 0) {
-        fprintf(stderr, "db_pg: PostgreSQL's server binaries are not installed "
-                        "(/usr/lib/postgresql/*/bin/initdb): run scripts/setup.sh\n");
+    if (pgfx_start("db_pg", 0) != 0 || (g_db = pgfx_db_new(0)) == NULL)
         return -1;
-    }
-    globfree(&g);
-    if (getenv("QWICK_PGCLUSTER") == NULL) {
-        fprintf(stderr, "db_pg: QWICK_PGCLUSTER (tests/tools/pgcluster.sh) is not set: "
-                        "run through meson test\n");
-        return -1;
-    }
-    stop_stale();
-    g_dir = tmpdir_new();
-    remember(g_dir);
-    /* Start on a free port; another run may take the same one at the same
-     * moment, so a failed start moves on to the next. */
-    int first = PORT_FIRST + (int)(getpid() % PORT_COUNT), started = 0;
-    for (int k = 0; k < PORT_COUNT && started < 5 && g_port == 0; k++) {
-        int p = PORT_FIRST + (first - PORT_FIRST + k) % PORT_COUNT;
-        if (!port_free(p))
-            continue;
-        snprintf(port, sizeof(port), "%d", p);
-        started++;
-        if (cluster("start", g_dir, port) == 0)
-            g_port = p;
-    }
-    if (g_port == 0) {
-        fprintf(stderr, "db_pg: cannot start a PostgreSQL cluster (tests/tools/pgcluster.sh)\n");
-        return -1;
-    }
-    snprintf(info, sizeof(info), "host=127.0.0.1 port=%d user=postgres dbname=postgres", g_port);
-    PGconn *pg = PQconnectdb(info);
-    int ok = PQstatus(pg) == CONNECTION_OK && admin_exec(pg, "CREATE DATABASE " TEST_DB);
-    PQfinish(pg);
-    if (!ok)
-        return -1;
-    snprintf(info, sizeof(info), "host=127.0.0.1 port=%d user=postgres dbname=" TEST_DB, g_port);
-    g_admin = PQconnectdb(info);
-    if (PQstatus(g_admin) != CONNECTION_OK)
-        return -1;
-    PQsetNoticeProcessor(g_admin, NULL, NULL);
-    ok =
+    g_admin = pgfx_connect(g_db, NULL);
+    int ok =
         admin_exec(g_admin, "SET client_min_messages = warning;"
                             "CREATE TABLE kv (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
                             "  name TEXT UNIQUE, n BIGINT, b BYTEA);"
@@ -251,7 +149,7 @@ static int cluster_setup(void)
                             "  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die();");
     if (!ok)
         return -1;
-    snprintf(g_url, sizeof(g_url), "postgresql://postgres@127.0.0.1:%d/" TEST_DB, g_port);
+    pgfx_url(g_db, "postgres", g_url, sizeof(g_url));
     return 0;
 }
 
@@ -271,15 +169,9 @@ static int group_teardown(void **state)
     if (g_admin != NULL)
         PQfinish(g_admin);
     g_admin = NULL;
-    if (g_dir != NULL) {
-        if (cluster("stop", g_dir, NULL) != 0)
-            fprintf(stderr, "db_pg: could not stop the cluster in %s\n", g_dir);
-        const char *st = getenv("QWICK_PG_STATE");
-        if (st != NULL)
-            remove(st);
-        tmpdir_free(g_dir);
-    }
-    g_dir = NULL;
+    free(g_db); /* the cluster goes, with its databases */
+    g_db = NULL;
+    pgfx_stop();
     return 0;
 }
 
@@ -927,8 +819,7 @@ static void test_server_restart(void **state)
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
-        execl("/bin/sh", "sh", getenv("QWICK_PGCLUSTER"), "restart", g_dir, (char *)NULL);
-        _exit(127);
+        _exit(pgfx_restart() == 0 ? 0 : 1);
     }
     /* Read all through the restart and a little after. */
     int st = 0, done = 0;
@@ -1281,7 +1172,7 @@ static void test_closed_port_fails_fast(void **state)
     char url[256], where[64];
     qk_db *d = (qk_db *)1;
     int port = port_closed();
-    snprintf(url, sizeof(url), "postgresql://postgres:url-secret@127.0.0.1:%d/" TEST_DB, port);
+    snprintf(url, sizeof(url), "postgresql://postgres:url-secret@127.0.0.1:%d/%s", port, g_db);
     snprintf(where, sizeof(where), "cannot connect to PostgreSQL at 127.0.0.1:%d: ", port);
     time_t t0 = time(NULL);
     assert_int_equal(db_pg_open(url, 2, queries, Q__N, &d), QK_ERR_IO);
@@ -1319,7 +1210,8 @@ static void test_conninfo_options(void **state)
     char info[sizeof(g_url) + 64];
     qk_db *d = NULL;
     /* key=value form; application_name defaults to qwickd... */
-    snprintf(info, sizeof(info), "host=127.0.0.1 port=%d user=postgres dbname=" TEST_DB, g_port);
+    snprintf(info, sizeof(info), "host=127.0.0.1 port=%d user=postgres dbname=%s", pgfx_port(),
+             g_db);
     assert_int_equal(db_pg_open(info, 1, queries, Q__N, &d), QK_OK);
     assert_int_equal(db_read(d, DB_NO_ORG, who_fn,
                              "DO $$BEGIN IF current_setting('application_name') <> 'qwickd' "

@@ -131,19 +131,9 @@ static void writes_work_again(fixture *f)
 #define SQL_BLOB_0102 "X'0102'"
 
 #else
-/* ---- PostgreSQL fixture: a database per test (test_store_pg.c) ------------- */
+/* ---- PostgreSQL fixture: a database per test (pg_fixture.c) ---------------- */
 
-#define PGFX_OWNER "qwick_owner"
-int pgfx_start(void);
-void pgfx_stop(void);
-char *pgfx_db_new(int schema);
-void pgfx_db_drop(char *db);
-void pgfx_url(const char *db, const char *user, char *out, size_t n);
-void pgfx_server_role(const char *db, char *out, size_t n);
-PGconn *pgfx_connect(const char *db, const char *user);
-int pgfx_try(const char *db, const char *sql, const char **why);
-int64_t pgfx_int_on(PGconn *pg, const char *sql);
-int64_t pgfx_int(const char *db, const char *sql);
+#include "pg_fixture.h"
 
 #define PG_POOL 4
 
@@ -167,7 +157,7 @@ static qk_err owner_open(const char *where, qk_store **out)
 static int group_setup(void **state)
 {
     (void)state;
-    return pgfx_start();
+    return pgfx_start("store_pg", 50);
 }
 
 static int group_teardown(void **state)

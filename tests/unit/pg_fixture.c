@@ -1,10 +1,9 @@
-/* The PostgreSQL side of test_store.c's fixture (linked into test_store_pg,
- * which is test_store.c built with -DSTORE_PG): one throwaway cluster for
- * the whole run (tests/tools/pgcluster.sh, as test_db_pg.c starts it), one
- * fresh database per test, dropped after it (so its pages are discarded
- * rather than written out by the cluster's shutdown checkpoint), and raw SQL
- * on it as the superuser, who bypasses row-level security (tampering,
- * inspection).
+/* The unit tests' PostgreSQL (pg_fixture.h), for test_db_pg and test_store_pg
+ * (test_store.c built with -DSTORE_PG): one throwaway cluster for the whole
+ * run (tests/tools/pgcluster.sh), fresh databases (test_store_pg: one per
+ * test, dropped after it, so its pages are discarded rather than written out
+ * by the cluster's shutdown checkpoint), and raw SQL on them as the
+ * superuser, who bypasses row-level security (tampering, inspection).
  *
  * Each database t<N> belongs to the owner role PGFX_OWNER (LOGIN CREATEROLE,
  * not superuser) and holds qwickd's schema, made by store_pg_create as that
@@ -12,8 +11,7 @@
  * store as that role, under row-level security, as `qwickd serve` does. The
  * cluster trusts every local connection, so passwords are not checked.
  *
- * The functions are declared in test_store.c (its "PostgreSQL fixture"
- * section); they fail the running test through cmocka on any surprise. */
+ * The functions fail the running test through cmocka on any surprise. */
 #include "tmpdir.h"
 
 #include <setjmp.h>
@@ -33,12 +31,13 @@
 
 #include <libpq-fe.h>
 
+#include "pg_fixture.h"
 #include "store/store.h"
 
 #define PORT_FIRST 25400
 #define PORT_COUNT 100
-#define PGFX_OWNER "qwick_owner"
 
+static const char *g_who; /* the test program, for messages */
 static char *g_dir;     /* the cluster's directory */
 static int g_port;      /* its port on 127.0.0.1 */
 static PGconn *g_admin; /* the superuser on the `postgres` database: CREATE/DROP DATABASE */
@@ -145,18 +144,19 @@ static int admin_exec(PGconn *pg, const char *sql)
     ExecStatusType st = PQresultStatus(r);
     int ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
     if (!ok)
-        fprintf(stderr, "store_pg: %s: %s", sql, PQerrorMessage(pg));
+        fprintf(stderr, "%s: %s: %s", g_who, sql, PQerrorMessage(pg));
     PQclear(r);
     return ok;
 }
 
-/* Starts on a free port of 25400-25499, beginning half the range away from
- * where test_db_pg (run at the same time by meson) begins; another run may
- * take the same port at the same moment, so a failed start moves on. */
-static int start_on_free_port(void)
+/* Starts on a free port of 25400-25499, from one `offset` sets apart (test
+ * programs that meson runs at the same time begin in different places);
+ * another run may take the same port at the same moment, so a failed start
+ * moves on. */
+static int start_on_free_port(int offset)
 {
     char port[16];
-    int first = (int)((getpid() + PORT_COUNT / 2) % PORT_COUNT), started = 0;
+    int first = (int)((getpid() + offset) % PORT_COUNT), started = 0;
     for (int k = 0; k < PORT_COUNT && started < 5 && g_port == 0; k++) {
         int p = PORT_FIRST + (first + k) % PORT_COUNT;
         if (!port_free(p))
@@ -169,30 +169,28 @@ static int start_on_free_port(void)
     return g_port != 0 ? 0 : -1;
 }
 
-void pgfx_stop(void);
-
-/* The cluster and the owner role; 0 when ready. On failure whatever started
- * is stopped (cmocka runs no group teardown after a failed group setup). */
-int pgfx_start(void)
+int pgfx_start(const char *who, int offset)
 {
     glob_t g;
     char info[256];
+    g_who = who;
     if (glob("/usr/lib/postgresql/*/bin/initdb", 0, NULL, &g) != 0) {
-        fprintf(stderr, "store_pg: PostgreSQL's server binaries are not installed "
-                        "(/usr/lib/postgresql/*/bin/initdb): run scripts/setup.sh\n");
+        fprintf(stderr, "%s: PostgreSQL's server binaries are not installed "
+                        "(/usr/lib/postgresql/*/bin/initdb): run scripts/setup.sh\n", who);
         return -1;
     }
     globfree(&g);
     if (getenv("QWICK_PGCLUSTER") == NULL) {
-        fprintf(stderr, "store_pg: QWICK_PGCLUSTER (tests/tools/pgcluster.sh) is not set: "
-                        "run through meson test\n");
+        fprintf(stderr, "%s: QWICK_PGCLUSTER (tests/tools/pgcluster.sh) is not set: "
+                        "run through meson test\n", who);
         return -1;
     }
     stop_stale();
     g_dir = tmpdir_new();
     remember(g_dir);
-    if (start_on_free_port() != 0) {
-        fprintf(stderr, "store_pg: cannot start a PostgreSQL cluster (tests/tools/pgcluster.sh)\n");
+    if (start_on_free_port(offset) != 0) {
+        fprintf(stderr, "%s: cannot start a PostgreSQL cluster (tests/tools/pgcluster.sh)\n",
+                who);
         pgfx_stop();
         return -1;
     }
@@ -200,7 +198,7 @@ int pgfx_start(void)
     g_admin = PQconnectdb(info);
     if (PQstatus(g_admin) != CONNECTION_OK ||
         !admin_exec(g_admin, "CREATE ROLE " PGFX_OWNER " LOGIN CREATEROLE")) {
-        fprintf(stderr, "store_pg: %s", PQerrorMessage(g_admin));
+        fprintf(stderr, "%s: %s", who, PQerrorMessage(g_admin));
         pgfx_stop();
         return -1;
     }
@@ -208,7 +206,6 @@ int pgfx_start(void)
     return 0;
 }
 
-/* Stops and removes the cluster; safe to call at any point of pgfx_start. */
 void pgfx_stop(void)
 {
     if (g_admin != NULL)
@@ -216,7 +213,7 @@ void pgfx_stop(void)
     g_admin = NULL;
     if (g_dir != NULL) {
         if (cluster("stop", g_dir, NULL) != 0)
-            fprintf(stderr, "store_pg: could not stop the cluster in %s\n", g_dir);
+            fprintf(stderr, "%s: could not stop the cluster in %s\n", g_who, g_dir);
         forget();
         tmpdir_free(g_dir);
     }
@@ -224,7 +221,16 @@ void pgfx_stop(void)
     g_port = 0;
 }
 
-/* The URL of database `db` for `user` (NULL: none in the URL). */
+int pgfx_port(void)
+{
+    return g_port;
+}
+
+int pgfx_restart(void)
+{
+    return g_dir != NULL ? cluster("restart", g_dir, NULL) : -1;
+}
+
 void pgfx_url(const char *db, const char *user, char *out, size_t n)
 {
     snprintf(out, n, "postgresql://%s%s127.0.0.1:%d/%s", user != NULL ? user : "",
@@ -255,7 +261,7 @@ char *pgfx_db_new(int schema)
     pgfx_server_role(db, role, sizeof(role));
     qk_err rc = store_pg_create(url, role, "pw");
     if (rc != QK_OK) {
-        fprintf(stderr, "store_pg: store_pg_create %s: %s: %s\n", db, qk_strerror(rc),
+        fprintf(stderr, "%s: store_pg_create %s: %s: %s\n", g_who, db, qk_strerror(rc),
                 qk_error_detail());
         free(db);
         return NULL;
