@@ -1,0 +1,93 @@
+/* qwick sign, in three parts (as curl's tool keeps its option parsing, its
+ * configuration and its transfer loop apart):
+ *   cmd_sign.c  the command line: options, help, inputs -> sign_opts, jobs
+ *   sign_run.c  the run: workers, progress, interrupts, the report
+ *   sign_job.c  one file: digest, signature request, timestamp, embed,
+ *               verify what was written, replace atomically */
+#ifndef QWICK_CLI_SIGN_H
+#define QWICK_CLI_SIGN_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#include "client.h"
+#include "config.h"
+#include "qwick/authenticode.h"
+#include "qwick/verify.h"
+#include "tsa_client.h"
+
+/* More workers than this only queue on the server and the TSA. */
+#define SIGN_MAX_JOBS 64
+#define SIGN_DEFAULT_JOBS 4
+#define SIGN_READ_CHUNK (1u << 20)
+
+typedef struct sign_opts {
+    cli_config cfg;
+    const char *out;
+    const char **ts_urls; /* --timestamp-url, in order */
+    size_t n_ts_urls;
+    int no_timestamp, append, detached, json;
+    qk_hash_alg alg;
+    const char *description, *url;
+    const char *ca, *tsa_ca; /* trust for the post-write check; NULL: integrity only */
+    /* Mode of a new .p7s: 0666 less the umask, read once before the workers
+     * start (umask() is process-wide; reading it changes it for a moment). */
+    mode_t p7s_mode;
+} sign_opts;
+
+typedef struct job {
+    char *path;
+    int ok;
+    char *request_id;
+    char *error; /* without the "qwick: FILE: " prefix */
+} job;
+
+typedef struct run {
+    const sign_opts *o;
+    job *jobs;
+    size_t njobs;
+    size_t next, done, nok, nfail;
+    int tty;
+    pthread_mutex_t mu;
+    qk_verify_ctx *vctx; /* the post-write check's trust stores, loaded once */
+} run;
+
+typedef struct worker {
+    run *r;
+    int slot;
+    client *api;
+    tsa_client *tsa;
+    char *tsa_url; /* the server-named URL `tsa` was made for */
+} worker;
+
+/* ---- sign_run.c ---- */
+
+/* Signs the jobs with up to `njobs` workers (0: min(CPUs, default)),
+ * reports each on the progress line and the summary (or JSON) on stdout.
+ * `api_key` (the --api-key copy) is wiped once the clients hold it. Returns
+ * the exit status. */
+int sign_run(const sign_opts *o, job *jobs, size_t n, int njobs, char **api_key);
+/* The SIGINT/SIGTERM/SIGHUP that interrupted the run (0: none): the caller
+ * dies of it after cleaning up. */
+int sign_stop_signal(void);
+/* A temporary file of worker `slot`, removed if a second signal ends the
+ * process at once; untracked once it is renamed or removed. */
+void sign_tmp_track(int slot, const char *path);
+void sign_tmp_untrack(int slot);
+/* Between steps: 1 (and *err set) once interrupted. */
+int sign_interrupted(char **err);
+/* Wipes and frees a secret string. */
+void sign_drop_secret(char **s);
+
+/* ---- sign_job.c ---- */
+
+/* Signs one file (a PE, or any file with --detached): 0, or -1 with *err. */
+int sign_job_run(worker *w, job *jb, char **err);
+/* The trust stores of the post-write check (--ca, --tsa-ca), loaded once. */
+qk_err sign_verify_ctx_new(const sign_opts *o, qk_verify_ctx **out);
+/* "what: error: detail" (heap). */
+char *sign_errmsg(const char *what, qk_err e);
+const char *sign_base_name(const char *path);
+
+#endif
