@@ -38,10 +38,10 @@
 #define PORT_COUNT 100
 
 static const char *g_who; /* the test program, for messages */
-static char *g_dir;     /* the cluster's directory */
-static int g_port;      /* its port on 127.0.0.1 */
-static PGconn *g_admin; /* the superuser on the `postgres` database: CREATE/DROP DATABASE */
-static int g_ndb;       /* databases made so far: the next one's number */
+static char *g_dir;       /* the cluster's directory */
+static int g_port;        /* its port on 127.0.0.1 */
+static PGconn *g_admin;   /* the superuser on the `postgres` database: CREATE/DROP DATABASE */
+static int g_ndb;         /* databases made so far: the next one's number */
 
 /* Runs tests/tools/pgcluster.sh with its arguments; its exit status. */
 static int cluster(const char *cmd, const char *dir, const char *port)
@@ -175,22 +175,25 @@ int pgfx_start(const char *who, int offset)
     char info[256];
     g_who = who;
     if (glob("/usr/lib/postgresql/*/bin/initdb", 0, NULL, &g) != 0) {
-        fprintf(stderr, "%s: PostgreSQL's server binaries are not installed "
-                        "(/usr/lib/postgresql/*/bin/initdb): run scripts/setup.sh\n", who);
+        fprintf(stderr,
+                "%s: PostgreSQL's server binaries are not installed "
+                "(/usr/lib/postgresql/*/bin/initdb): run scripts/setup.sh\n",
+                who);
         return -1;
     }
     globfree(&g);
     if (getenv("QWICK_PGCLUSTER") == NULL) {
-        fprintf(stderr, "%s: QWICK_PGCLUSTER (tests/tools/pgcluster.sh) is not set: "
-                        "run through meson test\n", who);
+        fprintf(stderr,
+                "%s: QWICK_PGCLUSTER (tests/tools/pgcluster.sh) is not set: "
+                "run through meson test\n",
+                who);
         return -1;
     }
     stop_stale();
     g_dir = tmpdir_new();
     remember(g_dir);
     if (start_on_free_port(offset) != 0) {
-        fprintf(stderr, "%s: cannot start a PostgreSQL cluster (tests/tools/pgcluster.sh)\n",
-                who);
+        fprintf(stderr, "%s: cannot start a PostgreSQL cluster (tests/tools/pgcluster.sh)\n", who);
         pgfx_stop();
         return -1;
     }

@@ -131,22 +131,22 @@ static int cluster_setup(void)
     if (pgfx_start("db_pg", 0) != 0 || (g_db = pgfx_db_new(0)) == NULL)
         return -1;
     g_admin = pgfx_connect(g_db, NULL);
-    int ok =
-        admin_exec(g_admin, "SET client_min_messages = warning;"
-                            "CREATE TABLE kv (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-                            "  name TEXT UNIQUE, n BIGINT, b BYTEA);"
-                            "CREATE TABLE w (thread INT, i INT, PRIMARY KEY (thread, i));"
-                            "CREATE TABLE wa (i INT PRIMARY KEY, org TEXT, tx BIGINT DEFAULT txid_current());"
-                            "CREATE ROLE alice LOGIN;"
-                            "GRANT SELECT ON kv TO alice;"
-                            /* A deferred trigger that kills its own backend: the
-                             * connection breaks in the middle of COMMIT. */
-                            "CREATE TABLE cu (x INT);"
-                            "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS"
-                            "  $$BEGIN PERFORM pg_terminate_backend(pg_backend_pid());"
-                            "  PERFORM pg_sleep(5); RETURN NULL; END$$;"
-                            "CREATE CONSTRAINT TRIGGER cu_die AFTER INSERT ON cu"
-                            "  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die();");
+    int ok = admin_exec(
+        g_admin, "SET client_min_messages = warning;"
+                 "CREATE TABLE kv (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
+                 "  name TEXT UNIQUE, n BIGINT, b BYTEA);"
+                 "CREATE TABLE w (thread INT, i INT, PRIMARY KEY (thread, i));"
+                 "CREATE TABLE wa (i INT PRIMARY KEY, org TEXT, tx BIGINT DEFAULT txid_current());"
+                 "CREATE ROLE alice LOGIN;"
+                 "GRANT SELECT ON kv TO alice;"
+                 /* A deferred trigger that kills its own backend: the
+                  * connection breaks in the middle of COMMIT. */
+                 "CREATE TABLE cu (x INT);"
+                 "CREATE FUNCTION die() RETURNS trigger LANGUAGE plpgsql AS"
+                 "  $$BEGIN PERFORM pg_terminate_backend(pg_backend_pid());"
+                 "  PERFORM pg_sleep(5); RETURN NULL; END$$;"
+                 "CREATE CONSTRAINT TRIGGER cu_die AFTER INSERT ON cu"
+                 "  DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION die();");
     if (!ok)
         return -1;
     pgfx_url(g_db, "postgres", g_url, sizeof(g_url));
@@ -932,8 +932,8 @@ static void test_pool_threads(void **state)
 
 typedef struct awrite {
     int i;
-    int dup;     /* inserts a key another write inserted: a constraint error */
-    int refuse;  /* inserts, then its fn fails on its own */
+    int dup;    /* inserts a key another write inserted: a constraint error */
+    int refuse; /* inserts, then its fn fails on its own */
     atomic_int *finished;
     qk_err rc;
     char detail[256];
@@ -996,8 +996,10 @@ static void test_write_async_batches(void **state)
     assert_non_null(d->ops->write_async);
     for (int k = 0; k < N; k++) {
         /* Every 10th write repeats the key of the write before it. */
-        w[k] = (awrite){.i = k % 10 == 9 ? k - 1 : k, .dup = k % 10 == 9,
-                        .refuse = k % 25 == 3, .finished = &finished};
+        w[k] = (awrite){.i = k % 10 == 9 ? k - 1 : k,
+                        .dup = k % 10 == 9,
+                        .refuse = k % 25 == 3,
+                        .finished = &finished};
     }
     assert_true(admin_exec(g_admin, "BEGIN; LOCK TABLE wa IN EXCLUSIVE MODE"));
     pthread_t t[ASYNC_THREADS];

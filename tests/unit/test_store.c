@@ -1555,9 +1555,9 @@ static void test_migrate_from_version_4(void **state)
     int found = 0, from = 0, to = 0;
     store_apikey k;
     memset(h, 0x5a, sizeof(h));
-    assert_int_equal(STORE_CALL(f->s, apikey_create, org, 0, "ci", "qk_abcdefg", h, ROLE_SIGNER,
-                                0, NULL, &kid),
-                     QK_OK);
+    assert_int_equal(
+        STORE_CALL(f->s, apikey_create, org, 0, "ci", "qk_abcdefg", h, ROLE_SIGNER, 0, NULL, &kid),
+        QK_OK);
     append_n(f->s, org, 11);
     f->s->ops->close(f->s);
     f->s = NULL;

@@ -349,7 +349,6 @@ qk_err not_found(int *found, const char *what)
     return qk_fail(QK_ERR_INVALID_ARG, "%s not found", what);
 }
 
-
 void sql_fill_i64(db_stmt *st, void *p)
 {
     *(int64_t *)p = db_col_int(st, 0);

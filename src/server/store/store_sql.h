@@ -155,8 +155,7 @@ qk_err sl_log_entries(qk_store *base, int64_t org, int64_t start, int64_t end,
                       store_log_entry **out, size_t *n);
 qk_err sl_log_lookup(qk_store *base, int64_t org, const char *sigval_hex, store_log_entry **out,
                      size_t *n);
-qk_err sl_log_find_request(qk_store *base, int64_t org, const char *id, int64_t *index,
-                           int *found);
+qk_err sl_log_find_request(qk_store *base, int64_t org, const char *id, int64_t *index, int *found);
 qk_err sl_checkpoint_latest(qk_store *base, int64_t org, store_checkpoint *out, int *found);
 qk_err sl_checkpoint_add(qk_store *base, int64_t org, int64_t size, const uint8_t root[32],
                          const char *note);

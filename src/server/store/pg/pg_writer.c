@@ -52,9 +52,9 @@ struct pg_writer {
     pthread_cond_t work; /* a write was queued, or the writer stops */
     pthread_cond_t idle; /* a batch finished */
     pg_wjob *head, *tail;
-    int busy;     /* batches being run */
+    int busy;                 /* batches being run */
     uint64_t commits, writes; /* batches committed, the writes they carried */
-    int stopping; /* no more writes taken; the queue is drained */
+    int stopping;             /* no more writes taken; the queue is drained */
     int nthreads;
     pthread_t *threads;
     pg_conn *conns;
@@ -88,11 +88,12 @@ static qk_err batch_once(pg_db *d, pg_conn *c, pg_wjob **jobs, int n, int *caref
     for (int i = 0; i < n; i++) {
         pg_wjob *j = jobs[i];
         if (*careful)
-            rc = batch_savepoint(c,
-                                 i == 0 ? "BEGIN ISOLATION LEVEL READ COMMITTED; SAVEPOINT w"
-                                 : undo ? "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; SAVEPOINT w"
-                                        : "RELEASE SAVEPOINT w; SAVEPOINT w",
-                                 j->org);
+            rc =
+                batch_savepoint(c,
+                                i == 0 ? "BEGIN ISOLATION LEVEL READ COMMITTED; SAVEPOINT w"
+                                : undo ? "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w; SAVEPOINT w"
+                                       : "RELEASE SAVEPOINT w; SAVEPOINT w",
+                                j->org);
         else if (i == 0)
             rc = pgc_begin(c, 0, j->org);
         else if (j->org != jobs[i - 1]->org)
