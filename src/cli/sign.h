@@ -1,9 +1,10 @@
 /* qwick sign, in three parts (as curl's tool keeps its option parsing, its
  * configuration and its transfer loop apart):
  *   cmd_sign.c  the command line: options, help, inputs -> sign_opts, jobs
- *   sign_run.c  the run: workers, progress, interrupts, the report
+ *   sign_run.c  the run: workers, progress, the report
  *   sign_job.c  one file: digest, signature request, timestamp, embed,
- *               verify what was written, replace atomically */
+ *               verify what was written, replace atomically
+ *   sign_stop.c interrupts: the stop flag, the temporaries to remove */
 #ifndef QWICK_CLI_SIGN_H
 #define QWICK_CLI_SIGN_H
 
@@ -68,17 +69,25 @@ typedef struct worker {
  * `api_key` (the --api-key copy) is wiped once the clients hold it. Returns
  * the exit status. */
 int sign_run(const sign_opts *o, job *jobs, size_t n, int njobs, char **api_key);
-/* The SIGINT/SIGTERM/SIGHUP that interrupted the run (0: none): the caller
- * dies of it after cleaning up. */
+/* Wipes and frees a secret string. */
+void sign_drop_secret(char **s);
+
+/* ---- sign_stop.c ---- */
+
+/* Installs the handlers of SIGINT, SIGTERM and SIGHUP (and ignores
+ * SIGPIPE). */
+void sign_stop_install(void);
+/* The signal that interrupted the run (0: none): the caller dies of it
+ * after cleaning up. */
 int sign_stop_signal(void);
+/* The flag the clients watch to abort their transfers. */
+client_cancel_flag *sign_stop_flag(void);
 /* A temporary file of worker `slot`, removed if a second signal ends the
  * process at once; untracked once it is renamed or removed. */
 void sign_tmp_track(int slot, const char *path);
 void sign_tmp_untrack(int slot);
 /* Between steps: 1 (and *err set) once interrupted. */
 int sign_interrupted(char **err);
-/* Wipes and frees a secret string. */
-void sign_drop_secret(char **s);
 
 /* ---- sign_job.c ---- */
 

@@ -16,60 +16,6 @@
 #include "common/utf8.h"
 #include "sign.h"
 
-/* --- interrupts ---------------------------------------------------------- */
-
-/* The first SIGINT/SIGTERM/SIGHUP asks the workers to stop: transfers abort,
- * the file being written is discarded (its original untouched) and the
- * process then dies of the same signal. A second one exits at once, removing
- * the temporaries it knows about. One slot per worker: the handler reads a
- * path only after the worker has finished writing it and set the flag.
- * SIGKILL leaves a `.NAME.qwick-XXXXXX` behind, never a damaged original. */
-static client_cancel_flag stop_sig;
-static char tmp_slot_path[SIGN_MAX_JOBS][4096];
-static atomic_int tmp_slot_used[SIGN_MAX_JOBS];
-
-void sign_tmp_track(int slot, const char *path)
-{
-    if (strlen(path) < sizeof(tmp_slot_path[slot])) {
-        strcpy(tmp_slot_path[slot], path);
-        atomic_store(&tmp_slot_used[slot], 1);
-    }
-}
-
-void sign_tmp_untrack(int slot)
-{
-    atomic_store(&tmp_slot_used[slot], 0);
-}
-
-static void on_stop_signal(int sig)
-{
-    static const char msg[] = "\nqwick: interrupted: finishing up (again to quit now)\n";
-    if (stop_sig == 0) {
-        stop_sig = sig;
-        (void)!write(STDERR_FILENO, msg, sizeof(msg) - 1);
-        return;
-    }
-    for (int i = 0; i < SIGN_MAX_JOBS; i++)
-        if (atomic_load(&tmp_slot_used[i]))
-            unlink(tmp_slot_path[i]);
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-/* Between steps: stop early once interrupted. */
-int sign_interrupted(char **err)
-{
-    if (stop_sig == 0)
-        return 0;
-    *err = xstrdup("interrupted");
-    return 1;
-}
-
-int sign_stop_signal(void)
-{
-    return stop_sig;
-}
-
 /* --- workers and progress ---------------------------------------------- */
 
 static void report_done(run *r, job *jb)
@@ -101,7 +47,7 @@ static void *worker_main(void *arg)
         if (i >= r->njobs)
             break;
         job *jb = &r->jobs[i];
-        if (jb->error == NULL && stop_sig != 0)
+        if (jb->error == NULL && sign_stop_signal() != 0)
             jb->error = xstrdup("not signed: interrupted");
         if (jb->error == NULL) { /* glob errors arrive already failed */
             char *err = NULL;
@@ -198,19 +144,12 @@ int sign_run(const sign_opts *o, job *jobs, size_t n, int njobs, char **api_key)
             status = QK_EXIT_USAGE; /* a bad server URL is a usage error */
             goto out;
         }
-        client_set_cancel(ws[i].api, &stop_sig);
+        client_set_cancel(ws[i].api, sign_stop_flag());
     }
     /* The key now lives only in the clients' headers. */
     sign_drop_secret(api_key);
 
-    struct sigaction sa = {0};
-    sa.sa_handler = on_stop_signal;
-    sa.sa_flags = SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    sign_stop_install();
 
     for (; started < nworkers; started++)
         if (pthread_create(&tids[started], NULL, worker_main, &ws[started]) != 0)
