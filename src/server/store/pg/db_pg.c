@@ -463,7 +463,7 @@ static void queued_result(pg_conn *c, const pg_queued *q, PGresult *r)
 {
     char what[32];
     ExecStatusType st = PQresultStatus(r);
-    if (q->kind == 'q')
+    if (q->kind == 'q' || q->kind == 'c')
         snprintf(what, sizeof(what), "%s", q->what);
     else
         snprintf(what, sizeof(what), "query %d", q->id);
@@ -471,6 +471,12 @@ static void queued_result(pg_conn *c, const pg_queued *q, PGresult *r)
         c->prepared[q->id] = st == PGRES_COMMAND_OK ? 1 : 0;
     if (st == PGRES_FATAL_ERROR) {
         (void)conn_fail(c, r, what);
+    } else if (q->kind == 'c' && st == PGRES_COMMAND_OK && strcmp(PQcmdStatus(r), "COMMIT") != 0 &&
+               c->err == QK_OK) {
+        /* "ROLLBACK": the transaction had failed unnoticed. */
+        c->err = QK_ERR_IO;
+        c->why = WHY_NONE;
+        snprintf(c->detail, sizeof(c->detail), "PostgreSQL rolled the transaction back at COMMIT");
     } else if (q->kind == 'x' && q->expect >= 0 && st == PGRES_COMMAND_OK &&
                strtoll(PQcmdTuples(r), NULL, 10) != q->expect && c->err == QK_OK) {
         c->err = QK_ERR_INVALID_ARG;
@@ -497,7 +503,9 @@ static qk_err pipeline_run(pg_conn *c, pg_stmt *s, const char *name, const char 
         return pgc_failed_before(c);
     }
     for (int i = 0; i < n + (s != NULL); i++) {
-        const char *w = i < n && c->queued[i].kind == 'q' ? c->queued[i].what : what;
+        const char *w = i < n && (c->queued[i].kind == 'q' || c->queued[i].kind == 'c')
+                            ? c->queued[i].what
+                            : what;
         if ((r = pipeline_result(c, w)) == NULL)
             return pgc_failed_before(c);
         if (i < n) {
@@ -862,9 +870,29 @@ void pgc_rollback(pg_conn *c)
 qk_err pgc_commit(pg_conn *c, int readonly)
 {
     qk_err rc = QK_OK;
-    /* What is still queued goes first (BEGIN, if fn ran no statement;
-     * statements run later). If it fails, the transaction ends here: left
-     * open on a pooled connection it would hold its locks. */
+    /* A write with statements still queued (run later): COMMIT goes out
+     * with them, one round trip, unless one of them has a row count to
+     * check, which must be seen before anything commits. Lost before its
+     * answer, its outcome is unknown. */
+    int checks = 0;
+    for (int i = 0; i < c->nqueued; i++)
+        checks |= c->queued[i].kind == 'x' && c->queued[i].expect >= 0;
+    if (!readonly && c->nqueued > 0 && !checks) {
+        if ((rc = pipeline_queue(c, "COMMIT", 0, NULL, "COMMIT")) == QK_OK) {
+            c->queued[c->nqueued - 1].kind = 'c';
+            if ((rc = pipeline_run(c, NULL, NULL, "COMMIT")) == QK_OK)
+                return QK_OK;
+            if (c->why == WHY_LOST) {
+                c->why = WHY_UNKNOWN;
+                rc = qk_fail(QK_ERR_IO, "commit outcome unknown: %s", c->detail);
+            }
+        }
+        pgc_rollback(c); /* COMMIT skipped after an error: the transaction is open */
+        return rc;
+    }
+    /* What is still queued goes first (BEGIN, if fn ran no statement). If it
+     * fails, the transaction ends here: left open on a pooled connection it
+     * would hold its locks. */
     if (c->nqueued > 0 && (rc = pipeline_run(c, NULL, NULL, "COMMIT")) != QK_OK) {
         pgc_rollback(c);
         return rc;

@@ -40,7 +40,7 @@ typedef struct pg_conn pg_conn;
 
 /* A statement sent in pipeline mode whose result is read later. */
 typedef struct pg_queued {
-    char kind;        /* 'q' plain SQL, 'p' a prepare, 'x' a prepared statement */
+    char kind;        /* 'q' plain SQL, 'c' COMMIT, 'p' a prepare, 'x' a prepared statement */
     int id;           /* 'p', 'x': the query id */
     const char *what; /* 'q': what it is, for errors */
     int64_t expect;   /* 'x': rows it must change (-1: any) */

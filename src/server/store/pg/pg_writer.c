@@ -120,12 +120,13 @@ static qk_err batch_once(pg_db *d, pg_conn *c, pg_wjob **jobs, int n, int *caref
         }
         c->err = QK_OK; /* its savepoint undoes it, the others go on */
     }
-    /* Optimistic: deferred statements of the last writes fail here, and
-     * which write they belong to is unknown: a careful run will tell. */
-    if (!*careful && (rc = pgc_flush(c)) != QK_OK) {
-        if (c->why == WHY_NONE)
+    /* Optimistic: the last writes' deferred statements go out with COMMIT;
+     * if one fails, which write it belongs to is unknown (and nothing
+     * committed): a careful run will tell. */
+    if (!*careful) {
+        if ((rc = pgc_commit(c, 0)) != QK_OK && c->why == WHY_NONE)
             *careful = 1;
-        goto fail;
+        return rc;
     }
     if (undo && (rc = pgc_exec(c, "ROLLBACK TO SAVEPOINT w", "ROLLBACK TO SAVEPOINT")) != QK_OK)
         goto fail;
