@@ -108,6 +108,12 @@ struct qk_db {
 /* Drivers embed these first in their own connection and statement. */
 struct db_conn {
     qk_db *d;
+    /* Names the running transaction's state for what the store keeps about
+     * it (the log head it locked, store_log.c): a new value whenever that
+     * state may differ from what the store computed (a new transaction, a
+     * rollback to a savepoint). 0: keep nothing (the SQLite driver). */
+    uint64_t txn;
+    void *scratch; /* the store's, for that; the driver frees it with free() */
 };
 struct db_stmt {
     const db_ops *ops;

@@ -250,6 +250,24 @@ static qk_err log_lock(db_conn *c, int64_t org, int64_t *size, log_edge *edge)
     return rc;
 }
 
+/* An org's head as this transaction left it: the lock is held to its end,
+ * so the next append of the same org in it (a batch of the PostgreSQL
+ * writer) needs no statement to take the lock and read the head again. */
+typedef struct head_cache {
+    uint64_t txn; /* db_conn.txn it belongs to; 0: none */
+    int64_t org, size;
+    log_edge edge;
+} head_cache;
+
+static head_cache *head_cache_of(db_conn *c)
+{
+    if (c->txn == 0)
+        return NULL;
+    if (c->scratch == NULL)
+        c->scratch = xcalloc(1, sizeof(head_cache));
+    return c->scratch;
+}
+
 qk_err log_append(db_conn *c, const store_audit *in, const char *meta)
 {
     qk_err rc;
@@ -258,13 +276,20 @@ qk_err log_append(db_conn *c, const store_audit *in, const char *meta)
     tlog_hash leaf;
     int64_t size = 0;
     log_edge edge;
+    head_cache *hc = head_cache_of(c);
 
     if (meta != NULL)
         a.meta = meta;
     if (a.ts == 0)
         a.ts = now_unix_ms();
-    if ((rc = log_lock(c, a.org_id, &size, &edge)) != QK_OK)
+    if (hc != NULL && hc->txn == c->txn && hc->org == a.org_id) {
+        size = hc->size;
+        edge = hc->edge;
+    } else if ((rc = log_lock(c, a.org_id, &size, &edge)) != QK_OK) {
         return rc;
+    }
+    if (hc != NULL)
+        hc->txn = 0; /* until this append is queued whole */
     audit_entry(&a, size + 1, &e);
     entry_leaf_hash(&e, leaf);
     db_val v[] = {V_INT(e.org_id),      V_INT(e.seq),           V_INT(e.version),
@@ -281,6 +306,12 @@ qk_err log_append(db_conn *c, const store_audit *in, const char *meta)
         db_val hv[] = {V_INT(a.org_id), V_INT(size + 1),
                        V_BLOB((const uint8_t *)edge.h, (size_t)edge.n * TLOG_HASH_LEN)};
         rc = sql_exec_later(c, W_HEAD_SET, hv, 3, -1, NULL);
+    }
+    if (rc == QK_OK && hc != NULL) {
+        hc->txn = c->txn;
+        hc->org = a.org_id;
+        hc->size = size + 1;
+        hc->edge = edge;
     }
     if (rc == QK_OK && in->log_index != NULL)
         *in->log_index = size;

@@ -34,6 +34,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -799,6 +800,7 @@ void pgc_free(pg_db *d, pg_conn *c)
             stmt_free(&c->st[i]);
     free(c->st);
     free(c->prepared);
+    free(c->base.scratch);
     if (c->pg != NULL)
         PQfinish(c->pg);
 }
@@ -920,9 +922,16 @@ qk_err pgc_commit(pg_conn *c, int readonly)
     return rc;
 }
 
+void pgc_txn_new(pg_conn *c)
+{
+    static atomic_uint_fast64_t next = 1;
+    c->base.txn = atomic_fetch_add(&next, 1);
+}
+
 qk_err pgc_txn_prepare(pg_db *d, pg_conn *c)
 {
     qk_err rc;
+    pgc_txn_new(c);
     c->err = QK_OK;
     c->why = WHY_NONE;
     c->detail[0] = '\0';

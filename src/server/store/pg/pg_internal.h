@@ -133,6 +133,9 @@ qk_err pgc_failed_before(const pg_conn *c);
  * there is none (failing with why = WHY_LOST), a transaction left open by a
  * failed rollback ended. */
 qk_err pgc_txn_prepare(pg_db *d, pg_conn *c);
+/* A new value of c->base.txn (db.h): what the store kept about the
+ * transaction so far no longer holds. */
+void pgc_txn_new(pg_conn *c);
 /* Resets the statements fn left undone. */
 void pgc_reset_stmts(pg_db *d, pg_conn *c);
 void pgc_rollback(pg_conn *c);

@@ -88,6 +88,8 @@ static qk_err batch_once(pg_db *d, pg_conn *c, pg_wjob **jobs, int n, int *caref
     for (int i = 0; i < n; i++) {
         pg_wjob *j = jobs[i];
         if (*careful)
+            pgc_txn_new(c); /* its savepoint may be rolled back */
+        if (*careful)
             rc =
                 batch_savepoint(c,
                                 i == 0 ? "BEGIN ISOLATION LEVEL READ COMMITTED; SAVEPOINT w"
