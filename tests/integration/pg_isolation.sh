@@ -507,6 +507,12 @@ sql_case "qwick_apikey_lookup(a random hash) returns no row" 0 value \
     "SELECT count(*) AS r FROM qwick_apikey_lookup(decode('$(openssl rand -hex 32)', 'hex'))"
 sql_case "control: qwick_apikey_lookup(A's key hash) is A's key" "$a_signer_id $A" value \
     "SELECT id || ' ' || org_id AS r FROM qwick_apikey_lookup(decode('$a_hash', 'hex'))"
+sql_case "qwick_key_profile(a random hash, 'default') returns no row" 0 value \
+    "SELECT count(*) AS r FROM qwick_key_profile(decode('$(openssl rand -hex 32)', 'hex'), 'default')"
+sql_case "control: qwick_key_profile(A's key hash, 'default') is A's profile" "$A" value \
+    "SELECT org_id AS r FROM qwick_key_profile(decode('$a_hash', 'hex'), 'default')"
+sql_case "qwick_key_profile(A's key hash, \"' OR '1'='1\") returns no row" 0 value \
+    "SELECT count(*) AS r FROM qwick_key_profile(decode('$a_hash', 'hex'), \$\$' OR '1'='1\$\$)"
 sql_case "qwick_apikey_lookup(a prefix of A's hash) returns no row" 0 value \
     "SELECT count(*) AS r FROM qwick_apikey_lookup(decode('$(printf %.32s "$a_hash")', 'hex'))"
 sql_case "qwick_org_find('nonexistent') is NULL" t value "SELECT qwick_org_find('nonexistent') IS NULL AS r"
@@ -521,7 +527,7 @@ check_eq "qwick_org_list() returns (id, name) only" \
 check_eq "the trigger function is not the role's to run" \
     "$(su -c "SELECT has_function_privilege('$role', 'qwick_apikey_index()', 'EXECUTE')")" f
 check_eq "every SECURITY DEFINER function pins search_path" \
-    "$(su -c "SELECT count(*) || ' ' || count(*) FILTER (WHERE array_to_string(proconfig, ',') = 'search_path=public, pg_temp') FROM pg_proc WHERE prosecdef AND pronamespace = 'public'::regnamespace")" "4 4"
+    "$(su -c "SELECT count(*) || ' ' || count(*) FILTER (WHERE array_to_string(proconfig, ',') = 'search_path=public, pg_temp') FROM pg_proc WHERE prosecdef AND pronamespace = 'public'::regnamespace")" "5 5"
 
 # --- injection through every string the API and the commands take ----------------
 mkdir "$tmp/p"

@@ -512,6 +512,37 @@ static void test_org_isolation(void **state)
     assert_int_equal(key.revoked_at, 0); /* B's attempt changed nothing */
     store_apikey_clear(&key);
 
+    /* The key with a profile of its org, in one read: A's key reads A's
+     * "default" (B has one of that name too), never B's "stolen" or any. */
+    uint8_t stored[32];
+    int pfound = 0;
+    assert_int_equal(
+        STORE_CALL(f->s, apikey_lookup_profile, h, "default", &key, stored, &found, &p, &pfound),
+        QK_OK);
+    assert_int_equal(found, 1);
+    assert_int_equal(key.id, id);
+    assert_memory_equal(stored, h, 32);
+    assert_int_equal(pfound, 1);
+    assert_int_equal(p.org_id, A);
+    assert_int_equal(p.key_id, ka);
+    assert_string_equal(p.name, "default");
+    assert_memory_equal(p.chain_der.data, fake_chain, sizeof(fake_chain));
+    store_profile_clear(&p);
+    store_apikey_clear(&key);
+    assert_int_equal(
+        STORE_CALL(f->s, apikey_lookup_profile, h, "nope", &key, stored, &found, &p, &pfound),
+        QK_OK);
+    assert_int_equal(found, 1);
+    assert_int_equal(pfound, 0);
+    store_apikey_clear(&key);
+    uint8_t other[32];
+    fill_hash(other, 99);
+    assert_int_equal(STORE_CALL(f->s, apikey_lookup_profile, other, "default", &key, stored, &found,
+                                &p, &pfound),
+                     QK_ERR_INVALID_ARG);
+    assert_int_equal(found, 0);
+    assert_int_equal(pfound, 0);
+
     /* Requests and audit rows. */
     make_request(&r, A, "req_00000000000000000000000000000001");
     make_audit(&au, A, r.id, "a.exe");
@@ -1566,6 +1597,7 @@ static void test_migrate_from_version_4(void **state)
              "SET ROLE " PGFX_OWNER ";"
              "ALTER TABLE log_heads DROP COLUMN frontier;"
              "DROP FUNCTION qwick_apikey_lookup(BYTEA);"
+             "DROP FUNCTION qwick_key_profile(BYTEA, TEXT);"
              "CREATE FUNCTION qwick_apikey_org(h BYTEA) RETURNS BIGINT LANGUAGE sql STABLE "
              "SECURITY DEFINER SET search_path = public, pg_temp AS "
              "$$ SELECT org_id FROM apikey_orgs WHERE hash = h $$;"

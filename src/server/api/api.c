@@ -122,6 +122,12 @@ static void auth_failed(http_req *req, int64_t org, const char *reason)
 
 int api_authenticate(http_req *req, store_apikey *key)
 {
+    return api_authenticate_profile(req, key, NULL, NULL, NULL);
+}
+
+int api_authenticate_profile(http_req *req, store_apikey *key, const char *profile,
+                             store_profile *prof, int *prof_found)
+{
     memset(key, 0, sizeof(*key));
     const char *h = http_header(req, MHD_HTTP_HEADER_AUTHORIZATION);
     if (h == NULL) {
@@ -139,7 +145,8 @@ int api_authenticate(http_req *req, store_apikey *key)
     while (*h == ' ')
         h++;
     apikey_status st = APIKEY_UNKNOWN;
-    qk_err rc = apikey_authenticate(req->srv->store, h, now_unix(), key, &st);
+    qk_err rc = apikey_authenticate_profile(req->srv->store, h, now_unix(), profile, key, &st,
+                                            prof, prof_found);
     if (rc != QK_OK) {
         log_kv(LOG_ERROR, "authentication failed", "request_id", req->id, "detail",
                qk_error_detail(), NULL);

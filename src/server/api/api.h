@@ -27,6 +27,11 @@
  * with store_apikey_clear), sets req->actor and returns 0; otherwise answers
  * (401/503) and returns -1. */
 int api_authenticate(http_req *req, store_apikey *key);
+/* The same, also reading the profile named `profile` (not NULL) of the
+ * key's org in the same statement: *prof_found = 1 and *prof filled when it
+ * exists and the key is good. */
+int api_authenticate_profile(http_req *req, store_apikey *key, const char *profile,
+                             store_profile *prof, int *prof_found);
 
 /* Answers with the error a parser reported. */
 void api_reply_error(http_req *req, const api_error *e);

@@ -609,13 +609,23 @@ void api_sign_digest(http_req *req)
     qk_err rc;
 
     j->req = req;
-    if (api_authenticate(req, &j->key) != 0)
+    /* A body that parses names its profile, which is then read in the
+     * statement that reads the key (one round trip less on PostgreSQL). A
+     * body that does not is answered as before: 401 for a bad key first,
+     * then 415 or 400. */
+    int parsed = http_content_type_is(req, "application/json") &&
+                 sign_input_parse(req->body, req->body_len, &j->in, &perr) == 0;
+    int prof_read = 0;
+    if (api_authenticate_profile(req, &j->key, parsed ? j->in.profile : NULL, &j->prof,
+                                 &prof_read) != 0)
         goto out;
-    if (api_require_json(req) != 0)
-        goto out;
-    if (sign_input_parse(req->body, req->body_len, &j->in, &perr) != 0) {
-        api_reply_error(req, &perr);
-        goto out;
+    if (!parsed) {
+        if (api_require_json(req) != 0)
+            goto out;
+        if (sign_input_parse(req->body, req->body_len, &j->in, &perr) != 0) {
+            api_reply_error(req, &perr);
+            goto out;
+        }
     }
     audit_from_input(req, &j->key, &j->in, j->digest_hex, &j->audit);
 
@@ -627,7 +637,12 @@ void api_sign_digest(http_req *req)
                        store_role_name(j->key.role));
         goto out;
     }
-    rc = STORE_CALL(srv->store, profile_get, j->key.org_id, j->in.profile, &j->prof, &found);
+    if (parsed) {
+        found = prof_read; /* read with the key */
+        rc = prof_read ? QK_OK : QK_ERR_INVALID_ARG;
+    } else {
+        rc = STORE_CALL(srv->store, profile_get, j->key.org_id, j->in.profile, &j->prof, &found);
+    }
     if (rc == QK_ERR_INVALID_ARG && !found) {
         /* 404: the profile is a resource the body names; an unknown one is
          * "not found" in this org, like a request id of another org. */

@@ -111,26 +111,47 @@ qk_err apikey_create(qk_store *s, int64_t org, int64_t user, const char *name, s
 qk_err apikey_authenticate(qk_store *s, const char *presented, int64_t now, store_apikey *out,
                            apikey_status *status)
 {
+    return apikey_authenticate_profile(s, presented, now, NULL, out, status, NULL, NULL);
+}
+
+qk_err apikey_authenticate_profile(qk_store *s, const char *presented, int64_t now,
+                                   const char *profile, store_apikey *out, apikey_status *status,
+                                   store_profile *prof, int *prof_found)
+{
     uint8_t hash[32], stored[32];
-    int found = 0;
+    int found = 0, pfound = 0;
     size_t len;
     qk_err rc;
 
     memset(out, 0, sizeof(*out));
     *status = APIKEY_UNKNOWN;
+    if (prof_found != NULL)
+        *prof_found = 0;
     if (presented == NULL)
         return QK_OK;
     len = strnlen(presented, APIKEY_LEN + 1);
     if (!apikey_well_formed(presented, len))
         return QK_OK;
     apikey_hash(presented, len, hash);
-    rc = STORE_CALL(s, apikey_lookup, hash, out, stored, &found);
+    if (profile != NULL)
+        rc =
+            STORE_CALL(s, apikey_lookup_profile, hash, profile, out, stored, &found, prof, &pfound);
+    else
+        rc = STORE_CALL(s, apikey_lookup, hash, out, stored, &found);
     if (rc == QK_ERR_INVALID_ARG && !found) {
         memset(out, 0, sizeof(*out));
         return QK_OK; /* unknown key: not an error of the store */
     }
     if (rc != QK_OK)
         return rc;
+    /* The profile is the caller's only with a good key. */
+    if (pfound && (sodium_memcmp(stored, hash, sizeof(hash)) != 0 || out->revoked_at != 0 ||
+                   (out->expires_at != 0 && now >= out->expires_at))) {
+        store_profile_clear(prof);
+        pfound = 0;
+    }
+    if (prof_found != NULL)
+        *prof_found = pfound;
     /* The lookup matched on the hash already; comparing again in constant
      * time means correctness never rests on how the database compares. */
     if (sodium_memcmp(stored, hash, sizeof(hash)) != 0) {

@@ -60,5 +60,11 @@ qk_err apikey_create(qk_store *s, int64_t org, int64_t user, const char *name, s
  * with expires_at <= now is expired. */
 qk_err apikey_authenticate(qk_store *s, const char *presented, int64_t now, store_apikey *out,
                            apikey_status *status);
+/* The same, reading the profile named `profile` of the key's org in the same
+ * statement (the signing path). *prof_found = 1 and *prof filled (free with
+ * store_profile_clear) only with APIKEY_OK and the profile there. */
+qk_err apikey_authenticate_profile(qk_store *s, const char *presented, int64_t now,
+                                   const char *profile, store_apikey *out, apikey_status *status,
+                                   store_profile *prof, int *prof_found);
 
 #endif

@@ -14,6 +14,9 @@
 
 #define PROFILE_COLS                                                                               \
     "id, org_id, name, backend, key_id, chain_der, config, created_at, updated_at, disabled_at"
+#define PROFILE_COLS_P                                                                             \
+    "p.id, p.org_id, p.name, p.backend, p.key_id, p.chain_der, p.config, p.created_at, "           \
+    "p.updated_at, p.disabled_at"
 
 /* An audit row as its leaf needs it (read_entry() takes them in this order). */
 #define AUDIT_COLS                                                                                 \
@@ -23,6 +26,9 @@
 #define APIKEY_COLS                                                                                \
     "id, org_id, coalesce(user_id, 0), name, prefix, role, created_at, expires_at, revoked_at, "   \
     "last_used_at, hash"
+#define APIKEY_COLS_K                                                                              \
+    "k.id, k.org_id, coalesce(k.user_id, 0), k.name, k.prefix, k.role, k.created_at, "             \
+    "k.expires_at, k.revoked_at, k.last_used_at, k.hash"
 
 const db_query store_queries[Q__COUNT] = {
     [Q_SCHEMA_VERSION] = {"SELECT max(version) FROM schema_version", NULL},
@@ -133,6 +139,13 @@ const db_query store_queries[Q__COUNT] = {
     [R_PROFILE_GET] = {"SELECT " PROFILE_COLS " FROM profiles WHERE org_id = $1 AND name = $2",
                        NULL},
     /* Across orgs: on PostgreSQL through a SECURITY DEFINER function. */
+    /* The key and a profile of its org (the signing path), one statement. */
+    [R_APIKEY_PROFILE] = {"SELECT " APIKEY_COLS_K ", " PROFILE_COLS_P " FROM api_keys k "
+                          "LEFT JOIN profiles p ON p.org_id = k.org_id AND p.name = $2 "
+                          "WHERE k.hash = $1",
+                          "SELECT " APIKEY_COLS_K ", " PROFILE_COLS_P
+                          " FROM qwick_apikey_lookup($1) k "
+                          "LEFT JOIN qwick_key_profile($1, $2) p ON true"},
     [R_APIKEY_LOOKUP] = {"SELECT " APIKEY_COLS " FROM api_keys WHERE hash = $1",
                          "SELECT " APIKEY_COLS " FROM qwick_apikey_lookup($1)"},
     [R_APIKEY_LIST] = {"SELECT " APIKEY_COLS " FROM api_keys WHERE org_id = $1 ORDER BY id", NULL},

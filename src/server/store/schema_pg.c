@@ -209,12 +209,23 @@ static const char *const migrations[] = {
     "IF o IS NULL THEN RETURN; END IF; "
     "PERFORM set_config('qwick.org', o::text, true); "
     "RETURN QUERY SELECT * FROM api_keys WHERE org_id = o AND hash = h; END $$;"
-    "REVOKE ALL ON FUNCTION qwick_apikey_lookup(BYTEA) FROM PUBLIC;"
+    /* A profile of the org of the key with this hash (the signing path reads
+     * it in the statement that reads the key). */
+    "CREATE FUNCTION qwick_key_profile(h BYTEA, n TEXT) RETURNS SETOF profiles "
+    "LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS "
+    "$$ DECLARE o BIGINT; BEGIN "
+    "SELECT org_id INTO o FROM apikey_orgs WHERE hash = h; "
+    "IF o IS NULL THEN RETURN; END IF; "
+    "PERFORM set_config('qwick.org', o::text, true); "
+    "RETURN QUERY SELECT * FROM profiles WHERE org_id = o AND name = n; END $$;"
+    "REVOKE ALL ON FUNCTION qwick_apikey_lookup(BYTEA), qwick_key_profile(BYTEA, TEXT) "
+    "FROM PUBLIC;"
     "DO $$ DECLARE r TEXT; BEGIN "
     "FOR r IN SELECT DISTINCT grantee FROM information_schema.routine_privileges "
     "WHERE routine_schema = 'public' AND routine_name = 'qwick_org_find' "
     "AND privilege_type = 'EXECUTE' AND grantee <> current_user LOOP "
-    "EXECUTE format('GRANT EXECUTE ON FUNCTION qwick_apikey_lookup(BYTEA) TO %I', r); "
+    "EXECUTE format('GRANT EXECUTE ON FUNCTION qwick_apikey_lookup(BYTEA), "
+    "qwick_key_profile(BYTEA, TEXT) TO %I', r); "
     "END LOOP; END $$;"
     "DROP FUNCTION qwick_apikey_org(BYTEA);",
 };

@@ -234,6 +234,12 @@ typedef struct store_ops {
                             const char *prefix, const uint8_t hash[32], store_role role,
                             int64_t expires_at, const store_audit *audit, int64_t *id);
     /* Looks a key up by hash (the caller compares in constant time too). */
+    /* The same, with the profile named `profile` of the key's org, read in
+     * the same statement (the signing path: one round trip for both);
+     * *prof_found = 0 when the key's org has no such profile. */
+    qk_err (*apikey_lookup_profile)(qk_store *s, const uint8_t hash[32], const char *profile,
+                                    store_apikey *out, uint8_t stored_hash[32], int *found,
+                                    store_profile *prof, int *prof_found);
     qk_err (*apikey_lookup)(qk_store *s, const uint8_t hash[32], store_apikey *out,
                             uint8_t stored_hash[32], int *found);
     qk_err (*apikey_list)(qk_store *s, int64_t org, store_apikey **out, size_t *n);

@@ -562,19 +562,24 @@ static qk_err sq_signing_key_get(qk_store *base, int64_t org, int64_t id, store_
     return read_one(base, org, R_SKEY_GET, v, 2, fill_signing_key, (void (*)(void *))store_signing_key_clear, out, "signing key", found);
 }
 
+/* A profile from column `b` on. */
+static void read_profile(db_stmt *st, int b, store_profile *p)
+{
+    p->id = db_col_int(st, b);
+    p->org_id = db_col_int(st, b + 1);
+    p->name = col_strdup(st, b + 2);
+    p->backend = col_strdup(st, b + 3);
+    p->key_id = db_col_int(st, b + 4);
+    col_buf(st, b + 5, &p->chain_der);
+    p->config = col_strdup(st, b + 6);
+    p->created_at = db_col_int(st, b + 7);
+    p->updated_at = db_col_int(st, b + 8);
+    p->disabled_at = db_col_int(st, b + 9);
+}
+
 static void fill_profile(db_stmt *st, void *e)
 {
-    store_profile *p = e;
-    p->id = db_col_int(st, 0);
-    p->org_id = db_col_int(st, 1);
-    p->name = col_strdup(st, 2);
-    p->backend = col_strdup(st, 3);
-    p->key_id = db_col_int(st, 4);
-    col_buf(st, 5, &p->chain_der);
-    p->config = col_strdup(st, 6);
-    p->created_at = db_col_int(st, 7);
-    p->updated_at = db_col_int(st, 8);
-    p->disabled_at = db_col_int(st, 9);
+    read_profile(st, 0, e);
 }
 
 static qk_err sq_profile_get(qk_store *base, int64_t org, const char *name, store_profile *out,
@@ -615,6 +620,58 @@ static qk_err txn_apikey_lookup(db_conn *c, void *p)
     store_apikey_clear(a->out);
     a->found = 0;
     return sql_one(c, R_APIKEY_LOOKUP, v, 1, fill_lookup, a, &a->found);
+}
+
+typedef struct lookup_profile_arg {
+    lookup_arg k;
+    const char *name;
+    store_profile *prof;
+    int prof_found;
+} lookup_profile_arg;
+
+static void fill_lookup_profile(db_stmt *st, void *p)
+{
+    lookup_profile_arg *a = p;
+    fill_lookup(st, &a->k);
+    a->prof_found = !db_col_null(st, 11); /* no profile: the LEFT JOIN's NULLs */
+    if (a->prof_found)
+        read_profile(st, 11, a->prof);
+}
+
+static qk_err txn_apikey_lookup_profile(db_conn *c, void *p)
+{
+    lookup_profile_arg *a = p;
+    db_val v[] = {V_BLOB(a->k.hash, HASH_LEN), V_TEXT(a->name)};
+    store_apikey_clear(a->k.out);
+    if (a->prof_found)
+        store_profile_clear(a->prof);
+    a->k.found = a->prof_found = 0;
+    return sql_one(c, R_APIKEY_PROFILE, v, 2, fill_lookup_profile, a, &a->k.found);
+}
+
+static qk_err sq_apikey_lookup_profile(qk_store *base, const uint8_t hash[32], const char *profile,
+                                       store_apikey *out, uint8_t stored_hash[32], int *found,
+                                       store_profile *prof, int *prof_found)
+{
+    lookup_profile_arg a = {{hash, out, stored_hash, 0}, profile, prof, 0};
+    memset(out, 0, sizeof(*out));
+    memset(prof, 0, sizeof(*prof));
+    memset(stored_hash, 0, HASH_LEN);
+    *found = *prof_found = 0;
+    qk_err rc = check_text("profile", profile, 1);
+    if (rc == QK_OK)
+        rc = db_read1(SQL_DB(base), DB_NO_ORG, txn_apikey_lookup_profile, &a);
+    if (rc != QK_OK) {
+        store_apikey_clear(out);
+        if (a.prof_found)
+            store_profile_clear(prof);
+        return rc;
+    }
+    if (!a.k.found)
+        return not_found(found, "API key");
+    *found = 1;
+    *prof_found = a.prof_found;
+    return QK_OK;
 }
 
 static qk_err sq_apikey_lookup(qk_store *base, const uint8_t hash[32], store_apikey *out,
@@ -1012,6 +1069,7 @@ static const store_ops sql_ops = {
     .profile_get = sq_profile_get,
     .apikey_create = sq_apikey_create,
     .apikey_lookup = sq_apikey_lookup,
+    .apikey_lookup_profile = sq_apikey_lookup_profile,
     .apikey_list = sq_apikey_list,
     .apikey_revoke = sq_apikey_revoke,
     .apikey_touch = sq_apikey_touch,

@@ -52,6 +52,7 @@ enum {
     R_SKEY_GET,
     R_PROFILE_GET,
     R_APIKEY_LOOKUP,
+    R_APIKEY_PROFILE,
     R_APIKEY_LIST,
     R_APIKEY_GET,
     R_REQ_GET,
