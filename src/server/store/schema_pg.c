@@ -13,12 +13,13 @@
  * LEVEL SECURITY with one policy: rows of the transaction's org only, read
  * or written (qwick_current_org(): the `qwick.org` setting, which the driver
  * sets with set_config(..., true), local to the transaction; no org set, no
- * rows). FORCE makes the owner obey it too. Three questions are answered
+ * rows). FORCE makes the owner obey it too. A few questions are answered
  * across orgs, each by a SECURITY DEFINER function that answers only that:
  * the API key with a hash (its org from apikey_orgs, which a trigger fills,
  * then its row read under that org: version 5's qwick_apikey_lookup; version
- * 4 answered only the org), which org has a name, and the list of orgs (background jobs that
- * serve every tenant). `orgs` and `apikey_orgs` are not tenant tables: they
+ * 4 answered only the org), the profile of a name in that key's org (version
+ * 5's qwick_key_profile), which org has a name, and the list of orgs
+ * (background jobs that serve every tenant). `orgs` and `apikey_orgs` are not tenant tables: they
  * have RLS enabled but not forced, so the server sees only its org's row of
  * `orgs` and nothing of `apikey_orgs`, while the functions (running as the
  * owner) see them whole. RLS is never turned off. */
