@@ -327,6 +327,17 @@ static void stmt_params(pg_stmt *s)
 }
 
 /* Prepares the statement on this session if it is not yet, and runs it. */
+/* The transaction has not failed and the bindings are good. */
+static qk_err stmt_ready(const pg_stmt *s)
+{
+    if (s->c->err != QK_OK)
+        return pgc_failed_before(s->c);
+    if (s->bind_err != 0)
+        return qk_fail(QK_ERR_INVALID_ARG, "query %d: %s", s->id,
+                       s->bind_err == 1 ? "parameter index out of range" : "blob too large");
+    return QK_OK;
+}
+
 static qk_err stmt_run(pg_stmt *s)
 {
     pg_conn *c = s->c;
@@ -335,11 +346,8 @@ static qk_err stmt_run(pg_stmt *s)
     PGresult *r;
     qk_err rc;
 
-    if (c->err != QK_OK)
-        return pgc_failed_before(c);
-    if (s->bind_err != 0)
-        return qk_fail(QK_ERR_INVALID_ARG, "query %d: %s", s->id,
-                       s->bind_err == 1 ? "parameter index out of range" : "blob too large");
+    if ((rc = stmt_ready(s)) != QK_OK)
+        return rc;
     if (c->one && c->nstmts++ > 0)
         return qk_fail(QK_ERR_INVALID_ARG, "query %d: a second statement in a one-statement read",
                        s->id);
@@ -557,11 +565,8 @@ static qk_err pg_run_later(db_stmt *base, int64_t expect, const char *mismatch)
     pg_conn *c = s->c;
     char name[16];
     qk_err rc;
-    if (c->err != QK_OK)
-        return pgc_failed_before(c);
-    if (s->bind_err != 0)
-        return qk_fail(QK_ERR_INVALID_ARG, "query %d: %s", s->id,
-                       s->bind_err == 1 ? "parameter index out of range" : "blob too large");
+    if ((rc = stmt_ready(s)) != QK_OK)
+        return rc;
     if (c->one)
         return qk_fail(QK_ERR_INVALID_ARG, "query %d: run later in a one-statement read", s->id);
     snprintf(name, sizeof(name), "q%d", s->id);
