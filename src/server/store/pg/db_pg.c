@@ -486,6 +486,8 @@ static void queued_result(pg_conn *c, const pg_queued *q, PGresult *r)
         c->err = QK_ERR_IO;
         c->why = WHY_NONE;
         snprintf(c->detail, sizeof(c->detail), "PostgreSQL rolled the transaction back at COMMIT");
+    } else if (q->kind == 'c' && st == PGRES_COMMAND_OK) {
+        c->committed = 1;
     } else if (q->kind == 'x' && q->expect >= 0 && st == PGRES_COMMAND_OK &&
                strtoll(PQcmdTuples(r), NULL, 10) != q->expect && c->err == QK_OK) {
         c->err = QK_ERR_INVALID_ARG;
@@ -535,13 +537,15 @@ static qk_err pipeline_run(pg_conn *c, pg_stmt *s, const char *name, const char 
         }
     }
     r = PQgetResult(c->pg);
-    if (r == NULL || PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
-        PQclear(r);
+    int synced = r != NULL && PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+    PQclear(r);
+    if (!synced || PQexitPipelineMode(c->pg) != 1) {
+        /* Out of step with the server (a connection going away): this
+         * session is done for, whatever its statements answered. */
         (void)conn_fail(c, NULL, what);
-    } else {
-        PQclear(r);
-        if (PQexitPipelineMode(c->pg) != 1)
-            (void)conn_fail(c, NULL, what);
+        c->why = WHY_LOST;
+        PQfinish(c->pg);
+        c->pg = NULL;
     }
     if (c->err != QK_OK) {
         if (s != NULL)
@@ -887,7 +891,11 @@ qk_err pgc_commit(pg_conn *c, int readonly)
     if (!readonly && c->nqueued > 0 && !checks) {
         if ((rc = pipeline_queue(c, "COMMIT", 0, NULL, "COMMIT")) == QK_OK) {
             c->queued[c->nqueued - 1].kind = 'c';
-            if ((rc = pipeline_run(c, NULL, NULL, "COMMIT")) == QK_OK)
+            c->committed = 0;
+            rc = pipeline_run(c, NULL, NULL, "COMMIT");
+            /* COMMIT answered COMMIT: the transaction is durable, whatever
+             * went wrong after that answer (never rerun it). */
+            if (rc == QK_OK || c->committed)
                 return QK_OK;
             if (c->why == WHY_LOST) {
                 c->why = WHY_UNKNOWN;

@@ -79,6 +79,7 @@ struct pg_conn {
     pg_queued queued[PG_QUEUE_MAX];
     int nqueued;
     int commit_sent; /* a read's COMMIT sent, its result not read yet */
+    int committed;   /* the pipelined COMMIT answered COMMIT */
     int one, nstmts; /* a one-statement read (db.h read1) runs, and its count */
     /* The running transaction's first error (QK_OK: none). */
     qk_err err;
