@@ -334,11 +334,12 @@ check_eq "the log key is the instance's, the same for B" \
     "$(api "$a_signer" GET /api/v1/log/public-key; cat "$tmp/resp")"
 
 # --- SQL, as the server's role ---------------------------------------------------
-tenant="users api_keys signing_keys profiles sign_requests azure_leases audit log_heads log_nodes log_checkpoints"
-updatable="users api_keys signing_keys profiles sign_requests azure_leases log_heads"
+tenant="users api_keys signing_keys profiles sign_requests azure_leases audit log_heads log_nodes log_checkpoints idempotency_keys"
+updatable="users api_keys signing_keys profiles sign_requests azure_leases log_heads idempotency_keys"
 # Fixtures no HTTP call makes: a user of B, leases of A and B (superuser, no RLS).
 su -c "INSERT INTO users(org_id, email, role, created_at) VALUES ($B, 'b@example.com', 2, 0)" \
-    -c "INSERT INTO azure_leases(org_id, app, node, created_at, lease_until) VALUES ($A, 'app', 'n1', 0, 0), ($B, 'app', 'n1', 0, 0)"
+    -c "INSERT INTO azure_leases(org_id, app, node, created_at, lease_until) VALUES ($A, 'app', 'n1', 0, 0), ($B, 'app', 'n1', 0, 0)" \
+    -c "INSERT INTO idempotency_keys(org_id, credential, key, body_hash, request_id, sync, created_at) VALUES ($A, 'apikey:0', 'k', sha256('x'::bytea), 'req_x', 0, 0), ($B, 'apikey:0', 'k', sha256('x'::bytea), 'req_x', 0, 0)"
 for t in $tenant; do
     n=$(su -c "SELECT count(*) FILTER (WHERE org_id = $A) || ' ' || count(*) FILTER (WHERE org_id = $B) FROM $t")
     eval "n_$t=\${n%% *}"
@@ -416,6 +417,7 @@ row() { # TABLE ORG
     log_heads) printf '%s\n' "INSERT INTO log_heads(org_id, size) VALUES ($2, 0)" ;;
     log_nodes) printf '%s\n' "INSERT INTO log_nodes(org_id, pos, hash) VALUES ($2, 999999, sha256('x'::bytea))" ;;
     log_checkpoints) printf '%s\n' "INSERT INTO log_checkpoints(org_id, size, root, note, created_at) VALUES ($2, 999999, sha256('x'::bytea), 'n', 0)" ;;
+    idempotency_keys) printf '%s\n' "INSERT INTO idempotency_keys(org_id, credential, key, body_hash, request_id, sync, created_at) VALUES ($2, 'apikey:iso', 'iso', sha256('x'::bytea), 'req_iso', 0, 0)" ;;
     esac
 }
 for t in $tenant; do
@@ -488,7 +490,7 @@ check_eq "no DELETE or TRUNCATE anywhere" \
 check_eq "log tables: SELECT and INSERT only" \
     "$(su -c "SELECT string_agg(DISTINCT privilege_type, ',') FROM information_schema.role_table_grants WHERE grantee = '$role' AND table_name IN ('audit', 'log_nodes', 'log_checkpoints')")" "INSERT,SELECT"
 check_eq "every tenant table has ENABLE and FORCE RLS" \
-    "$(su -c "SELECT count(*) FROM pg_class WHERE relname IN ('$(echo "$tenant" | sed "s/ /','/g")') AND relrowsecurity AND relforcerowsecurity")" 10
+    "$(su -c "SELECT count(*) FROM pg_class WHERE relname IN ('$(echo "$tenant" | sed "s/ /','/g")') AND relrowsecurity AND relforcerowsecurity")" 11
 sql_case "the role cannot turn RLS off" "ERROR: must be owner of table audit" ALTER \
     "ALTER TABLE audit DISABLE ROW LEVEL SECURITY"
 sql_case "the role cannot lift FORCE" "ERROR: must be owner of table api_keys" ALTER \
@@ -527,7 +529,7 @@ check_eq "qwick_org_list() returns (id, name) only" \
 check_eq "the trigger function is not the role's to run" \
     "$(su -c "SELECT has_function_privilege('$role', 'qwick_apikey_index()', 'EXECUTE')")" f
 check_eq "every SECURITY DEFINER function pins search_path" \
-    "$(su -c "SELECT count(*) || ' ' || count(*) FILTER (WHERE array_to_string(proconfig, ',') = 'search_path=public, pg_temp') FROM pg_proc WHERE prosecdef AND pronamespace = 'public'::regnamespace")" "5 5"
+    "$(su -c "SELECT count(*) || ' ' || count(*) FILTER (WHERE array_to_string(proconfig, ',') = 'search_path=public, pg_temp') FROM pg_proc WHERE prosecdef AND pronamespace = 'public'::regnamespace")" "7 7"
 
 # --- injection through every string the API and the commands take ----------------
 mkdir "$tmp/p"

@@ -1580,7 +1580,7 @@ static void test_schema_required_and_created_once(void **state)
 static void test_migrate_from_version_4(void **state)
 {
     fixture *f = *state;
-    char url[256], role[64], sql[1024];
+    char url[256], role[64], sql[2048];
     uint8_t h[32], stored[32];
     int64_t org = new_org(f, "acme"), kid = 0;
     int found = 0, from = 0, to = 0;
@@ -1603,6 +1603,13 @@ static void test_migrate_from_version_4(void **state)
              "$$ SELECT org_id FROM apikey_orgs WHERE hash = h $$;"
              "REVOKE ALL ON FUNCTION qwick_apikey_org(BYTEA) FROM PUBLIC;"
              "GRANT EXECUTE ON FUNCTION qwick_apikey_org(BYTEA) TO %s;"
+             "DROP FUNCTION qwick_queue_claim(TEXT, BIGINT, BIGINT, INT);"
+             "DROP FUNCTION qwick_queue_stats();"
+             "DROP TABLE idempotency_keys;"
+             "DROP INDEX sign_requests_org_id;"
+             "ALTER TABLE sign_requests DROP COLUMN attempts, DROP COLUMN updated_at, "
+             "DROP COLUMN queued_ms, DROP COLUMN run_after, DROP COLUMN lease_until, "
+             "DROP COLUMN lease_node, DROP COLUMN chain_der, DROP COLUMN options;"
              "UPDATE schema_version SET version = 4;",
              role);
     raw_sql(f->where, sql);
@@ -1612,7 +1619,7 @@ static void test_migrate_from_version_4(void **state)
     pgfx_url(f->where, PGFX_OWNER, url, sizeof(url));
     assert_int_equal(store_pg_migrate(url, &from, &to), QK_OK);
     assert_int_equal(from, 4);
-    assert_int_equal(to, 5);
+    assert_int_equal(to, 6);
     assert_int_equal(raw_int(f->where, "SELECT count(*) FROM pg_proc WHERE proname = "
                                        "'qwick_apikey_org'"),
                      0);
@@ -1628,7 +1635,7 @@ static void test_migrate_from_version_4(void **state)
     assert_int_equal(raw_int(f->where, "SELECT length(frontier) FROM log_heads"), 1 * 32);
 
     assert_int_equal(store_pg_migrate(url, &from, &to), QK_OK);
-    assert_int_equal(from, 5);
+    assert_int_equal(from, 6);
 }
 #endif
 

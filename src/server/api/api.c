@@ -1,6 +1,7 @@
 /* Shared API plumbing (authentication, strict JSON) and the small handlers:
  * API keys, health, metrics. Signing lives in api_sign.c. */
 #include "api/api.h"
+#include "api/queue.h"
 #include "signer/azure/azure.h"
 
 #include <arpa/inet.h>
@@ -484,6 +485,13 @@ void api_metrics(http_req *req)
                           "qwickd_store_checkpoints_total %" PRIu64 "\n",
                           text, st.commits, st.writes, st.delayed, st.checkpoints);
     free(text);
+    char *qm = req->srv->queue != NULL ? queue_metrics_render(req->srv->queue) : NULL;
+    if (qm != NULL) {
+        char *both = xasprintf("%s%s", all, qm);
+        free(all);
+        free(qm);
+        all = both;
+    }
     char *az = req->srv->azure != NULL ? azure_metrics_render(req->srv->azure) : NULL;
     if (az != NULL) {
         char *both = xasprintf("%s%s", all, az);

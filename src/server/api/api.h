@@ -57,6 +57,18 @@ void api_audit_init(http_req *req, const store_apikey *key, const char *action, 
 /* Handlers. */
 void api_sign_digest(http_req *req);
 void api_sign_request_get(http_req *req);
+void api_sign_requests_list(http_req *req);
+void api_sign_request_cancel(http_req *req);
+void api_sign_request_retry(http_req *req);
+void api_sign_dead_letters(http_req *req);
+/* The queued path of POST /api/v1/sign/digest (api_requests.c): takes over
+ * *key and *in (left cleared) and answers 202, or 200 for a synchronous
+ * request with an Idempotency-Key signed in time. */
+struct sign_input;
+void api_sign_enqueue(http_req *req, store_apikey *key, struct sign_input *in,
+                      const store_profile *prof, const char *idem_key);
+/* "https://host:port/tsa" for timestampUrl, or NULL. */
+char *api_tsa_url(http_req *req);
 void api_keys_list(http_req *req);
 void api_keys_create(http_req *req);
 void api_keys_revoke(http_req *req);

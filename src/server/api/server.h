@@ -18,6 +18,7 @@ typedef struct tsa tsa;
 typedef struct workq workq;
 typedef struct ratelimit_buckets ratelimit_buckets;
 typedef struct tl_key tl_key;
+typedef struct signing_queue signing_queue;
 
 typedef struct server {
     qk_store *store;
@@ -45,6 +46,7 @@ typedef struct server {
      * commit yet: the store's commit delay waits only while this is > 0. */
     atomic_int signing;
     workq *commits; /* threads that wait on durable commits off the HTTP pool */
+    signing_queue *queue;   /* the asynchronous queue's workers (api/queue.h); NULL: not started */
     /* Set at SIGTERM: new requests get 503 and their connection is closed,
      * requests already admitted run to completion. */
     atomic_int draining;

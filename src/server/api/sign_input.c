@@ -21,7 +21,7 @@ void sign_input_clear(sign_input *in)
 static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
 {
     static const char *const fields[] = {"digest",   "algorithm", "format", "profile",
-                                         "metadata", "timestamp", NULL};
+                                         "metadata", "timestamp", "async",    NULL};
     static const char *const meta_fields[] = {"filename", "description", "url", NULL};
     const char *digest = NULL, *format = NULL;
 
@@ -37,6 +37,10 @@ static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
     if (ts != NULL && !json_is_boolean(ts))
         return api_fail(e, 400, "invalid_type", "'timestamp' must be true or false");
     in->no_timestamp = ts != NULL && json_is_false(ts);
+    json_t *async = json_object_get(in->root, "async");
+    if (async != NULL && !json_is_boolean(async))
+        return api_fail(e, 400, "invalid_type", "'async' must be true or false");
+    in->async = async != NULL && json_is_true(async);
 
     json_t *meta = json_object_get(in->root, "metadata");
     if (meta != NULL && !json_is_null(meta)) {

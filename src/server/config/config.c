@@ -1,5 +1,6 @@
 /* qwickd.json loading and writing (see config.h). */
 #include <stdlib.h>
+#include <stddef.h>
 #include <string.h>
 
 #include <jansson.h>
@@ -37,6 +38,13 @@ void config_defaults(const char *data_dir, qwickd_config *c)
     c->commit_delay_us = CONFIG_DEFAULT_COMMIT_DELAY_US;
     c->azure_reaper_interval = CONFIG_DEFAULT_AZURE_REAPER;
     c->azure_op_timeout = CONFIG_DEFAULT_AZURE_OP_TIMEOUT;
+    c->queue_concurrency = CONFIG_DEFAULT_QUEUE_CONCURRENCY;
+    c->queue_max_attempts = CONFIG_DEFAULT_QUEUE_MAX_ATTEMPTS;
+    c->queue_lease_seconds = CONFIG_DEFAULT_QUEUE_LEASE;
+    c->queue_backoff_ms = CONFIG_DEFAULT_QUEUE_BACKOFF_MS;
+    c->queue_backoff_max_ms = CONFIG_DEFAULT_QUEUE_BACKOFF_MAX_MS;
+    c->queue_poll_ms = CONFIG_DEFAULT_QUEUE_POLL_MS;
+    c->queue_sync_wait_seconds = CONFIG_DEFAULT_QUEUE_SYNC_WAIT;
 }
 
 void config_free(qwickd_config *c)
@@ -300,6 +308,44 @@ static qk_err parse_azure(json_t *obj, qwickd_config *c)
     return QK_OK;
 }
 
+/* "queue": every value an integer within its range. */
+static qk_err parse_queue(json_t *obj, qwickd_config *c)
+{
+    static const struct {
+        const char *key;
+        json_int_t lo, hi;
+        size_t off;
+    } keys[] = {
+        {"concurrency", 1, 10000, offsetof(qwickd_config, queue_concurrency)},
+        {"max_attempts", 1, 100, offsetof(qwickd_config, queue_max_attempts)},
+        {"lease_seconds", 1, 86400, offsetof(qwickd_config, queue_lease_seconds)},
+        {"backoff_ms", 1, 3600000, offsetof(qwickd_config, queue_backoff_ms)},
+        {"backoff_max_ms", 1, 86400000, offsetof(qwickd_config, queue_backoff_max_ms)},
+        {"poll_ms", 10, 60000, offsetof(qwickd_config, queue_poll_ms)},
+        {"sync_wait_seconds", 0, 3600, offsetof(qwickd_config, queue_sync_wait_seconds)},
+    };
+    const char *k;
+    json_t *v;
+    if (!json_is_object(obj))
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: \"queue\" must be an object", CONFIG_FILE);
+    json_object_foreach(obj, k, v)
+    {
+        size_t i = 0;
+        json_int_t n = 0;
+        char what[64];
+        while (i < sizeof(keys) / sizeof(keys[0]) && strcmp(keys[i].key, k) != 0)
+            i++;
+        if (i == sizeof(keys) / sizeof(keys[0]))
+            return unknown("queue.", k);
+        snprintf(what, sizeof(what), "queue.%s", k);
+        qk_err rc = get_range(v, what, keys[i].lo, keys[i].hi, &n);
+        if (rc != QK_OK)
+            return rc;
+        *(unsigned *)((char *)c + keys[i].off) = (unsigned)n;
+    }
+    return QK_OK;
+}
+
 qk_err config_load(const char *data_dir, qwickd_config *out)
 {
     qk_err rc = QK_ERR_IO;
@@ -347,6 +393,8 @@ qk_err config_load(const char *data_dir, qwickd_config *out)
             rc = parse_metrics(v, &c);
         else if (strcmp(k, "azure") == 0)
             rc = parse_azure(v, &c);
+        else if (strcmp(k, "queue") == 0)
+            rc = parse_queue(v, &c);
         else
             rc = unknown("", k);
         if (rc != QK_OK)
@@ -384,6 +432,17 @@ qk_err config_write_defaults(const char *data_dir, const char *listen, const cha
         (int)CONFIG_DEFAULT_COMMIT_DELAY_US, "azure", "reaper_interval_seconds",
         (int)CONFIG_DEFAULT_AZURE_REAPER, "op_timeout_seconds",
         (int)CONFIG_DEFAULT_AZURE_OP_TIMEOUT);
+    if (root != NULL)
+        json_object_set_new(
+            root, "queue",
+            json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i}", "concurrency",
+                      (int)CONFIG_DEFAULT_QUEUE_CONCURRENCY, "max_attempts",
+                      (int)CONFIG_DEFAULT_QUEUE_MAX_ATTEMPTS, "lease_seconds",
+                      (int)CONFIG_DEFAULT_QUEUE_LEASE, "backoff_ms",
+                      (int)CONFIG_DEFAULT_QUEUE_BACKOFF_MS, "backoff_max_ms",
+                      (int)CONFIG_DEFAULT_QUEUE_BACKOFF_MAX_MS, "poll_ms",
+                      (int)CONFIG_DEFAULT_QUEUE_POLL_MS, "sync_wait_seconds",
+                      (int)CONFIG_DEFAULT_QUEUE_SYNC_WAIT));
     if (root != NULL)
         json_object_set_new(root, "database", database != NULL ? json_string(database) : json_null());
     if (root == NULL || (text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) == NULL) {

@@ -28,7 +28,14 @@
  *                "request_body_timeout_seconds": 30,   // whole body
  *                "commit_delay_us": 4000},   // group commit delay while others sign; 0: off
  *     "azure": {"reaper_interval_seconds": 60, // orphaned qwick- secrets revoked this often
- *               "op_timeout_seconds": 120}     // one Azure signature, submission to result
+ *               "op_timeout_seconds": 120},    // one Azure signature, submission to result
+ *     "queue": {"concurrency": 256,      // queued requests in flight per node
+ *               "max_attempts": 5,       // then FAILED (a dead letter)
+ *               "lease_seconds": 300,    // a claim not finished by then goes back
+ *               "backoff_ms": 1000,      // first retry's delay, doubling, with jitter
+ *               "backoff_max_ms": 60000,
+ *               "poll_ms": 500,          // an idle node looks for other nodes' work
+ *               "sync_wait_seconds": 30} // synchronous request with an Idempotency-Key
  *   }
  */
 #ifndef QWICKD_CONFIG_H
@@ -70,6 +77,13 @@
     "+CHACHA20-POLY1305:-MAC-ALL:+AEAD:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:%SERVER_PRECEDENCE"
 #define CONFIG_DEFAULT_AZURE_REAPER 60u
 #define CONFIG_DEFAULT_AZURE_OP_TIMEOUT 120u
+#define CONFIG_DEFAULT_QUEUE_CONCURRENCY 256u
+#define CONFIG_DEFAULT_QUEUE_MAX_ATTEMPTS 5u
+#define CONFIG_DEFAULT_QUEUE_LEASE 300u
+#define CONFIG_DEFAULT_QUEUE_BACKOFF_MS 1000u
+#define CONFIG_DEFAULT_QUEUE_BACKOFF_MAX_MS 60000u
+#define CONFIG_DEFAULT_QUEUE_POLL_MS 500u
+#define CONFIG_DEFAULT_QUEUE_SYNC_WAIT 30u
 
 typedef struct qwickd_config {
     char *listen;     /* "ADDR:PORT" */
@@ -97,6 +111,14 @@ typedef struct qwickd_config {
     int metrics_anonymous;
     unsigned azure_reaper_interval; /* seconds */
     unsigned azure_op_timeout;      /* seconds */
+    /* The queue (docs/api.md "Asynchronous signing"). */
+    unsigned queue_concurrency;  /* requests in flight per node */
+    unsigned queue_max_attempts; /* then FAILED: a dead letter */
+    unsigned queue_lease_seconds;
+    unsigned queue_backoff_ms;     /* the first retry's delay, doubling */
+    unsigned queue_backoff_max_ms; /* cap */
+    unsigned queue_poll_ms;        /* how often an idle node looks for others' work */
+    unsigned queue_sync_wait_seconds; /* a synchronous request with an Idempotency-Key */
 } qwickd_config;
 
 /* Defaults, with paths resolved against data_dir. */

@@ -1,4 +1,5 @@
 /* qwickd helpers: aborting allocators, hex, clocks, careful file writes. */
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -19,18 +20,34 @@ char *path_join(const char *dir, const char *name)
     return xasprintf("%s/%s", dir, name);
 }
 
+/* QWICKD_TEST_CLOCK_OFFSET (seconds, may be negative): the tests' way to
+ * let a day pass (an Idempotency-Key's 24 hours). Read once. */
+static int64_t offset_s;
+static pthread_once_t offset_once = PTHREAD_ONCE_INIT;
+
+static void offset_read(void)
+{
+    const char *v = getenv("QWICKD_TEST_CLOCK_OFFSET");
+    char *end = NULL;
+    long long n = v != NULL ? strtoll(v, &end, 10) : 0;
+    if (v != NULL && end != v && *end == '\0' && n > -315360000LL && n < 315360000LL)
+        offset_s = n;
+}
+
 int64_t now_unix(void)
 {
     struct timespec ts;
+    pthread_once(&offset_once, offset_read);
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec;
+    return (int64_t)ts.tv_sec + offset_s;
 }
 
 int64_t now_unix_ms(void)
 {
     struct timespec ts;
+    pthread_once(&offset_once, offset_read);
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return ((int64_t)ts.tv_sec + offset_s) * 1000 + ts.tv_nsec / 1000000;
 }
 
 qk_err file_read_all(const char *path, size_t max, qk_buf *out)

@@ -28,8 +28,11 @@
 #include <microhttpd.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <sodium.h>
 
 #include "api/api.h"
+#include "api/queue.h"
+#include "common/hex.h"
 #include "signer/azure/azure.h"
 #include "config/config.h"
 #include "core/hardening.h"
@@ -56,6 +59,10 @@
 static const http_route routes[] = {
     {"POST", "/api/v1/sign/digest", "sign_digest", api_sign_digest},
     {"GET", "/api/v1/sign/requests/{id}", "sign_request_get", api_sign_request_get},
+    {"DELETE", "/api/v1/sign/requests/{id}", "sign_request_cancel", api_sign_request_cancel},
+    {"POST", "/api/v1/sign/requests/{id}/retry", "sign_request_retry", api_sign_request_retry},
+    {"GET", "/api/v1/sign/requests", "sign_requests_list", api_sign_requests_list},
+    {"GET", "/api/v1/sign/dead-letters", "sign_dead_letters", api_sign_dead_letters},
     {"GET", "/api/v1/keys", "keys_list", api_keys_list},
     {"POST", "/api/v1/keys", "keys_create", api_keys_create},
     {"DELETE", "/api/v1/keys/{id}", "keys_revoke", api_keys_revoke},
@@ -388,6 +395,31 @@ static void drain(server *srv)
     }
 }
 
+/* The queue's workers, named "<host>/<random>" in the leases they take. */
+static qk_err start_queue(server *srv, const qwickd_config *cfg)
+{
+    char host[64] = "qwickd", node[96];
+    uint8_t rnd[4];
+    char hex[9];
+    queue_config qc = {.concurrency = cfg->queue_concurrency,
+                       .max_attempts = cfg->queue_max_attempts,
+                       .lease_seconds = cfg->queue_lease_seconds,
+                       .backoff_ms = cfg->queue_backoff_ms,
+                       .backoff_max_ms = cfg->queue_backoff_max_ms,
+                       .poll_ms = cfg->queue_poll_ms,
+                       .sync_wait_seconds = cfg->queue_sync_wait_seconds};
+    if (gethostname(host, sizeof(host) - 1) != 0)
+        snprintf(host, sizeof(host), "qwickd");
+    host[sizeof(host) - 1] = '\0';
+    randombytes_buf(rnd, sizeof(rnd));
+    hex_encode(rnd, sizeof(rnd), hex);
+    snprintf(node, sizeof(node), "%s/%s", host, hex);
+    qk_err rc = queue_start(srv, &qc, node, &srv->queue);
+    if (rc != QK_OK)
+        report_err("queue", rc);
+    return rc;
+}
+
 int cmd_serve(int argc, char **argv)
 {
     int ret = EXIT_FAIL;
@@ -512,6 +544,8 @@ int cmd_serve(int argc, char **argv)
          (srv.commits = workq_new(SERVE_COMMIT_THREADS)) == NULL) ||
         (srv.signq = workq_new(threads)) == NULL)
         goto out;
+    if (start_queue(&srv, &cfg) != QK_OK)
+        goto out;
     srv.tsa_require_key = cfg.tsa_require_key;
     if ((srv.tsa_limit = ratelimit_buckets_new(cfg.tsa_rate, cfg.tsa_burst)) == NULL)
         goto out;
@@ -601,6 +635,11 @@ int cmd_serve(int argc, char **argv)
     MHD_socket lsock = MHD_quiesce_daemon(d);
     if (lsock != MHD_INVALID_SOCKET)
         close(lsock);
+    /* The queue first: what its workers hold is recorded, and requests
+     * waiting on them are answered (202 when unfinished), so the drain
+     * does not wait for them. */
+    queue_stop(srv.queue);
+    srv.queue = NULL;
     drain(&srv);
     /* Every admitted request has finished; commit threads have no work left.
      * Stopped, not freed: after a drain timeout a late handler still finds
@@ -625,6 +664,7 @@ out:
     if (d != NULL)
         MHD_stop_daemon(d);
     http_guard_free(guard); /* after the daemon: its connections report their close */
+    queue_stop(srv.queue);
     workq_free(srv.signq);
     workq_free(srv.commits);
     tsa_free(srv.tsa);

@@ -144,8 +144,8 @@ static void add_headers(const http_ctx *ctx, const http_req *req, struct MHD_Res
     MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
     if (ctx->tls)
         MHD_add_response_header(r, "Strict-Transport-Security", "max-age=31536000");
-    if (req->resp.extra_name != NULL)
-        MHD_add_response_header(r, req->resp.extra_name, req->resp.extra_value);
+    for (int i = 0; i < HTTP_MAX_EXTRA && req->resp.extra_name[i] != NULL; i++)
+        MHD_add_response_header(r, req->resp.extra_name[i], req->resp.extra_value[i]);
 }
 
 /* A secret body handed to MHD, wiped by MHD's free callback. */
@@ -444,8 +444,16 @@ void http_mark_secret(http_req *req)
 
 void http_header_set(http_req *req, const char *name, const char *value)
 {
-    req->resp.extra_name = name;
-    req->resp.extra_value = value;
+    if (name == NULL) {
+        memset(req->resp.extra_name, 0, sizeof(req->resp.extra_name));
+        return;
+    }
+    for (int i = 0; i < HTTP_MAX_EXTRA; i++)
+        if (req->resp.extra_name[i] == NULL) {
+            req->resp.extra_name[i] = name;
+            req->resp.extra_value[i] = value;
+            return;
+        }
 }
 
 void http_suspend(http_req *req)

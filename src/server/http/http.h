@@ -37,15 +37,18 @@
 struct server;
 struct metrics;
 
+#define HTTP_MAX_EXTRA 3
+
 typedef struct http_resp {
     int status;               /* 0 until a handler answers */
     const char *content_type; /* static string */
     char *body;               /* heap, owned; may be NULL for an empty body */
     size_t len;
     const char *error_code; /* static string when the response is an error */
-    const char *extra_name; /* one more header (Allow, WWW-Authenticate): static strings,
-                             * or strings of the request (http_req.allow) */
-    const char *extra_value;
+    /* More headers (Allow, WWW-Authenticate, Location, Retry-After): static
+     * strings, or strings of the request (http_req.allow, .location). */
+    const char *extra_name[HTTP_MAX_EXTRA];
+    const char *extra_value[HTTP_MAX_EXTRA];
     int secret; /* body holds a secret (a new API key): wiped when freed */
 } http_resp;
 
@@ -69,6 +72,7 @@ typedef struct http_req {
     char actor[32];       /* "apikey:12" once authenticated, for the log line */
     char allow[48];       /* a 405's Allow header: the path's methods */
     char retry_after[16]; /* a 429's Retry-After header: seconds */
+    char location[80];    /* a 202's Location header */
     struct timespec start;
     int deferred;       /* suspended by the handler; written by the pool thread only */
     atomic_int resumed; /* set by the thread that filled resp */
@@ -156,8 +160,8 @@ int http_content_type_is(const http_req *req, const char *type);
 void http_json(http_req *req, int status, json_t *j);
 void http_error(http_req *req, int status, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Sets the one extra response header (both strings static, or strings of
- * the request). */
+/* Adds a response header (both strings static, or strings of the request);
+ * at most HTTP_MAX_EXTRA, later ones are dropped. name NULL: clears them. */
 void http_header_set(http_req *req, const char *name, const char *value);
 /* Takes ownership of `data` (malloc'd). */
 void http_bytes(http_req *req, int status, const char *content_type, void *data, size_t len);

@@ -345,15 +345,19 @@ static qk_err parse_formats(json_t *v, json_t **out)
     return QK_OK;
 }
 
-/* The public config with "formats" set (the backend importers do not know it). */
-static qk_err add_formats(profile_import *out, json_t *formats)
+/* The public config with the settings common to all backends ("formats",
+ * "asyncOnly"), which the backend importers do not know. */
+static qk_err add_common(profile_import *out, json_t *formats, json_t *async_only)
 {
     json_t *doc = json_loads(out->config, 0, NULL);
     if (!json_is_object(doc)) {
         json_decref(doc);
         return qk_fail(QK_ERR_INVALID_ARG, "profile config");
     }
-    json_object_set(doc, "formats", formats);
+    if (formats != NULL)
+        json_object_set(doc, "formats", formats);
+    if (async_only != NULL)
+        json_object_set(doc, "asyncOnly", async_only);
     char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(doc);
     if (text == NULL)
@@ -377,9 +381,13 @@ qk_err profile_import_json(json_t *cfg, const char *base_dir, profile_import *ou
     if (json_object_get(cfg, "formats") != NULL &&
         (rc = parse_formats(json_object_get(cfg, "formats"), &formats)) != QK_OK)
         return rc;
+    json_t *async_only = json_object_get(cfg, "asyncOnly");
+    if (async_only != NULL && !json_is_boolean(async_only))
+        return qk_fail(QK_ERR_INVALID_ARG, "asyncOnly: true or false");
     /* The backends see the config without the settings common to all. */
     rest = json_copy(cfg);
     json_object_del(rest, "formats");
+    json_object_del(rest, "asyncOnly");
     if (strcmp(backend, "local") == 0)
         rc = import_local(rest, base_dir, out);
     else if (strcmp(backend, "azure") == 0)
@@ -389,8 +397,8 @@ qk_err profile_import_json(json_t *cfg, const char *base_dir, profile_import *ou
                      "profile config: unknown backend '%.32s' "
                      "(\"local\" or \"azure\")",
                      backend);
-    if (rc == QK_OK && formats != NULL)
-        rc = add_formats(out, formats);
+    if (rc == QK_OK && (formats != NULL || async_only != NULL))
+        rc = add_common(out, formats, async_only);
     if (rc != QK_OK)
         profile_import_clear(out);
     json_decref(formats);
@@ -551,6 +559,14 @@ json_t *profile_json(const store_profile *p)
     if (j != NULL && p->chain_der.len > 0)
         json_object_set_new(j, "certificate", leaf_json(&p->chain_der));
     return j;
+}
+
+int profile_async_only(const store_profile *p)
+{
+    json_t *cfg = p->config != NULL ? json_loads(p->config, 0, NULL) : NULL;
+    int yes = json_is_true(json_object_get(cfg, "asyncOnly"));
+    json_decref(cfg);
+    return yes;
 }
 
 int profile_requires_timestamp(const store_profile *p)

@@ -62,6 +62,8 @@ json_t *profile_json(const store_profile *p);
 /* True for backends whose certificates are short-lived (Azure's live 72
  * hours), so every signature must carry a timestamp. */
 int profile_requires_timestamp(const store_profile *p);
+/* The profile's config says "asyncOnly": every request is queued (202). */
+int profile_async_only(const store_profile *p);
 /* Whether the profile signs `format`: its config's "formats", by default
  * "authenticode-pe" and "cms" (a bare signature over any pre-hash, "raw",
  * lets a key holder build any structure, so it must be asked for). */

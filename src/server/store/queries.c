@@ -23,6 +23,13 @@
     "org_id, seq, version, ts, actor, client_ip, action, request_id, format, algorithm, "          \
     "digest_hex, profile, filename, signer_fp, sig_sha256, sigval_sha256, outcome, detail, meta"
 
+/* A request row as fill_request() reads it; `sig` and `chain` name the
+ * columns (or NULL, for lists). */
+#define REQ_COLS(sig, chain)                                                                       \
+    "id, org_id, coalesce(apikey_id, 0), coalesce(user_id, 0), status, algorithm, format, "        \
+    "profile, filename, description, url, client_ip, digest, " sig ", error, created_at, "         \
+    "completed_at, attempts, updated_at, queued_ms, run_after, " chain ", options"
+
 #define APIKEY_COLS                                                                                \
     "id, org_id, coalesce(user_id, 0), name, prefix, role, created_at, expires_at, revoked_at, "   \
     "last_used_at, hash"
@@ -97,7 +104,8 @@ const db_query store_queries[Q__COUNT] = {
      * entry removed. */
     [R_SIGNED_UNLOGGED] = {"SELECT r.id FROM sign_requests r WHERE r.org_id = $1 AND "
                            "r.status = $2 AND NOT EXISTS (SELECT 1 FROM audit a WHERE "
-                           "a.org_id = r.org_id AND a.request_id = r.id AND a.outcome = 0) LIMIT 1",
+                           "a.org_id = r.org_id AND a.request_id = r.id AND a.outcome = 0 AND "
+                           "a.action = 'sign.digest') LIMIT 1",
                            NULL},
     [R_CKPT_LATEST] = {"SELECT size, root, note, created_at FROM log_checkpoints "
                        "WHERE org_id = $1 ORDER BY size DESC LIMIT 1",
@@ -150,11 +158,70 @@ const db_query store_queries[Q__COUNT] = {
                          "SELECT " APIKEY_COLS " FROM qwick_apikey_lookup($1)"},
     [R_APIKEY_LIST] = {"SELECT " APIKEY_COLS " FROM api_keys WHERE org_id = $1 ORDER BY id", NULL},
     [R_APIKEY_GET] = {"SELECT " APIKEY_COLS " FROM api_keys WHERE org_id = $1 AND id = $2", NULL},
-    [R_REQ_GET] = {"SELECT id, org_id, coalesce(apikey_id, 0), coalesce(user_id, 0), status, "
-                   "algorithm, format, profile, filename, description, url, client_ip, digest, "
-                   "signature, error, created_at, completed_at FROM sign_requests "
+    [R_REQ_GET] = {"SELECT " REQ_COLS("signature", "chain_der") " FROM sign_requests "
                    "WHERE org_id = $1 AND id = $2",
                    NULL},
+    /* ---- the queue (store_queue.c) ---- */
+    [W_REQ_ENQUEUE] = {"INSERT INTO sign_requests(id, org_id, apikey_id, user_id, status, "
+                       "algorithm, format, profile, filename, description, url, client_ip, "
+                       "digest, created_at, updated_at, queued_ms, run_after, options) "
+                       "VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, "
+                       "$15, $15, $16)",
+                       NULL},
+    /* The key is ours when new, or when its holder is older than $8 (the
+     * 24 hours are over): then a row comes back. */
+    [W_IDEM_CLAIM] = {"INSERT INTO idempotency_keys(org_id, credential, key, body_hash, "
+                      "request_id, sync, created_at) VALUES($1, $2, $3, $4, $5, $6, $7) "
+                      "ON CONFLICT(org_id, credential, key) DO UPDATE SET "
+                      "body_hash = excluded.body_hash, request_id = excluded.request_id, "
+                      "sync = excluded.sync, created_at = excluded.created_at "
+                      "WHERE idempotency_keys.created_at < $8 RETURNING request_id",
+                      NULL},
+    [R_IDEM_GET] = {"SELECT request_id, body_hash, sync FROM idempotency_keys WHERE org_id = $1 "
+                    "AND credential = $2 AND key = $3",
+                    NULL},
+    /* SQLite's claim, in steps (its one writer serializes claims anyway):
+     * leases that ran out go back, then each org's ready rows ranked, the
+     * first of every org before the second of any, then each one taken. */
+    [W_QUEUE_RECLAIM] = {"UPDATE sign_requests SET status = 0, lease_node = NULL "
+                         "WHERE status = 2 AND lease_until < $1",
+                         NULL},
+    [R_QUEUE_READY] = {"SELECT org_id, id FROM (SELECT org_id, id, run_after, row_number() "
+                       "OVER (PARTITION BY org_id ORDER BY run_after, id) AS rn FROM "
+                       "sign_requests WHERE status = 0 AND run_after <= $1) "
+                       "ORDER BY rn, run_after, id LIMIT $2",
+                       NULL},
+    [W_QUEUE_TAKE] = {"UPDATE sign_requests SET status = 2, attempts = attempts + 1, "
+                      "lease_until = $3, lease_node = $4, updated_at = $5 "
+                      "WHERE org_id = $1 AND id = $2 AND status = 0 RETURNING attempts",
+                      NULL},
+    /* PostgreSQL's, across orgs in one statement (schema_pg.c). */
+    [Q_QUEUE_CLAIM] = {"SELECT 0, '', 0 WHERE 0",
+                       "SELECT org_id, id, attempts FROM qwick_queue_claim($1, $2, $3, $4)"},
+    [W_REQ_FINISH] = {"UPDATE sign_requests SET status = $4, signature = $5, chain_der = $6, "
+                      "error = $7, completed_at = $8, updated_at = $9, run_after = $10, "
+                      "lease_until = 0, lease_node = NULL "
+                      "WHERE org_id = $1 AND id = $2 AND status = 2 AND attempts = $3",
+                      NULL},
+    [R_REQ_STATUS] = {"SELECT status FROM sign_requests WHERE org_id = $1 AND id = $2",
+                      "SELECT status FROM sign_requests WHERE org_id = $1 AND id = $2 "
+                      "FOR UPDATE"},
+    [W_REQ_CANCEL] = {"UPDATE sign_requests SET status = 6, error = $3, completed_at = $4, "
+                      "updated_at = $4 WHERE org_id = $1 AND id = $2 AND status IN (0, 1)",
+                      NULL},
+    [W_REQ_REQUEUE] = {"UPDATE sign_requests SET status = 0, attempts = 0, run_after = $3, "
+                       "error = NULL, completed_at = 0, updated_at = $4, lease_until = 0 "
+                       "WHERE org_id = $1 AND id = $2 AND status = 4",
+                       NULL},
+    [R_REQ_LIST] = {"SELECT " REQ_COLS("NULL", "NULL") " FROM sign_requests WHERE org_id = $1 "
+                    "AND ($2 < 0 OR status = $2) AND id < $3 ORDER BY id DESC LIMIT $4",
+                    NULL},
+    [R_QUEUE_STATS_ORG] = {"SELECT status, count(*), min(queued_ms) FROM sign_requests "
+                           "WHERE org_id = $1 AND status <> 3 GROUP BY status",
+                           NULL},
+    [R_QUEUE_STATS_ALL] = {"SELECT status, count(*), min(queued_ms) FROM sign_requests "
+                           "WHERE status <> 3 GROUP BY status",
+                           "SELECT status, n, oldest FROM qwick_queue_stats()"},
     /* Column 19: are the integer columns integers (STRICT refuses others
      * since migration 4; rows older than that are checked here). */
     [R_AUDIT_ROWS] = {"SELECT " AUDIT_COLS ", typeof(seq) = 'integer' AND typeof(version) = "

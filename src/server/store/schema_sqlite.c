@@ -179,6 +179,33 @@ static const char *const migrations[] = {
      * subtrees, largest first), so an append reads no node. NULL in heads
      * written before: rebuilt from the nodes by the next append. */
     "ALTER TABLE log_heads ADD COLUMN frontier BLOB;",
+    /* 6: the asynchronous queue (docs/api.md). A queued request carries its
+     * attempts (each claim counts one, and fences the completion), when it
+     * may run next (ms), its worker's lease (ms) and the chain of its
+     * signature. Indexes: an org's requests newest first (ids are time
+     * ordered), the ready rows of each org (partial: only QUEUED rows), and
+     * every row not SIGNED (partial: the synchronous path writes none).
+     * Idempotency keys: one row per org, credential and key. */
+    "ALTER TABLE sign_requests ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE sign_requests ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE sign_requests ADD COLUMN queued_ms INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE sign_requests ADD COLUMN run_after INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE sign_requests ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE sign_requests ADD COLUMN lease_node TEXT;"
+    "ALTER TABLE sign_requests ADD COLUMN chain_der BLOB;"
+    "ALTER TABLE sign_requests ADD COLUMN options INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX sign_requests_org_id ON sign_requests(org_id, id);"
+    "CREATE INDEX sign_requests_ready ON sign_requests(org_id, run_after) WHERE status = 0;"
+    "CREATE INDEX sign_requests_open ON sign_requests(status, lease_until) WHERE status <> 3;"
+    "CREATE TABLE idempotency_keys ("
+    "  org_id INTEGER NOT NULL,"
+    "  credential TEXT NOT NULL,"
+    "  key TEXT NOT NULL,"
+    "  body_hash BLOB NOT NULL,"
+    "  request_id TEXT NOT NULL,"
+    "  sync INTEGER NOT NULL,"
+    "  created_at INTEGER NOT NULL,"
+    "  PRIMARY KEY (org_id, credential, key)) STRICT;",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -41,8 +41,20 @@ const char *req_status_name(req_status s)
         return "FAILED";
     case REQ_REJECTED:
         return "REJECTED";
+    case REQ_CANCELLED:
+        return "CANCELLED";
     }
     return "UNKNOWN";
+}
+
+int req_status_parse(const char *s, req_status *out)
+{
+    for (int i = 0; s != NULL && i < REQ__COUNT; i++)
+        if (strcmp(s, req_status_name((req_status)i)) == 0) {
+            *out = (req_status)i;
+            return 0;
+        }
+    return -1;
 }
 
 const char *audit_outcome_name(audit_outcome o)
@@ -139,8 +151,16 @@ void store_sign_request_clear(store_sign_request *r)
     free(r->client_ip);
     qk_buf_free(&r->digest);
     qk_buf_free(&r->signature);
+    qk_buf_free(&r->chain_der);
     free(r->error);
     memset(r, 0, sizeof(*r));
+}
+
+void store_sign_request_list_free(store_sign_request *r, size_t n)
+{
+    for (size_t i = 0; r != NULL && i < n; i++)
+        store_sign_request_clear(&r[i]);
+    free(r);
 }
 
 void store_profile_list_free(store_profile *p, size_t n)

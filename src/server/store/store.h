@@ -89,7 +89,11 @@ typedef enum req_status {
     REQ_SIGNED,
     REQ_FAILED,
     REQ_REJECTED,
+    REQ_CANCELLED,
 } req_status;
+#define REQ__COUNT (REQ_CANCELLED + 1)
+/* A status by its name ("QUEUED"...): 0 ok, -1 unknown. */
+int req_status_parse(const char *s, req_status *out);
 
 const char *req_status_name(req_status s);
 
@@ -111,7 +115,56 @@ typedef struct store_sign_request {
     char *error;      /* NULL unless FAILED/REJECTED */
     int64_t created_at;
     int64_t completed_at;
+    /* The queue's (zero for a request signed synchronously). */
+    int64_t attempts;   /* claims so far: each counts one, and fences its completion */
+    int64_t updated_at; /* unix seconds */
+    int64_t queued_ms;  /* when it entered the queue, unix ms */
+    int64_t run_after;  /* unix ms: not claimed before (a retry's backoff) */
+    qk_buf chain_der;   /* the signature's chain, leaf first (signed queued requests) */
+    int64_t options;    /* REQ_OPT_* */
 } store_sign_request;
+
+#define REQ_OPT_NO_TIMESTAMP 1 /* the client will not timestamp (Azure refuses it) */
+#define REQ_OPT_SYNC 2         /* a synchronous request, queued for its Idempotency-Key */
+
+/* An Idempotency-Key: scoped to the org and the credential ("apikey:12"). */
+typedef struct store_idem {
+    const char *credential;
+    const char *key;
+    uint8_t body_hash[32]; /* SHA-256 of the request body */
+    int64_t now;           /* unix seconds */
+    int64_t expired_before; /* a key first used before this is free again */
+} store_idem;
+
+/* What request_enqueue_async did with an Idempotency-Key. */
+typedef struct store_enqueued {
+    int existing;        /* the key named an earlier request (nothing was written) */
+    int reused;          /* ... and that one's body differs: 422 */
+    int sync;            /* the earlier request was synchronous (REQ_OPT_SYNC) */
+    char request_id[40]; /* the earlier request's id when existing */
+} store_enqueued;
+
+/* One request a worker claimed: PROCESSING under its lease. */
+typedef struct store_claim {
+    int64_t org_id;
+    char id[40];
+    int64_t attempts; /* this claim's number: its completion must name it */
+} store_claim;
+
+/* A claimed request's outcome. */
+typedef struct store_finish {
+    req_status status;   /* REQ_SIGNED, REQ_FAILED, or REQ_QUEUED (try again later) */
+    qk_slice signature;  /* SIGNED */
+    qk_slice chain_der;  /* SIGNED */
+    const char *error;   /* FAILED: the reason; QUEUED: the last attempt's */
+    int64_t run_after;   /* QUEUED: unix ms */
+    int64_t now;         /* unix seconds */
+} store_finish;
+
+typedef struct store_queue_stats {
+    int64_t count[REQ__COUNT]; /* rows by status (SIGNED: not counted, 0) */
+    int64_t oldest_queued_ms;  /* queued_ms of the oldest QUEUED row; 0: none */
+} store_queue_stats;
 
 /* Completion of an asynchronous store write (see request_record_async). */
 typedef void (*store_done_fn)(void *arg, qk_err rc, const char *detail);
@@ -353,6 +406,44 @@ typedef struct store_ops {
     /* Replaces the sealed half of an instance secret (its public half stays). */
     qk_err (*instance_secret_reseal)(qk_store *s, const char *name, qk_slice old, qk_slice sealed,
                                      int *found);
+
+    /* The asynchronous queue (store_queue.c, docs/api.md). */
+    /* Queues `req` (status QUEUED) with its audit entry (sign.submit), like
+     * request_record_async: done() runs once both are durable. With `idem`
+     * (may be NULL) the key is claimed in the same transaction; when it names
+     * an earlier request nothing is written and `out` says which (out is
+     * filled before done runs). */
+    qk_err (*request_enqueue_async)(qk_store *s, const store_sign_request *req,
+                                    const store_audit *audit, const store_idem *idem,
+                                    store_enqueued *out, store_done_fn done, void *arg);
+    /* Claims up to `max` ready requests of any org for `node`, fairly across
+     * orgs (each org's oldest first, round robin), each PROCESSING with a
+     * lease until now_ms + lease_ms; rows whose lease ran out are put back
+     * first. Free *out with free(). */
+    qk_err (*queue_claim)(qk_store *s, const char *node, int64_t now_ms, int64_t lease_ms, int max,
+                          store_claim **out, size_t *n);
+    /* Records a claimed request's outcome with its audit entry (`audit` may
+     * be NULL for a retry), asynchronously like request_record_async. Fenced:
+     * fails (QK_ERR_INVALID_ARG, "lease lost") unless the row is still
+     * PROCESSING under claim `attempt`. */
+    qk_err (*request_finish_async)(qk_store *s, int64_t org, const char *id, int64_t attempt,
+                                   const store_finish *f, const store_audit *audit,
+                                   store_done_fn done, void *arg);
+    /* A QUEUED or PENDING_APPROVAL request becomes CANCELLED (with `audit`);
+     * *before: its status before (nothing changed unless cancellable). */
+    qk_err (*request_cancel)(qk_store *s, int64_t org, const char *id, int64_t now,
+                             const store_audit *audit, req_status *before, int *found);
+    /* A FAILED request goes back to the queue, attempts reset (with `audit`);
+     * *before as for cancel. */
+    qk_err (*request_retry)(qk_store *s, int64_t org, const char *id, int64_t now_ms,
+                            const store_audit *audit, req_status *before, int *found);
+    /* The org's requests, newest first: status < 0 any; only ids below
+     * `before` (NULL: from the newest); at most `limit`. Without signature
+     * and chain. Free with store_sign_request_list_free. */
+    qk_err (*request_list)(qk_store *s, int64_t org, int status, const char *before, int limit,
+                           store_sign_request **out, size_t *n);
+    /* Open (not SIGNED) requests by status: of `org`, or of every org (0). */
+    qk_err (*queue_stats)(qk_store *s, int64_t org, store_queue_stats *out);
 } store_ops;
 
 struct qk_store {
@@ -434,6 +525,7 @@ void store_signing_key_clear(store_signing_key *k);
 void store_signing_key_list_free(store_signing_key *k, size_t n);
 void store_names_free(char **names, size_t n);
 void store_sign_request_clear(store_sign_request *r);
+void store_sign_request_list_free(store_sign_request *r, size_t n);
 void store_org_clear(store_org *o);
 void store_checkpoint_clear(store_checkpoint *c);
 void store_operator_token_list_free(store_operator_token *t, size_t n);

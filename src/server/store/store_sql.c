@@ -434,12 +434,12 @@ static qk_err txn_request_record(db_conn *c, void *p)
     return rc;
 }
 
-static qk_err check_request(const store_sign_request *req, const store_audit *audit)
+qk_err sql_check_request(const store_sign_request *req, const store_audit *audit)
 {
     qk_err rc;
     if (req->id[0] == '\0' || memchr(req->id, '\0', sizeof(req->id)) == NULL)
         return qk_fail(QK_ERR_INVALID_ARG, "request id missing or unterminated");
-    if (req->org_id <= 0 || (unsigned)req->status > REQ_REJECTED)
+    if (req->org_id <= 0 || (unsigned)req->status > REQ_CANCELLED)
         return qk_fail(QK_ERR_INVALID_ARG, "request without an org or with a bad status");
     if ((rc = check_text("algorithm", req->algorithm, 1)) != QK_OK ||
         (rc = check_text("format", req->format, 1)) != QK_OK ||
@@ -465,7 +465,7 @@ static qk_err sq_request_record(qk_store *base, const store_sign_request *req,
                                 const store_audit *audit)
 {
     request_record_arg a = {req, audit};
-    qk_err rc = check_request(req, audit);
+    qk_err rc = sql_check_request(req, audit);
     if (rc != QK_OK)
         return rc;
     return db_write(SQL_DB(base), req->org_id, txn_request_record, &a);
@@ -489,7 +489,7 @@ static qk_err sq_request_record_async(qk_store *base, const store_sign_request *
                                       const store_audit *audit, store_done_fn done, void *arg)
 {
     qk_db *d = SQL_DB(base);
-    qk_err rc = check_request(req, audit);
+    qk_err rc = sql_check_request(req, audit);
     if (rc != QK_OK)
         return rc;
     record_job *r = xmalloc(sizeof(*r));
@@ -500,7 +500,7 @@ static qk_err sq_request_record_async(qk_store *base, const store_sign_request *
     return rc;
 }
 
-static void fill_request(db_stmt *st, void *p)
+void sql_fill_request(db_stmt *st, void *p)
 {
     store_sign_request *out = p;
     snprintf(out->id, sizeof(out->id), "%s", db_col_text(st, 0) ? db_col_text(st, 0) : "");
@@ -520,6 +520,12 @@ static void fill_request(db_stmt *st, void *p)
     out->error = col_strdup(st, 14);
     out->created_at = db_col_int(st, 15);
     out->completed_at = db_col_int(st, 16);
+    out->attempts = db_col_int(st, 17);
+    out->updated_at = db_col_int(st, 18);
+    out->queued_ms = db_col_int(st, 19);
+    out->run_after = db_col_int(st, 20);
+    col_buf(st, 21, &out->chain_der);
+    out->options = db_col_int(st, 22);
 }
 
 static qk_err sq_request_get(qk_store *base, int64_t org, const char *id, store_sign_request *out,
@@ -530,7 +536,7 @@ static qk_err sq_request_get(qk_store *base, int64_t org, const char *id, store_
     *found = 0;
     if (id == NULL || strlen(id) >= sizeof(out->id))
         return not_found(found, "request");
-    return read_one(base, org, R_REQ_GET, v, 2, fill_request, (void (*)(void *))store_sign_request_clear, out, "request", found);
+    return read_one(base, org, R_REQ_GET, v, 2, sql_fill_request, (void (*)(void *))store_sign_request_clear, out, "request", found);
 }
 
 /* ---- reads by id or name ------------------------------------------------ */
@@ -1113,6 +1119,7 @@ qk_err store_over_db(qk_db *d, qk_store **out)
 {
     sql_store *s = xcalloc(1, sizeof(*s));
     s->ops = sql_ops;
+    store_queue_ops(&s->ops);
     if (d->ops->write_async == NULL)
         s->ops.request_record_async = NULL;
     s->base.ops = &s->ops;

@@ -76,6 +76,20 @@ enum {
     R_SECRET_NAMES,
     W_SECRET_RESEAL,
     Q_PG_HAS_SCHEMA,
+    W_REQ_ENQUEUE,
+    W_IDEM_CLAIM,
+    R_IDEM_GET,
+    W_QUEUE_RECLAIM,
+    R_QUEUE_READY,
+    W_QUEUE_TAKE,
+    Q_QUEUE_CLAIM,
+    W_REQ_FINISH,
+    R_REQ_STATUS,
+    W_REQ_CANCEL,
+    W_REQ_REQUEUE,
+    R_REQ_LIST,
+    R_QUEUE_STATS_ORG,
+    R_QUEUE_STATS_ALL,
     Q__COUNT
 };
 
@@ -136,6 +150,13 @@ qk_err check_text(const char *what, const char *s, int required);
 /* The not-found convention of store.h: *found = 0, QK_ERR_INVALID_ARG. */
 qk_err not_found(int *found, const char *what);
 
+/* A request row of REQ_COLS (queries.c) into a store_sign_request. */
+void sql_fill_request(db_stmt *st, void *p);
+/* Checks of a request row's fields before it is written (store_sql.c). */
+qk_err sql_check_request(const store_sign_request *req, const store_audit *audit);
+/* The queue's operations (store_queue.c) into the vtable. */
+void store_queue_ops(store_ops *ops);
+
 /* The log (store_log.c). */
 qk_err check_audit(const store_audit *a);
 /* Appends one entry in the caller's transaction; `meta`, when not NULL,
@@ -173,6 +194,6 @@ qk_err schema_pg_check(qk_db *d);
 /* PostgreSQL, as the owner: applies the steps a database made by an older
  * qwickd lacks, in one transaction; *from: its version before. */
 qk_err schema_pg_migrate(qk_db *d, int *from);
-#define SCHEMA_VERSION 5
+#define SCHEMA_VERSION 6
 
 #endif
