@@ -19,6 +19,7 @@ static const subcmd commands[] = {
     {"keyring", cmd_keyring, "master key status, rotation (re-sealing every secret), retirement"},
     {"org", cmd_org, "create and list orgs (tenants)"},
     {"migrate", cmd_migrate, "bring the database to this qwickd's schema version"},
+    {"queue", cmd_queue, "the signing queue: status, dead letters, retry"},
     {"operator", cmd_operator, "create, list and revoke operator tokens (GET /metrics)"},
 };
 

@@ -78,6 +78,13 @@ static void accepts_full_and_defaults(void **state)
              d32);
     assert_int_equal(parse_str(body, &in, &e), 0);
     assert_int_equal(in.format, FMT_RAW);
+    assert_int_equal(in.async, 0);
+    sign_input_clear(&in);
+
+    snprintf(body, sizeof(body), "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"async\":true}",
+             d32);
+    assert_int_equal(parse_str(body, &in, &e), 0);
+    assert_int_equal(in.async, 1);
     sign_input_clear(&in);
 }
 
@@ -95,8 +102,10 @@ static void refuses_each_class(void **state)
              d32);
     refused(b, 400, "invalid_json");
     refused("{\"digest\":\"a\\u0000b\",\"algorithm\":\"sha256\"}", 400, "invalid_json");
-    snprintf(b, sizeof(b), "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"async\":false}", d32);
+    snprintf(b, sizeof(b), "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"callback\":false}", d32);
     refused(b, 400, "unknown_field");
+    snprintf(b, sizeof(b), "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"async\":\"yes\"}", d32);
+    refused(b, 400, "invalid_type");
     snprintf(b, sizeof(b),
              "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"metadata\":{\"os\":\"x\"}}", d32);
     refused(b, 400, "unknown_field");

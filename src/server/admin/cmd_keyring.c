@@ -23,6 +23,7 @@
 
 #include "admin/qwickd.h"
 #include "audit/transparency.h"
+#include "auth/callback_key.h"
 #include "core/util.h"
 
 #define KEYRING_DEFAULT_GRACE_DAYS 7
@@ -150,6 +151,10 @@ static qk_err collect_instance_secrets(admin_ctx *a, blob_set *s)
         blob *b = blob_add(s, BLOB_INSTANCE_SECRET, sealed);
         b->name = xstrdup(names[i]);
         b->what = xasprintf("instance secret %s", names[i]);
+        if (strncmp(names[i], CALLBACK_SECRET_PREFIX, strlen(CALLBACK_SECRET_PREFIX)) == 0) {
+            snprintf(b->aad, sizeof(b->aad), "%s", names[i]); /* callback_key.h */
+            b->aad_known = 1;
+        }
         for (size_t k = 0; k < sizeof(instance_aads) / sizeof(instance_aads[0]); k++)
             if (strcmp(instance_aads[k].name, names[i]) == 0) {
                 snprintf(b->aad, sizeof(b->aad), "%s", instance_aads[k].aad);

@@ -33,6 +33,7 @@ int cmd_profile(int argc, char **argv);
 int cmd_keyring(int argc, char **argv);
 int cmd_org(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
+int cmd_queue(int argc, char **argv);
 /* Defined by serve.c (the HTTP server). */
 int cmd_serve(int argc, char **argv);
 

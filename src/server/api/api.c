@@ -1,6 +1,7 @@
 /* Shared API plumbing (authentication, strict JSON) and the small handlers:
  * API keys, health, metrics. Signing lives in api_sign.c. */
 #include "api/api.h"
+#include "api/callbacks.h"
 #include "api/queue.h"
 #include "signer/azure/azure.h"
 
@@ -490,6 +491,13 @@ void api_metrics(http_req *req)
         char *both = xasprintf("%s%s", all, qm);
         free(all);
         free(qm);
+        all = both;
+    }
+    char *cm = req->srv->callbacks != NULL ? callbacks_metrics_render(req->srv->callbacks) : NULL;
+    if (cm != NULL) {
+        char *both = xasprintf("%s%s", all, cm);
+        free(all);
+        free(cm);
         all = both;
     }
     char *az = req->srv->azure != NULL ? azure_metrics_render(req->srv->azure) : NULL;

@@ -18,6 +18,7 @@
 
 #include <sodium.h>
 
+#include "api/callbacks.h"
 #include "api/queue.h"
 #include "api/sign_core.h"
 #include "api/sign_input.h"
@@ -116,6 +117,7 @@ typedef struct enq_job {
     char idem_key[IDEM_KEY_MAX + 1];
     store_enqueued res;
     int sync;          /* wait for the workers (a synchronous request with a key) */
+    char *callback_url; /* the request's, else the profile's */
     qk_err rc;         /* the enqueue's outcome */
     char detail[256];
     atomic_int refs;   /* the enqueue and, when sync, the wait */
@@ -128,6 +130,7 @@ static void enq_release(enq_job *j)
         return;
     sign_input_clear(&j->in);
     store_apikey_clear(&j->key);
+    free(j->callback_url);
     free(j);
 }
 
@@ -231,7 +234,7 @@ static int idem_key_ok(const char *k)
     return 1;
 }
 
-static void enq_fill(enq_job *j, const store_profile *prof)
+static void enq_fill(enq_job *j)
 {
     http_req *req = j->req;
     store_sign_request *r = &j->row;
@@ -250,6 +253,7 @@ static void enq_fill(enq_job *j, const store_profile *prof)
     r->digest = (qk_buf){j->in.digest, j->in.digest_len};
     r->queued_ms = now_unix_ms();
     r->options = (j->in.no_timestamp ? REQ_OPT_NO_TIMESTAMP : 0) | (j->sync ? REQ_OPT_SYNC : 0);
+    r->callback_url = j->callback_url;
     api_audit_init(req, &j->key, "sign.submit", &j->audit);
     j->audit.request_id = r->id;
     hex_encode(j->in.digest, j->in.digest_len, j->digest_hex);
@@ -258,7 +262,6 @@ static void enq_fill(enq_job *j, const store_profile *prof)
     j->audit.algorithm = r->algorithm;
     j->audit.profile = r->profile;
     j->audit.filename = r->filename;
-    (void)prof;
 }
 
 void api_sign_enqueue(http_req *req, store_apikey *key, sign_input *in, const store_profile *prof,
@@ -274,14 +277,23 @@ void api_sign_enqueue(http_req *req, store_apikey *key, sign_input *in, const st
                    "Idempotency-Key must be 1 to %d printable ASCII characters", IDEM_KEY_MAX);
         return;
     }
+    char *callback = in->callback_url != NULL ? xstrdup(in->callback_url)
+                                              : profile_callback_url(prof);
+    const char *why = callback != NULL ? callbacks_check_url(srv->callbacks, callback) : NULL;
+    if (why != NULL) {
+        http_error(req, 400, "callback_not_allowed", "%s", why);
+        free(callback);
+        return;
+    }
     enq_job *j = xcalloc(1, sizeof(*j));
     j->req = req;
+    j->callback_url = callback;
     j->key = *key;
     memset(key, 0, sizeof(*key));
     j->in = *in;
     memset(in, 0, sizeof(*in));
     j->sync = !j->in.async && !profile_async_only(prof) && queue_sync_wait_seconds(srv->queue) > 0;
-    enq_fill(j, prof);
+    enq_fill(j);
     atomic_init(&j->refs, 1);
     if (idem_key != NULL) {
         j->has_idem = 1;
@@ -500,6 +512,18 @@ void api_sign_dead_letters(http_req *req)
 
 /* ---- cancel, retry -------------------------------------------------------- */
 
+/* A cancelled request's callback, from its row as it is now. */
+static void send_callback(http_req *req, int64_t org, const char *id)
+{
+    store_sign_request r;
+    int found = 0;
+    memset(&r, 0, sizeof(r));
+    if (req->srv->callbacks != NULL &&
+        STORE_CALL(req->srv->store, request_get, org, id, &r, &found) == QK_OK)
+        callbacks_send(req->srv->callbacks, &r);
+    store_sign_request_clear(&r);
+}
+
 static void change_request(http_req *req, int cancel)
 {
     server *srv = req->srv;
@@ -542,6 +566,8 @@ static void change_request(http_req *req, int cancel)
     }
     if (!cancel)
         queue_wake(srv->queue);
+    else
+        send_callback(req, key.org_id, id);
     http_json(req, 200, json_pack("{s:s,s:s}", "requestId", id, "status",
                                   cancel ? "CANCELLED" : "QUEUED"));
 out:

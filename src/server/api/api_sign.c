@@ -333,7 +333,8 @@ void api_sign_digest(http_req *req)
     /* Queued (202): asked for, the profile's rule, or an Idempotency-Key
      * (which must hold across nodes, so the request is a row first). */
     const char *idem = http_header(req, "Idempotency-Key");
-    if (j->in.async || idem != NULL || profile_async_only(&j->prof)) {
+    if (j->in.async || idem != NULL || j->in.callback_url != NULL ||
+        profile_async_only(&j->prof)) {
         api_sign_enqueue(req, &j->key, &j->in, &j->prof, idem);
         goto out;
     }

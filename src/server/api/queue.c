@@ -11,6 +11,7 @@
 
 #include <sodium.h>
 
+#include "api/callbacks.h"
 #include "api/sign_core.h"
 #include "common/hex.h"
 #include "core/log.h"
@@ -163,6 +164,19 @@ static void item_free(qitem *it)
     pthread_mutex_unlock(&q->lock);
 }
 
+/* The final status to the request's callbackUrl, if it has one. */
+static void send_callback(qitem *it)
+{
+    store_sign_request *r = &it->row;
+    if (r->callback_url == NULL || it->q->srv->callbacks == NULL)
+        return;
+    r->status = it->fin.status;
+    r->completed_at = it->fin.now;
+    free(r->error);
+    r->error = it->fin.error != NULL ? xstrdup(it->fin.error) : NULL;
+    callbacks_send(it->q->srv->callbacks, r);
+}
+
 static void finish_done(void *arg, qk_err rc, const char *detail)
 {
     qitem *it = arg;
@@ -187,6 +201,7 @@ static void finish_done(void *arg, qk_err rc, const char *detail)
         if (it->fin.status == REQ_SIGNED)
             metrics_signature(q->srv->metrics, it->row.profile, it->row.algorithm,
                               it->row.format);
+        send_callback(it);
         fire_waiters(q, it->claim.id, 0, 0);
     } else {
         pthread_mutex_lock(&q->mlock);

@@ -19,6 +19,7 @@ typedef struct workq workq;
 typedef struct ratelimit_buckets ratelimit_buckets;
 typedef struct tl_key tl_key;
 typedef struct signing_queue signing_queue;
+typedef struct callbacks callbacks;
 
 typedef struct server {
     qk_store *store;
@@ -46,6 +47,7 @@ typedef struct server {
      * commit yet: the store's commit delay waits only while this is > 0. */
     atomic_int signing;
     workq *commits; /* threads that wait on durable commits off the HTTP pool */
+    callbacks *callbacks;   /* completion callbacks of queued requests (api/callbacks.h) */
     signing_queue *queue;   /* the asynchronous queue's workers (api/queue.h); NULL: not started */
     /* Set at SIGTERM: new requests get 503 and their connection is closed,
      * requests already admitted run to completion. */

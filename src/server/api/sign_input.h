@@ -1,6 +1,6 @@
 /* The body of POST /api/v1/sign/digest, parsed strictly (see docs/api.md):
  * {digest, algorithm, format?, profile?, metadata?{filename, description, url},
- *  timestamp?, async?}   (timestamp: false says the client will not timestamp the
+ *  timestamp?, async?, callbackUrl?}   (timestamp: false says the client will not timestamp the
  *  signature, which profiles with short-lived certificates refuse)
  * Unknown fields, wrong types, non-canonical base64, a digest of the wrong
  * length for its algorithm, unknown algorithms and formats, and over-long
@@ -38,6 +38,7 @@ typedef struct sign_input {
     size_t digest_len;
     int no_timestamp; /* "timestamp": false */
     int async;        /* "async": true: queue it, answer 202 */
+    const char *callback_url; /* "callbackUrl": POSTed the final status (queued) */
 } sign_input;
 
 /* 0 with *in filled, or -1 with *e set (and *in cleared). */

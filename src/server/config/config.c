@@ -10,6 +10,7 @@
 #include "signer/pki.h"
 #include "core/ratelimit.h"
 #include "store/store.h"
+#include "core/cidr.h"
 #include "core/util.h"
 
 static char *resolve(const char *dir, const char *p)
@@ -61,6 +62,9 @@ void config_free(qwickd_config *c)
     free(c->tsa_key);
     free(c->tsa_policy);
     free(c->tls_priorities);
+    for (size_t i = 0; i < c->ncallback_allow; i++)
+        free(c->callback_allow[i]);
+    free(c->callback_allow);
     memset(c, 0, sizeof(*c));
 }
 
@@ -308,7 +312,32 @@ static qk_err parse_azure(json_t *obj, qwickd_config *c)
     return QK_OK;
 }
 
-/* "queue": every value an integer within its range. */
+/* A list of CIDR strings ("10.0.0.0/8", "::1/128"), each checked by cidr_parse. */
+static qk_err parse_cidrs(json_t *v, const char *what, char ***out, size_t *n)
+{
+    size_t i;
+    json_t *e;
+    if (!json_is_array(v) || json_array_size(v) > 256)
+        return qk_fail(QK_ERR_INVALID_ARG, "%s: \"%s\" must be an array of at most 256 CIDRs",
+                       CONFIG_FILE, what);
+    json_array_foreach(v, i, e)
+    {
+        cidr c;
+        const char *s = json_string_value(e);
+        if (s == NULL || cidr_parse(s, &c) != 0)
+            return qk_fail(QK_ERR_INVALID_ARG, "%s: %s[%zu] is not a CIDR (\"10.0.0.0/8\", "
+                           "\"::1/128\")", CONFIG_FILE, what, i);
+    }
+    for (size_t k = 0; k < *n; k++)
+        free((*out)[k]);
+    free(*out);
+    *n = json_array_size(v);
+    *out = xcalloc(*n ? *n : 1, sizeof(char *));
+    json_array_foreach(v, i, e)(*out)[i] = xstrdup(json_string_value(e));
+    return QK_OK;
+}
+
+/* "queue": every value an integer within its range, and the callbacks' CIDRs. */
 static qk_err parse_queue(json_t *obj, qwickd_config *c)
 {
     static const struct {
@@ -331,6 +360,13 @@ static qk_err parse_queue(json_t *obj, qwickd_config *c)
     json_object_foreach(obj, k, v)
     {
         size_t i = 0;
+        if (strcmp(k, "callback_allow") == 0) {
+            qk_err rc = parse_cidrs(v, "queue.callback_allow", &c->callback_allow,
+                                    &c->ncallback_allow);
+            if (rc != QK_OK)
+                return rc;
+            continue;
+        }
         json_int_t n = 0;
         char what[64];
         while (i < sizeof(keys) / sizeof(keys[0]) && strcmp(keys[i].key, k) != 0)

@@ -35,7 +35,8 @@
  *               "backoff_ms": 1000,      // first retry's delay, doubling, with jitter
  *               "backoff_max_ms": 60000,
  *               "poll_ms": 500,          // an idle node looks for other nodes' work
- *               "sync_wait_seconds": 30} // synchronous request with an Idempotency-Key
+ *               "sync_wait_seconds": 30, // synchronous request with an Idempotency-Key
+ *               "callback_allow": []}    // CIDRs callbackUrl may reach; empty: no callbacks
  *   }
  */
 #ifndef QWICKD_CONFIG_H
@@ -119,6 +120,8 @@ typedef struct qwickd_config {
     unsigned queue_backoff_max_ms; /* cap */
     unsigned queue_poll_ms;        /* how often an idle node looks for others' work */
     unsigned queue_sync_wait_seconds; /* a synchronous request with an Idempotency-Key */
+    char **callback_allow; /* CIDRs callbacks may go to ("127.0.0.1/32"); none: no callbacks */
+    size_t ncallback_allow;
 } qwickd_config;
 
 /* Defaults, with paths resolved against data_dir. */

@@ -31,6 +31,7 @@
 #include <sodium.h>
 
 #include "api/api.h"
+#include "api/callbacks.h"
 #include "api/queue.h"
 #include "common/hex.h"
 #include "signer/azure/azure.h"
@@ -414,7 +415,9 @@ static qk_err start_queue(server *srv, const qwickd_config *cfg)
     randombytes_buf(rnd, sizeof(rnd));
     hex_encode(rnd, sizeof(rnd), hex);
     snprintf(node, sizeof(node), "%s/%s", host, hex);
-    qk_err rc = queue_start(srv, &qc, node, &srv->queue);
+    qk_err rc = callbacks_new(srv, cfg->callback_allow, cfg->ncallback_allow, &srv->callbacks);
+    if (rc == QK_OK)
+        rc = queue_start(srv, &qc, node, &srv->queue);
     if (rc != QK_OK)
         report_err("queue", rc);
     return rc;
@@ -640,6 +643,8 @@ int cmd_serve(int argc, char **argv)
      * does not wait for them. */
     queue_stop(srv.queue);
     srv.queue = NULL;
+    callbacks_free(srv.callbacks);
+    srv.callbacks = NULL;
     drain(&srv);
     /* Every admitted request has finished; commit threads have no work left.
      * Stopped, not freed: after a drain timeout a late handler still finds
@@ -665,6 +670,7 @@ out:
         MHD_stop_daemon(d);
     http_guard_free(guard); /* after the daemon: its connections report their close */
     queue_stop(srv.queue);
+    callbacks_free(srv.callbacks);
     workq_free(srv.signq);
     workq_free(srv.commits);
     tsa_free(srv.tsa);

@@ -347,7 +347,8 @@ static qk_err parse_formats(json_t *v, json_t **out)
 
 /* The public config with the settings common to all backends ("formats",
  * "asyncOnly"), which the backend importers do not know. */
-static qk_err add_common(profile_import *out, json_t *formats, json_t *async_only)
+static qk_err add_common(profile_import *out, json_t *formats, json_t *async_only,
+                         json_t *callback_url)
 {
     json_t *doc = json_loads(out->config, 0, NULL);
     if (!json_is_object(doc)) {
@@ -358,6 +359,8 @@ static qk_err add_common(profile_import *out, json_t *formats, json_t *async_onl
         json_object_set(doc, "formats", formats);
     if (async_only != NULL)
         json_object_set(doc, "asyncOnly", async_only);
+    if (callback_url != NULL)
+        json_object_set(doc, "callbackUrl", callback_url);
     char *text = json_dumps(doc, JSON_COMPACT | JSON_SORT_KEYS);
     json_decref(doc);
     if (text == NULL)
@@ -384,10 +387,19 @@ qk_err profile_import_json(json_t *cfg, const char *base_dir, profile_import *ou
     json_t *async_only = json_object_get(cfg, "asyncOnly");
     if (async_only != NULL && !json_is_boolean(async_only))
         return qk_fail(QK_ERR_INVALID_ARG, "asyncOnly: true or false");
+    json_t *callback_url = json_object_get(cfg, "callbackUrl");
+    if (callback_url != NULL &&
+        (!json_is_string(callback_url) || json_string_length(callback_url) == 0 ||
+         json_string_length(callback_url) > 2048 ||
+         (strncmp(json_string_value(callback_url), "http://", 7) != 0 &&
+          strncmp(json_string_value(callback_url), "https://", 8) != 0)))
+        return qk_fail(QK_ERR_INVALID_ARG, "callbackUrl: an http or https URL of at most 2048 "
+                                           "characters");
     /* The backends see the config without the settings common to all. */
     rest = json_copy(cfg);
     json_object_del(rest, "formats");
     json_object_del(rest, "asyncOnly");
+    json_object_del(rest, "callbackUrl");
     if (strcmp(backend, "local") == 0)
         rc = import_local(rest, base_dir, out);
     else if (strcmp(backend, "azure") == 0)
@@ -397,8 +409,8 @@ qk_err profile_import_json(json_t *cfg, const char *base_dir, profile_import *ou
                      "profile config: unknown backend '%.32s' "
                      "(\"local\" or \"azure\")",
                      backend);
-    if (rc == QK_OK && (formats != NULL || async_only != NULL))
-        rc = add_common(out, formats, async_only);
+    if (rc == QK_OK && (formats != NULL || async_only != NULL || callback_url != NULL))
+        rc = add_common(out, formats, async_only, callback_url);
     if (rc != QK_OK)
         profile_import_clear(out);
     json_decref(formats);
@@ -567,6 +579,15 @@ int profile_async_only(const store_profile *p)
     int yes = json_is_true(json_object_get(cfg, "asyncOnly"));
     json_decref(cfg);
     return yes;
+}
+
+char *profile_callback_url(const store_profile *p)
+{
+    json_t *cfg = p->config != NULL ? json_loads(p->config, 0, NULL) : NULL;
+    const char *url = json_string_value(json_object_get(cfg, "callbackUrl"));
+    char *out = url != NULL ? strdup(url) : NULL;
+    json_decref(cfg);
+    return out;
 }
 
 int profile_requires_timestamp(const store_profile *p)

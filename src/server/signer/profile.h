@@ -64,6 +64,8 @@ json_t *profile_json(const store_profile *p);
 int profile_requires_timestamp(const store_profile *p);
 /* The profile's config says "asyncOnly": every request is queued (202). */
 int profile_async_only(const store_profile *p);
+/* The profile's "callbackUrl" (heap string), or NULL. */
+char *profile_callback_url(const store_profile *p);
 /* Whether the profile signs `format`: its config's "formats", by default
  * "authenticode-pe" and "cms" (a bare signature over any pre-hash, "raw",
  * lets a key holder build any structure, so it must be asked for). */

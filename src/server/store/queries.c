@@ -28,7 +28,7 @@
 #define REQ_COLS(sig, chain)                                                                       \
     "id, org_id, coalesce(apikey_id, 0), coalesce(user_id, 0), status, algorithm, format, "        \
     "profile, filename, description, url, client_ip, digest, " sig ", error, created_at, "         \
-    "completed_at, attempts, updated_at, queued_ms, run_after, " chain ", options"
+    "completed_at, attempts, updated_at, queued_ms, run_after, " chain ", options, callback_url"
 
 #define APIKEY_COLS                                                                                \
     "id, org_id, coalesce(user_id, 0), name, prefix, role, created_at, expires_at, revoked_at, "   \
@@ -164,9 +164,9 @@ const db_query store_queries[Q__COUNT] = {
     /* ---- the queue (store_queue.c) ---- */
     [W_REQ_ENQUEUE] = {"INSERT INTO sign_requests(id, org_id, apikey_id, user_id, status, "
                        "algorithm, format, profile, filename, description, url, client_ip, "
-                       "digest, created_at, updated_at, queued_ms, run_after, options) "
-                       "VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14, "
-                       "$15, $15, $16)",
+                       "digest, created_at, updated_at, queued_ms, run_after, options, "
+                       "callback_url) VALUES($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, "
+                       "$13, $14, $14, $15, $15, $16, $17)",
                        NULL},
     /* The key is ours when new, or when its holder is older than $8 (the
      * 24 hours are over): then a row comes back. */

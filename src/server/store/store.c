@@ -152,6 +152,7 @@ void store_sign_request_clear(store_sign_request *r)
     qk_buf_free(&r->digest);
     qk_buf_free(&r->signature);
     qk_buf_free(&r->chain_der);
+    free(r->callback_url);
     free(r->error);
     memset(r, 0, sizeof(*r));
 }

@@ -122,6 +122,7 @@ typedef struct store_sign_request {
     int64_t run_after;  /* unix ms: not claimed before (a retry's backoff) */
     qk_buf chain_der;   /* the signature's chain, leaf first (signed queued requests) */
     int64_t options;    /* REQ_OPT_* */
+    char *callback_url; /* POSTed the final status (queued requests); may be NULL */
 } store_sign_request;
 
 #define REQ_OPT_NO_TIMESTAMP 1 /* the client will not timestamp (Azure refuses it) */

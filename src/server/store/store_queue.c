@@ -108,8 +108,9 @@ static qk_err txn_enqueue(db_conn *c, void *p)
                   V_BLOB(q->digest.data, q->digest.len),
                   V_INT(now_ms / 1000),
                   V_INT(now_ms),
-                  V_INT(q->options)};
-    if ((rc = sql_exec_later(c, W_REQ_ENQUEUE, v, 16, 1, "request not queued")) != QK_OK)
+                  V_INT(q->options),
+                  V_TEXT(q->callback_url)};
+    if ((rc = sql_exec_later(c, W_REQ_ENQUEUE, v, 17, 1, "request not queued")) != QK_OK)
         return rc;
     return j->audit != NULL ? log_append(c, j->audit, NULL) : QK_OK;
 }

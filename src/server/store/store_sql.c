@@ -448,7 +448,8 @@ qk_err sql_check_request(const store_sign_request *req, const store_audit *audit
         (rc = check_text("description", req->description, 0)) != QK_OK ||
         (rc = check_text("url", req->url, 0)) != QK_OK ||
         (rc = check_text("client_ip", req->client_ip, 0)) != QK_OK ||
-        (rc = check_text("error", req->error, 0)) != QK_OK)
+        (rc = check_text("error", req->error, 0)) != QK_OK ||
+        (rc = check_text("callback_url", req->callback_url, 0)) != QK_OK)
         return rc;
     if (req->digest.len > 1024 || req->signature.len > MAX_BLOB)
         return qk_fail(QK_ERR_TOO_LARGE, "digest or signature too large");
@@ -526,6 +527,7 @@ void sql_fill_request(db_stmt *st, void *p)
     out->run_after = db_col_int(st, 20);
     col_buf(st, 21, &out->chain_der);
     out->options = db_col_int(st, 22);
+    out->callback_url = col_strdup(st, 23);
 }
 
 static qk_err sq_request_get(qk_store *base, int64_t org, const char *id, store_sign_request *out,
