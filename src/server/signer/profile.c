@@ -576,7 +576,9 @@ json_t *profile_json(const store_profile *p)
 int profile_async_only(const store_profile *p)
 {
     json_t *cfg = p->config != NULL ? json_loads(p->config, 0, NULL) : NULL;
-    int yes = json_is_true(json_object_get(cfg, "asyncOnly"));
+    /* A profile that calls back is asynchronous: the callback is the answer. */
+    int yes = json_is_true(json_object_get(cfg, "asyncOnly")) ||
+              json_is_string(json_object_get(cfg, "callbackUrl"));
     json_decref(cfg);
     return yes;
 }

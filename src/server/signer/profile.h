@@ -62,7 +62,8 @@ json_t *profile_json(const store_profile *p);
 /* True for backends whose certificates are short-lived (Azure's live 72
  * hours), so every signature must carry a timestamp. */
 int profile_requires_timestamp(const store_profile *p);
-/* The profile's config says "asyncOnly": every request is queued (202). */
+/* The profile's config says "asyncOnly", or names a "callbackUrl": every
+ * request is queued (202). */
 int profile_async_only(const store_profile *p);
 /* The profile's "callbackUrl" (heap string), or NULL. */
 char *profile_callback_url(const store_profile *p);
