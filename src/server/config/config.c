@@ -345,7 +345,7 @@ static qk_err parse_queue(json_t *obj, qwickd_config *c)
         json_int_t lo, hi;
         size_t off;
     } keys[] = {
-        {"concurrency", 1, 10000, offsetof(qwickd_config, queue_concurrency)},
+        {"concurrency", 0, 10000, offsetof(qwickd_config, queue_concurrency)},
         {"max_attempts", 1, 100, offsetof(qwickd_config, queue_max_attempts)},
         {"lease_seconds", 1, 86400, offsetof(qwickd_config, queue_lease_seconds)},
         {"backoff_ms", 1, 3600000, offsetof(qwickd_config, queue_backoff_ms)},

@@ -181,15 +181,18 @@ const db_query store_queries[Q__COUNT] = {
                     "AND credential = $2 AND key = $3",
                     NULL},
     /* SQLite's claim, in steps (its one writer serializes claims anyway):
-     * leases that ran out go back, then each org's ready rows ranked, the
-     * first of every org before the second of any, then each one taken. */
+     * leases that ran out go back; the orgs with queued rows, found one by
+     * one along the ready index (a skip scan: a probe per org, however long
+     * the queue); each org's oldest ready rows, up to its share; each one
+     * taken. */
     [W_QUEUE_RECLAIM] = {"UPDATE sign_requests SET status = 0, lease_node = NULL "
                          "WHERE status = 2 AND lease_until < $1",
                          NULL},
-    [R_QUEUE_READY] = {"SELECT org_id, id FROM (SELECT org_id, id, run_after, row_number() "
-                       "OVER (PARTITION BY org_id ORDER BY run_after, id) AS rn FROM "
-                       "sign_requests WHERE status = 0 AND run_after <= $1) "
-                       "ORDER BY rn, run_after, id LIMIT $2",
+    [R_QUEUE_NEXT_ORG] = {"SELECT org_id FROM sign_requests WHERE status = 0 AND org_id > $1 "
+                          "ORDER BY org_id LIMIT 1",
+                          NULL},
+    [R_QUEUE_READY] = {"SELECT org_id, id, attempts FROM sign_requests WHERE org_id = $1 AND status = 0 "
+                       "AND run_after <= $2 ORDER BY run_after, id LIMIT $3",
                        NULL},
     [W_QUEUE_TAKE] = {"UPDATE sign_requests SET status = 2, attempts = attempts + 1, "
                       "lease_until = $3, lease_node = $4, updated_at = $5 "

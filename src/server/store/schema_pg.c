@@ -245,7 +245,7 @@ static const char *const migrations[] = {
     "  ADD COLUMN options BIGINT NOT NULL DEFAULT 0,"
     "  ADD COLUMN callback_url TEXT;"
     "CREATE INDEX sign_requests_org_id ON sign_requests(org_id, id);"
-    "CREATE INDEX sign_requests_ready ON sign_requests(org_id, run_after) WHERE status = 0;"
+    "CREATE INDEX sign_requests_ready ON sign_requests(org_id, run_after, id) WHERE status = 0;"
     "CREATE INDEX sign_requests_open ON sign_requests(status, lease_until) WHERE status <> 3;"
     "CREATE TABLE idempotency_keys ("
     "  org_id BIGINT NOT NULL REFERENCES orgs(id),"

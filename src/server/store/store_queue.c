@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sodium.h>
+
 #include "core/util.h"
 #include "store/store_sql.h"
 
@@ -179,16 +181,74 @@ static void claim_list_free(void *rows, size_t n)
     free(rows);
 }
 
+/* The orgs with queued rows (at most `max`: a claim takes at most that many
+ * rows anyway), in org order from a random start, so no org is always first. */
+static qk_err queued_orgs(db_conn *c, int max, int64_t **orgs, size_t *n)
+{
+    int64_t prev = -1, org = 0;
+    int found = 1;
+    qk_err rc = QK_OK;
+    *orgs = xcalloc((size_t)max, sizeof(int64_t));
+    *n = 0;
+    while (rc == QK_OK && *n < (size_t)max) {
+        db_val v[] = {V_INT(prev)};
+        if ((rc = sql_one(c, R_QUEUE_NEXT_ORG, v, 1, sql_fill_i64, &org, &found)) != QK_OK ||
+            !found)
+            break;
+        (*orgs)[(*n)++] = org;
+        prev = org;
+    }
+    if (rc == QK_OK && *n > 1) { /* rotate by a random amount */
+        size_t k = randombytes_uniform((uint32_t)*n), i;
+        int64_t *rot = xcalloc(*n, sizeof(int64_t));
+        for (i = 0; i < *n; i++)
+            rot[i] = (*orgs)[(i + k) % *n];
+        free(*orgs);
+        *orgs = rot;
+    }
+    return rc;
+}
+
+/* Each org's oldest ready rows, up to its share, appended to *rows. */
+static qk_err ready_rows(db_conn *c, claim_arg *a, store_claim **rows, size_t *n)
+{
+    int64_t *orgs = NULL;
+    size_t norgs = 0;
+    qk_err rc = queued_orgs(c, a->max, &orgs, &norgs);
+    int per = norgs > 0 ? (a->max + (int)norgs - 1) / (int)norgs : 0;
+    *rows = NULL;
+    *n = 0;
+    for (size_t i = 0; rc == QK_OK && i < norgs && *n < (size_t)a->max; i++) {
+        int want = per < a->max - (int)*n ? per : a->max - (int)*n;
+        db_val v[] = {V_INT(orgs[i]), V_INT(a->now_ms), V_INT(want)};
+        void *got = NULL;
+        size_t k = 0;
+        if ((rc = sql_rows(c, R_QUEUE_READY, v, 3, sizeof(store_claim), fill_claim,
+                           claim_list_free, &got, &k)) != QK_OK)
+            break;
+        *rows = xrealloc(*rows, (*n + k + 1) * sizeof(store_claim));
+        memcpy(*rows + *n, got, k * sizeof(store_claim));
+        *n += k;
+        free(got);
+    }
+    free(orgs);
+    if (rc != QK_OK) {
+        free(*rows);
+        *rows = NULL;
+        *n = 0;
+    }
+    return rc;
+}
+
 static qk_err claim_sqlite(db_conn *c, claim_arg *a)
 {
-    db_val now[] = {V_INT(a->now_ms), V_INT(a->max)};
-    void *rows = NULL;
+    db_val now[] = {V_INT(a->now_ms)};
+    store_claim *r = NULL;
     size_t n = 0, kept = 0;
     qk_err rc = sql_exec(c, W_QUEUE_RECLAIM, now, 1, NULL);
     if (rc == QK_OK)
-        rc = sql_rows(c, R_QUEUE_READY, now, 2, sizeof(store_claim), fill_claim, claim_list_free,
-                      &rows, &n);
-    store_claim *r = rows;
+        rc = ready_rows(c, a, &r, &n);
+    void *rows = r;
     for (size_t i = 0; rc == QK_OK && i < n; i++) {
         db_val v[] = {V_INT(r[i].org_id), V_TEXT(r[i].id), V_INT(a->now_ms + a->lease_ms),
                       V_TEXT(a->node), V_INT(a->now_ms / 1000)};

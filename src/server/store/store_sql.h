@@ -80,6 +80,7 @@ enum {
     W_IDEM_CLAIM,
     R_IDEM_GET,
     W_QUEUE_RECLAIM,
+    R_QUEUE_NEXT_ORG,
     R_QUEUE_READY,
     W_QUEUE_TAKE,
     Q_QUEUE_CLAIM,
