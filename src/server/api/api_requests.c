@@ -141,8 +141,7 @@ static int enq_claim_answer(enq_job *j)
     return atomic_compare_exchange_strong(&j->answered, &expected, 1);
 }
 
-/* Reads the request named by the outcome and answers from it. On a commit
- * thread: the read must not hold up the store's writer. */
+/* Reads the request named by the outcome and answers from it. */
 static void enq_answer_from_store(void *arg)
 {
     enq_job *j = arg;
@@ -164,9 +163,11 @@ static void enq_answer_from_store(void *arg)
     enq_release(j);
 }
 
+/* On a signing thread: callers are the store's writer and the queue's
+ * threads, which should not wait on a read. */
 static void enq_answer_later(enq_job *j)
 {
-    if (j->req->srv->commits == NULL || workq_push(j->req->srv->commits, enq_answer_from_store, j))
+    if (workq_push(j->req->srv->signq, enq_answer_from_store, j) != 0)
         enq_answer_from_store(j);
 }
 
