@@ -458,6 +458,17 @@ out:
     store_apikey_clear(&key);
 }
 
+/* `all` followed by `more` (both heap strings, freed; `more` may be NULL). */
+static char *text_append(char *all, char *more)
+{
+    if (more == NULL)
+        return all;
+    char *both = xasprintf("%s%s", all, more);
+    free(all);
+    free(more);
+    return both;
+}
+
 void api_metrics(http_req *req)
 {
     size_t len = 0;
@@ -486,26 +497,11 @@ void api_metrics(http_req *req)
                           "qwickd_store_checkpoints_total %" PRIu64 "\n",
                           text, st.commits, st.writes, st.delayed, st.checkpoints);
     free(text);
-    char *qm = req->srv->queue != NULL ? queue_metrics_render(req->srv->queue) : NULL;
-    if (qm != NULL) {
-        char *both = xasprintf("%s%s", all, qm);
-        free(all);
-        free(qm);
-        all = both;
-    }
-    char *cm = req->srv->callbacks != NULL ? callbacks_metrics_render(req->srv->callbacks) : NULL;
-    if (cm != NULL) {
-        char *both = xasprintf("%s%s", all, cm);
-        free(all);
-        free(cm);
-        all = both;
-    }
-    char *az = req->srv->azure != NULL ? azure_metrics_render(req->srv->azure) : NULL;
-    if (az != NULL) {
-        char *both = xasprintf("%s%s", all, az);
-        free(all);
-        free(az);
-        all = both;
-    }
+    if (req->srv->queue != NULL)
+        all = text_append(all, queue_metrics_render(req->srv->queue));
+    if (req->srv->callbacks != NULL)
+        all = text_append(all, callbacks_metrics_render(req->srv->callbacks));
+    if (req->srv->azure != NULL)
+        all = text_append(all, azure_metrics_render(req->srv->azure));
     http_bytes(req, 200, "text/plain; version=0.0.4; charset=utf-8", all, strlen(all));
 }

@@ -154,16 +154,7 @@ static void *sender(void *arg)
         delivery *d = cb->pending;
         int64_t now = now_unix_ms();
         if (d == NULL || d->due_ms > now) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            int64_t ms = d == NULL ? 1000 : d->due_ms - now;
-            ts.tv_sec += ms / 1000;
-            ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&cb->cond, &cb->lock, &ts);
+            cond_wait_ms(&cb->cond, &cb->lock, d == NULL ? 1000 : d->due_ms - now);
             continue;
         }
         cb->pending = d->next;

@@ -393,18 +393,8 @@ static int64_t next_deadline(signing_queue *q)
 static void sleep_until(signing_queue *q, int64_t wake_ms)
 {
     int64_t now = now_unix_ms();
-    if (wake_ms <= now)
-        return;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t ms = wake_ms - now;
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&q->cond, &q->lock, &ts);
+    if (wake_ms > now)
+        cond_wait_ms(&q->cond, &q->lock, wake_ms - now);
 }
 
 /* Claims what fits; 1 when it claimed something. */

@@ -50,6 +50,19 @@ int64_t now_unix_ms(void)
     return ((int64_t)ts.tv_sec + offset_s) * 1000 + ts.tv_nsec / 1000000;
 }
 
+void cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(c, m, &ts);
+}
+
 qk_err file_read_all(const char *path, size_t max, qk_buf *out)
 {
     qk_err rc = QK_ERR_IO;

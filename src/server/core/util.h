@@ -8,6 +8,7 @@
 #ifndef QWICKD_UTIL_H
 #define QWICKD_UTIL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -24,6 +25,9 @@ char *path_join(const char *dir, const char *name);
 /* Wall clock: unix seconds and unix milliseconds. */
 int64_t now_unix(void);
 int64_t now_unix_ms(void);
+/* pthread_cond_timedwait for `ms` milliseconds from now (CLOCK_REALTIME,
+ * the condition's default clock); the caller holds `m`. */
+void cond_wait_ms(pthread_cond_t *c, pthread_mutex_t *m, int64_t ms);
 
 /* Reads a whole regular file of at most `max` bytes into *out (NUL-terminated
  * one past len, so text can be used as a C string). QK_ERR_TOO_LARGE beyond. */

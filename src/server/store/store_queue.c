@@ -95,23 +95,13 @@ static qk_err txn_enqueue(db_conn *c, void *p)
     if (j->idem != NULL && ((rc = idem_claim(c, q, j->idem, j->out, &ours)) != QK_OK || !ours))
         return rc;
     int64_t now_ms = q->queued_ms != 0 ? q->queued_ms : now_unix() * 1000;
-    db_val v[] = {V_TEXT(q->id),
-                  V_INT(q->org_id),
-                  V_ID(q->apikey_id),
-                  V_ID(q->user_id),
-                  V_INT(REQ_QUEUED),
-                  V_TEXT(q->algorithm),
-                  V_TEXT(q->format),
-                  V_TEXT(q->profile),
-                  V_TEXT(q->filename),
-                  V_TEXT(q->description),
-                  V_TEXT(q->url),
-                  V_TEXT(q->client_ip),
-                  V_BLOB(q->digest.data, q->digest.len),
-                  V_INT(now_ms / 1000),
-                  V_INT(now_ms),
-                  V_INT(q->options),
-                  V_TEXT(q->callback_url)};
+    db_val v[17];
+    sql_request_vals(q, v);
+    v[4] = V_INT(REQ_QUEUED);
+    v[13] = V_INT(now_ms / 1000);
+    v[14] = V_INT(now_ms);
+    v[15] = V_INT(q->options);
+    v[16] = V_TEXT(q->callback_url);
     if ((rc = sql_exec_later(c, W_REQ_ENQUEUE, v, 17, 1, "request not queued")) != QK_OK)
         return rc;
     return j->audit != NULL ? log_append(c, j->audit, NULL) : QK_OK;

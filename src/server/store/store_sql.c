@@ -402,27 +402,33 @@ typedef struct request_record_arg {
     const store_audit *audit;
 } request_record_arg;
 
+void sql_request_vals(const store_sign_request *q, db_val v[SQL_REQUEST_VALS])
+{
+    v[0] = V_TEXT(q->id);
+    v[1] = V_INT(q->org_id);
+    v[2] = V_ID(q->apikey_id);
+    v[3] = V_ID(q->user_id);
+    v[4] = V_INT(q->status);
+    v[5] = V_TEXT(q->algorithm);
+    v[6] = V_TEXT(q->format);
+    v[7] = V_TEXT(q->profile);
+    v[8] = V_TEXT(q->filename);
+    v[9] = V_TEXT(q->description);
+    v[10] = V_TEXT(q->url);
+    v[11] = V_TEXT(q->client_ip);
+    v[12] = V_BLOB(q->digest.data, q->digest.len);
+}
+
 static qk_err txn_request_record(db_conn *c, void *p)
 {
     request_record_arg *a = p;
     const store_sign_request *q = a->req;
-    db_val v[] = {V_TEXT(q->id),
-                  V_INT(q->org_id),
-                  V_ID(q->apikey_id),
-                  V_ID(q->user_id),
-                  V_INT(q->status),
-                  V_TEXT(q->algorithm),
-                  V_TEXT(q->format),
-                  V_TEXT(q->profile),
-                  V_TEXT(q->filename),
-                  V_TEXT(q->description),
-                  V_TEXT(q->url),
-                  V_TEXT(q->client_ip),
-                  V_BLOB(q->digest.data, q->digest.len),
-                  V_BLOB(q->signature.data, q->signature.len),
-                  V_TEXT(q->error),
-                  V_INT(q->created_at != 0 ? q->created_at : now_unix()),
-                  V_INT(q->completed_at)};
+    db_val v[17];
+    sql_request_vals(q, v);
+    v[13] = V_BLOB(q->signature.data, q->signature.len);
+    v[14] = V_TEXT(q->error);
+    v[15] = V_INT(q->created_at != 0 ? q->created_at : now_unix());
+    v[16] = V_INT(q->completed_at);
     char mismatch[96];
     /* No signature yet: NULL, not an empty blob. */
     if (q->signature.len == 0)

@@ -151,6 +151,10 @@ qk_err check_text(const char *what, const char *s, int required);
 /* The not-found convention of store.h: *found = 0, QK_ERR_INVALID_ARG. */
 qk_err not_found(int *found, const char *what);
 
+/* The first values of a request row's insert, in W_REQ_UPSERT's and
+ * W_REQ_ENQUEUE's order: id ... client_ip, digest. */
+#define SQL_REQUEST_VALS 13
+void sql_request_vals(const store_sign_request *q, db_val v[SQL_REQUEST_VALS]);
 /* A request row of REQ_COLS (queries.c) into a store_sign_request. */
 void sql_fill_request(db_stmt *st, void *p);
 /* Checks of a request row's fields before it is written (store_sql.c). */
