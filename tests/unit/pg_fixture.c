@@ -1,6 +1,7 @@
-/* The unit tests' PostgreSQL (pg_fixture.h), for test_db_pg and test_store_pg
- * (test_store.c built with -DSTORE_PG): one throwaway cluster for the whole
- * run (tests/tools/pgcluster.sh), fresh databases (test_store_pg: one per
+/* The unit tests' PostgreSQL (pg_fixture.h), for test_db_pg, test_store_pg
+ * and test_store_queue_pg (test_store.c and test_store_queue.c built with
+ * -DSTORE_PG, through store_fixture.c): one throwaway cluster for the whole
+ * run (tests/tools/pgcluster.sh), fresh databases (the store's: one per
  * test, dropped after it, so its pages are discarded rather than written out
  * by the cluster's shutdown checkpoint), and raw SQL on them as the
  * superuser, who bypasses row-level security (tampering, inspection).

@@ -1,9 +1,9 @@
 /* The store through its interface (store.h): round trips, requests, tenancy,
  * the audit log and what its verification detects, proofs, changes committed
  * with their entry, limits, re-sealing. Built twice: test_store runs on
- * SQLite; test_store_pg (-DSTORE_PG, with test_store_pg.c) runs the same
- * tests on PostgreSQL, as the server's own role under row-level security,
- * one fresh database per test on a throwaway cluster. Each store also has
+ * SQLite; test_store_pg (-DSTORE_PG) runs the same tests on PostgreSQL, as
+ * the server's own role under row-level security, one fresh database per
+ * test on a throwaway cluster (store_fixture.c). Each store also has
  * tests of its own, in the sections at the end: SQLite's file, journal,
  * group commit, commit delay and checkpointer; PostgreSQL's row-level
  * security, appends from many connections and nodes, and schema checks. */
@@ -31,87 +31,12 @@
 #include "common/hex.h"
 #include "store/store.h"
 #include "common/tlog.h"
+#include "store_fixture.h"
 
-typedef struct fixture {
-    char *where;     /* SQLite: the data directory; PostgreSQL: the database's name */
-    qk_store *s;     /* as `qwickd serve` opens it (PostgreSQL: the server's role) */
-    qk_store *owner; /* as the admin commands open it: PostgreSQL's owner, who alone
-                      * creates orgs and re-seals instance secrets; SQLite: s itself */
-} fixture;
+typedef store_fixture fixture; /* store_fixture.c: a fresh store per test */
 
 #ifndef STORE_PG
-/* ---- SQLite fixture: a data directory per test ----------------------------- */
-
-/* Another store on the same data directory. */
-static qk_err store_open_at(const char *where, qk_store **out)
-{
-    return store_sqlite_open(where, out);
-}
-
-static int setup(void **state)
-{
-    fixture *f = calloc(1, sizeof(*f));
-    *state = f;
-    f->where = tmpdir_new();
-    if (store_sqlite_open(f->where, &f->s) != QK_OK)
-        return -1;
-    f->owner = f->s;
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    if (f->s != NULL)
-        f->s->ops->close(f->s);
-    tmpdir_free(f->where);
-    free(f);
-    return 0;
-}
-
-static void reopen(fixture *f)
-{
-    f->s->ops->close(f->s);
-    f->s = f->owner = NULL;
-    assert_int_equal(store_sqlite_open(f->where, &f->s), QK_OK);
-    f->owner = f->s;
-}
-
-/* Runs SQL on a raw connection, outside the store (tampering): 0 when it
- * succeeded, -1 when the database refused it. */
-static int raw_try(const char *dir, const char *sql)
-{
-    char path[4096];
-    sqlite3 *db = NULL;
-    snprintf(path, sizeof(path), "%s/%s", dir, STORE_SQLITE_FILE);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    sqlite3_busy_timeout(db, 5000);
-    int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
-    sqlite3_close(db);
-    return rc == SQLITE_OK ? 0 : -1;
-}
-
-static void raw_sql(const char *dir, const char *sql)
-{
-    if (raw_try(dir, sql) != 0)
-        fail_msg("raw SQL refused: %s", sql);
-}
-
-static int64_t raw_int(const char *dir, const char *sql)
-{
-    char path[4096];
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    int64_t v;
-    snprintf(path, sizeof(path), "%s/%s", dir, STORE_SQLITE_FILE);
-    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
-    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
-    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
-    v = sqlite3_column_int64(st, 0);
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return v;
-}
+/* ---- SQLite only -------------------------------------------------------------- */
 
 /* The next write fails at its commit (the driver's test hook); a test calls
  * writes_work_again after it, which PostgreSQL's fixture needs. */
@@ -131,105 +56,37 @@ static void writes_work_again(fixture *f)
 #define SQL_BLOB_0102 "X'0102'"
 
 #else
-/* ---- PostgreSQL fixture: a database per test (pg_fixture.c) ---------------- */
+/* ---- PostgreSQL only ---------------------------------------------------------- */
 
 #include "pg_fixture.h"
-
-#define PG_POOL 4
-
-/* The store of database `where` as the server's role, as serve opens it. */
-static qk_err store_open_at(const char *where, qk_store **out)
-{
-    char url[256], role[64];
-    pgfx_url(where, NULL, url, sizeof(url));
-    pgfx_server_role(where, role, sizeof(role));
-    return store_pg_open(url, role, "pw", PG_POOL, out);
-}
-
-static qk_err owner_open(const char *where, qk_store **out)
-{
-    char url[256];
-    pgfx_url(where, PGFX_OWNER, url, sizeof(url));
-    return store_pg_open(url, NULL, NULL, 1, out);
-}
 
 /* One cluster for the run, stopped by the group teardown. */
 static int group_setup(void **state)
 {
     (void)state;
-    return pgfx_start("store_pg", 50);
+    return sfx_group_start("store_pg", 50);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    pgfx_stop();
+    sfx_group_stop();
     return 0;
-}
-
-static int setup(void **state)
-{
-    fixture *f = calloc(1, sizeof(*f));
-    *state = f;
-    if ((f->where = pgfx_db_new(1)) == NULL)
-        return -1;
-    if (store_open_at(f->where, &f->s) != QK_OK || owner_open(f->where, &f->owner) != QK_OK) {
-        fprintf(stderr, "store_pg: open %s: %s\n", f->where, qk_error_detail());
-        return -1;
-    }
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    fixture *f = *state;
-    if (f->s != NULL)
-        f->s->ops->close(f->s);
-    if (f->owner != NULL)
-        f->owner->ops->close(f->owner);
-    pgfx_db_drop(f->where);
-    free(f);
-    return 0;
-}
-
-static void reopen(fixture *f)
-{
-    f->s->ops->close(f->s);
-    f->s = NULL;
-    assert_int_equal(store_open_at(f->where, &f->s), QK_OK);
-}
-
-/* SQL as the superuser, who bypasses row-level security (tampering). */
-static int raw_try(const char *db, const char *sql)
-{
-    return pgfx_try(db, sql, NULL);
-}
-
-static void raw_sql(const char *db, const char *sql)
-{
-    const char *why = NULL;
-    if (pgfx_try(db, sql, &why) != 0)
-        fail_msg("raw SQL refused: %s: %s", sql, why);
-}
-
-static int64_t raw_int(const char *db, const char *sql)
-{
-    return pgfx_int(db, sql);
 }
 
 /* Writes fail until writes_work_again: a trigger refuses every audit row,
  * so a change's transaction fails at its entry, after the change. */
 static void fail_writes(fixture *f)
 {
-    raw_sql(f->where, "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
-                      "$$BEGIN RAISE EXCEPTION 'test: audit insert refused'; END$$;"
-                      "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit "
-                      "FOR EACH ROW EXECUTE FUNCTION refuse_audit()");
+    sfx_raw_sql(f->where, "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS "
+                          "$$BEGIN RAISE EXCEPTION 'test: audit insert refused'; END$$;"
+                          "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit "
+                          "FOR EACH ROW EXECUTE FUNCTION refuse_audit()");
 }
 
 static void writes_work_again(fixture *f)
 {
-    raw_sql(f->where, "DROP TRIGGER refuse_audit ON audit; DROP FUNCTION refuse_audit()");
+    sfx_raw_sql(f->where, "DROP TRIGGER refuse_audit ON audit; DROP FUNCTION refuse_audit()");
 }
 
 #define SQL_ZERO_HASH "decode(repeat('00', 32), 'hex')"
@@ -239,15 +96,6 @@ static void writes_work_again(fixture *f)
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-/* Orgs are created by the owner (`qwickd org create`). */
-static int64_t new_org(fixture *f, const char *name)
-{
-    int64_t id = 0;
-    assert_int_equal(STORE_CALL(f->owner, org_create, name, NULL, &id), QK_OK);
-    assert_true(id > 0);
-    return id;
-}
-
 static const uint8_t fake_sealed[] = "QKS1\0\0\0\1-not-really-sealed-but-opaque-to-the-store";
 static const uint8_t fake_chain[] = {0x30, 0x03, 0x02, 0x01, 0x01};
 
@@ -255,7 +103,7 @@ static const uint8_t fake_chain[] = {0x30, 0x03, 0x02, 0x01, 0x01};
 static int64_t org_with_profile(fixture *f, const char *name, int64_t *key_id)
 {
     qk_store *s = f->s;
-    int64_t org = new_org(f, name), pid = 0;
+    int64_t org = sfx_new_org(f, name), pid = 0;
     assert_int_equal(STORE_CALL(s, signing_key_create, org, "local-pem",
                                 (qk_slice){fake_sealed, sizeof(fake_sealed)}, key_id),
                      QK_OK);
@@ -277,13 +125,13 @@ static void fill_hash(uint8_t h[32], uint8_t seed)
 static void test_migrations_idempotent(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
-    int64_t v1 = raw_int(f->where, "SELECT version FROM schema_version");
+    int64_t org = sfx_new_org(f, "acme");
+    int64_t v1 = sfx_raw_int(f->where, "SELECT version FROM schema_version");
     assert_true(v1 >= 1);
-    reopen(f);
-    reopen(f);
-    assert_int_equal(raw_int(f->where, "SELECT version FROM schema_version"), v1);
-    assert_int_equal(raw_int(f->where, "SELECT count(*) FROM schema_version"), 1);
+    sfx_reopen(f);
+    sfx_reopen(f);
+    assert_int_equal(sfx_raw_int(f->where, "SELECT version FROM schema_version"), v1);
+    assert_int_equal(sfx_raw_int(f->where, "SELECT count(*) FROM schema_version"), 1);
     int64_t id = 0;
     int found = 0;
     assert_int_equal(STORE_CALL(f->s, org_find, "acme", &id, &found), QK_OK);
@@ -294,8 +142,8 @@ static void test_newer_schema_refused(void **state)
 {
     fixture *f = *state;
     qk_store *s2 = NULL;
-    raw_sql(f->where, "UPDATE schema_version SET version = 999");
-    assert_int_equal(store_open_at(f->where, &s2), QK_ERR_INVALID_ARG);
+    sfx_raw_sql(f->where, "UPDATE schema_version SET version = 999");
+    assert_int_equal(sfx_open_at(f->where, &s2), QK_ERR_INVALID_ARG);
     assert_null(s2);
 }
 
@@ -374,7 +222,7 @@ static void test_round_trips(void **state)
 
     /* touch may be asynchronous (SQLite): it is durable after close (the writer drains). */
     assert_int_equal(STORE_CALL(f->s, apikey_touch, org, kid, 777), QK_OK);
-    reopen(f);
+    sfx_reopen(f);
     assert_int_equal(STORE_CALL(f->s, apikey_get, org, kid, &a, &found), QK_OK);
     assert_int_equal(a.last_used_at, 777);
     store_apikey_clear(&a);
@@ -600,19 +448,19 @@ static void verify_expect(qk_store *s, int64_t org, int want_ok, int64_t want_ba
 static void test_audit_detects_edit(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     append_n(f->s, org, 10);
     verify_expect(f->s, org, 1, 0);
-    raw_sql(f->where, "UPDATE audit SET filename = 'innocent.exe' WHERE seq = 5");
+    sfx_raw_sql(f->where, "UPDATE audit SET filename = 'innocent.exe' WHERE seq = 5");
     verify_expect(f->s, org, 0, 5);
 }
 
 static void test_audit_detects_outcome_flip(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     append_n(f->s, org, 4);
-    raw_sql(f->where, "UPDATE audit SET outcome = 0 WHERE seq = 1"); /* denied -> allowed */
+    sfx_raw_sql(f->where, "UPDATE audit SET outcome = 0 WHERE seq = 1"); /* denied -> allowed */
     verify_expect(f->s, org, 0, 1);
 }
 
@@ -621,22 +469,23 @@ static void test_audit_detects_outcome_flip(void **state)
 static void test_audit_refuses_text_in_integer(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     append_n(f->s, org, 3);
     assert_int_equal(
-        raw_try(f->where, "UPDATE audit SET outcome = '1 allowed-by-override' WHERE seq = 2"), -1);
+        sfx_raw_try(f->where, "UPDATE audit SET outcome = '1 allowed-by-override' WHERE seq = 2"),
+        -1);
     verify_expect(f->s, org, 1, 0);
 }
 
 static void test_audit_detects_node_edit(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     append_n(f->s, org, 6);
     char sql[128];
     snprintf(sql, sizeof(sql), "UPDATE log_nodes SET hash = " SQL_ZERO_HASH " WHERE pos = %" PRId64,
              tlog_pos(1, 1)); /* the subtree over entries 3 and 4 */
-    raw_sql(f->where, sql);
+    sfx_raw_sql(f->where, sql);
     verify_expect(f->s, org, 0, 4);
 }
 
@@ -645,13 +494,13 @@ static void test_audit_detects_node_edit(void **state)
 static void test_audit_detects_edge_edit(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     append_n(f->s, org, 7); /* 4 + 2 + 1: three subtrees on the edge */
-    assert_int_equal(raw_int(f->where, "SELECT length(frontier) FROM log_heads"), 3 * 32);
+    assert_int_equal(sfx_raw_int(f->where, "SELECT length(frontier) FROM log_heads"), 3 * 32);
     verify_expect(f->s, org, 1, 0);
-    raw_sql(f->where, "UPDATE log_heads SET frontier = " SQL_ZERO_EDGE(96));
+    sfx_raw_sql(f->where, "UPDATE log_heads SET frontier = " SQL_ZERO_EDGE(96));
     verify_expect(f->s, org, 0, 0);
-    raw_sql(f->where, "UPDATE log_heads SET frontier = " SQL_ZERO_EDGE(32));
+    sfx_raw_sql(f->where, "UPDATE log_heads SET frontier = " SQL_ZERO_EDGE(32));
     verify_expect(f->s, org, 0, 0);
 }
 
@@ -661,12 +510,12 @@ static void test_audit_detects_edge_edit(void **state)
 static void test_log_edge_rebuilt_for_older_head(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     append_n(f->s, org, 13);
-    raw_sql(f->where, "UPDATE log_heads SET frontier = NULL");
+    sfx_raw_sql(f->where, "UPDATE log_heads SET frontier = NULL");
     verify_expect(f->s, org, 1, 0);
     append_n(f->s, org, 6); /* 19 = 16 + 2 + 1 */
-    assert_int_equal(raw_int(f->where, "SELECT length(frontier) FROM log_heads"), 3 * 32);
+    assert_int_equal(sfx_raw_int(f->where, "SELECT length(frontier) FROM log_heads"), 3 * 32);
     verify_expect(f->s, org, 1, 0);
     store_proof p;
     assert_int_equal(STORE_CALL(f->s, log_prove, org, PROOF_CONSISTENCY, 13, 19, &p), QK_OK);
@@ -676,18 +525,18 @@ static void test_log_edge_rebuilt_for_older_head(void **state)
 static void test_audit_detects_delete(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     append_n(f->s, org, 10);
-    raw_sql(f->where, "DELETE FROM audit WHERE seq = 5");
+    sfx_raw_sql(f->where, "DELETE FROM audit WHERE seq = 5");
     verify_expect(f->s, org, 0, 5);
 }
 
 static void test_audit_detects_truncated_tail(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     append_n(f->s, org, 5);
-    raw_sql(f->where, "DELETE FROM audit WHERE seq = 5");
+    sfx_raw_sql(f->where, "DELETE FROM audit WHERE seq = 5");
     verify_expect(f->s, org, 0, 0);
 }
 
@@ -696,7 +545,7 @@ static void test_audit_detects_truncated_tail(void **state)
 static void test_audit_detects_request_tamper(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     store_sign_request r;
     store_audit au;
     make_request(&r, org, "req_00000000000000000000000000000007");
@@ -709,12 +558,12 @@ static void test_audit_detects_request_tamper(void **state)
     au.sig_sha256 = hex;
     assert_int_equal(STORE_CALL(f->s, request_record, &r, &au), QK_OK);
     verify_expect(f->s, org, 1, 0);
-    raw_sql(f->where, "UPDATE sign_requests SET signature = " SQL_BLOB_0102);
+    sfx_raw_sql(f->where, "UPDATE sign_requests SET signature = " SQL_BLOB_0102);
     verify_expect(f->s, org, 0, 1);
-    raw_sql(f->where, "DELETE FROM sign_requests");
+    sfx_raw_sql(f->where, "DELETE FROM sign_requests");
     verify_expect(f->s, org, 0, 1);
     /* A planted signed request without an entry. */
-    raw_sql(f->where, "UPDATE audit SET request_id = 'req_x' WHERE seq = 1");
+    sfx_raw_sql(f->where, "UPDATE audit SET request_id = 'req_x' WHERE seq = 1");
     store_audit_check chk;
     assert_int_equal(STORE_CALL(f->s, audit_verify, org, &chk), QK_OK);
     assert_false(chk.ok);
@@ -723,13 +572,13 @@ static void test_audit_detects_request_tamper(void **state)
 static void test_audit_empty_and_continues_after_reopen(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     verify_expect(f->s, org, 1, 0);
     append_n(f->s, org, 3);
-    reopen(f);
+    sfx_reopen(f);
     append_n(f->s, org, 3);
     verify_expect(f->s, org, 1, 0);
-    assert_int_equal(raw_int(f->where, "SELECT max(seq) FROM audit"), 6);
+    assert_int_equal(sfx_raw_int(f->where, "SELECT max(seq) FROM audit"), 6);
 }
 
 /* A key change and its audit entry commit together: a failed commit leaves
@@ -737,7 +586,7 @@ static void test_audit_empty_and_continues_after_reopen(void **state)
 static void test_changes_commit_with_their_entry(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme"), id = 0, cnt = 0;
+    int64_t org = sfx_new_org(f, "acme"), id = 0, cnt = 0;
     uint8_t h[32] = {7};
     store_audit a;
     store_apikey *keys = NULL;
@@ -832,7 +681,7 @@ static void test_instance_log(void **state)
 static void test_log_proofs(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     store_proof root[38], p;
     store_log_entry *es = NULL;
     size_t n = 0;
@@ -926,16 +775,16 @@ static void record_from_threads(qk_store *s, int64_t org, int writes)
 static void test_requests_from_many_threads(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme"), n = 0;
+    int64_t org = sfx_new_org(f, "acme"), n = 0;
 
     record_from_threads(f->s, org, MT_WRITES);
-    reopen(f);
+    sfx_reopen(f);
     assert_int_equal(STORE_CALL(f->s, audit_count, org, NULL, &n), QK_OK);
     assert_int_equal(n, GC_THREADS * MT_WRITES);
-    assert_int_equal(raw_int(f->where, "SELECT count(*) FROM sign_requests"),
+    assert_int_equal(sfx_raw_int(f->where, "SELECT count(*) FROM sign_requests"),
                      GC_THREADS * MT_WRITES);
-    assert_int_equal(raw_int(f->where, "SELECT count(*) FROM sign_requests r WHERE NOT EXISTS "
-                                       "(SELECT 1 FROM audit a WHERE a.request_id = r.id)"),
+    assert_int_equal(sfx_raw_int(f->where, "SELECT count(*) FROM sign_requests r WHERE NOT EXISTS "
+                                           "(SELECT 1 FROM audit a WHERE a.request_id = r.id)"),
                      0);
     verify_expect(f->s, org, 1, 0);
 }
@@ -945,7 +794,7 @@ static void test_requests_from_many_threads(void **state)
 static void test_commit_failure_fails_callers(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme"), n = -1;
+    int64_t org = sfx_new_org(f, "acme"), n = -1;
     store_sign_request r, got;
     store_audit a;
     int found = 1;
@@ -967,7 +816,7 @@ static void test_commit_failure_fails_callers(void **state)
 static void test_input_limits(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     store_audit a;
     char *big = malloc(10000);
     memset(big, 'x', 9999);
@@ -1072,7 +921,7 @@ static void test_wal_persistent(void **state)
     char path[4096], mode[16] = "";
     sqlite3 *db = NULL;
     sqlite3_stmt *st = NULL;
-    reopen(f);
+    sfx_reopen(f);
     snprintf(path, sizeof(path), "%s/%s", f->where, STORE_SQLITE_FILE);
     assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL), SQLITE_OK);
@@ -1099,11 +948,11 @@ static void test_db_file_private(void **state)
 static void test_audit_detects_type_poisoning(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     append_n(f->s, org, 3);
-    raw_sql(f->where, "CREATE TABLE a2 AS SELECT * FROM audit; DROP TABLE audit;"
-                      "ALTER TABLE a2 RENAME TO audit;"
-                      "UPDATE audit SET outcome = '1 allowed-by-override' WHERE seq = 2");
+    sfx_raw_sql(f->where, "CREATE TABLE a2 AS SELECT * FROM audit; DROP TABLE audit;"
+                          "ALTER TABLE a2 RENAME TO audit;"
+                          "UPDATE audit SET outcome = '1 allowed-by-override' WHERE seq = 2");
     store_audit_check chk;
     assert_int_equal(STORE_CALL(f->s, audit_verify, org, &chk), QK_OK);
     assert_false(chk.ok);
@@ -1115,7 +964,7 @@ static void test_audit_detects_type_poisoning(void **state)
 static void test_group_commit_16x100(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     store_sqlite_counters c0, c1;
 
     store_sqlite_stats(f->s, &c0);
@@ -1212,7 +1061,7 @@ static uint64_t paced_run(qk_store *s, int64_t org, const char *tag, uint64_t *d
 static void test_commit_delay_batches_while_writes_are_coming(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme"), n = 0;
+    int64_t org = sfx_new_org(f, "acme"), n = 0;
     uint64_t delayed = 0, idle_delayed = 0;
     static atomic_int coming;
 
@@ -1241,7 +1090,7 @@ static void test_commit_delay_batches_while_writes_are_coming(void **state)
 static void test_commit_delay_lone_write_not_delayed(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     store_sign_request r;
     store_audit a;
     store_sqlite_counters before, after;
@@ -1278,7 +1127,7 @@ static int64_t file_size(const char *dir, const char *name)
 static void test_checkpointer_copies_wal(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme"), n = 0;
+    int64_t org = sfx_new_org(f, "acme"), n = 0;
     static uint8_t sig[6000];
     paced *p = calloc(1, sizeof(*p));
     store_sign_request *r = calloc(CKPT_ROWS, sizeof(*r));
@@ -1313,8 +1162,8 @@ static void test_checkpointer_copies_wal(void **state)
     assert_true(c.ckpt_frames >= 2000); /* at least the frames of the rows' pages */
     assert_int_equal(STORE_CALL(f->s, audit_count, org, NULL, &n), QK_OK);
     assert_int_equal(n, CKPT_ROWS);
-    reopen(f);
-    assert_int_equal(raw_int(f->where, "SELECT count(*) FROM sign_requests"), CKPT_ROWS);
+    sfx_reopen(f);
+    assert_int_equal(sfx_raw_int(f->where, "SELECT count(*) FROM sign_requests"), CKPT_ROWS);
     verify_expect(f->s, org, 1, 0);
     pthread_mutex_destroy(&p->mu);
     free(ids);
@@ -1387,14 +1236,14 @@ static void test_rls_isolates_tenants(void **state)
     for (size_t i = 0; i < NTENANT; i++) { /* B's rows are there, for the superuser */
         snprintf(sql, sizeof(sql), "SELECT count(*) FROM %s WHERE org_id = %" PRId64,
                  tenant_tables[i], B);
-        if (raw_int(f->where, sql) == 0)
+        if (sfx_raw_int(f->where, sql) == 0)
             fail_msg("no row of org B in %s: the test proves nothing", tenant_tables[i]);
     }
     pgfx_server_role(f->where, role, sizeof(role));
     snprintf(sql, sizeof(sql),
              "SELECT count(*) FROM pg_stat_activity WHERE usename = '%s' AND datname = '%s'", role,
              f->where);
-    assert_true(raw_int(f->where, sql) >= 1); /* the store under test logs in as the role */
+    assert_true(sfx_raw_int(f->where, sql) >= 1); /* the store under test logs in as the role */
     pg = pgfx_connect(f->where, role);
     assert_int_equal(pgfx_int_on(pg, "SELECT count(*) FROM pg_roles WHERE rolname = current_user "
                                      "AND (rolsuper OR rolbypassrls)"),
@@ -1440,7 +1289,7 @@ static void test_rls_isolates_tenants(void **state)
 
     snprintf(sql, sizeof(sql),
              "SELECT count(*) FROM api_keys WHERE org_id = %" PRId64 " AND revoked_at = 0", B);
-    assert_int_equal(raw_int(f->where, sql), 1);
+    assert_int_equal(sfx_raw_int(f->where, sql), 1);
     verify_expect(f->s, A, 1, 0);
     verify_expect(f->s, B, 1, 0);
 }
@@ -1518,9 +1367,9 @@ static void expect_one_sequence(fixture *f, qk_store *s, int64_t org, int64_t si
     snprintf(sql, sizeof(sql),
              "SELECT count(*) FROM audit WHERE org_id = %" PRId64 " AND seq BETWEEN 1 AND %" PRId64,
              org, size);
-    assert_int_equal(raw_int(f->where, sql), size);
+    assert_int_equal(sfx_raw_int(f->where, sql), size);
     snprintf(sql, sizeof(sql), "SELECT max(seq) FROM audit WHERE org_id = %" PRId64, org);
-    assert_int_equal(raw_int(f->where, sql), size);
+    assert_int_equal(sfx_raw_int(f->where, sql), size);
     assert_int_equal(STORE_CALL(s, log_prove, org, PROOF_ROOT, 0, 0, &p), QK_OK);
     assert_int_equal(p.size, size);
 }
@@ -1531,13 +1380,13 @@ static void expect_one_sequence(fixture *f, qk_store *s, int64_t org, int64_t si
 static void test_concurrent_appends_one_log(void **state)
 {
     fixture *f = *state;
-    int64_t org = new_org(f, "acme");
+    int64_t org = sfx_new_org(f, "acme");
     qk_store *node2 = NULL;
     const int64_t round = AP_THREADS * AP_WRITES;
 
     append_from_threads(f->s, f->s, org, 0);
     expect_one_sequence(f, f->s, org, round);
-    assert_int_equal(store_open_at(f->where, &node2), QK_OK);
+    assert_int_equal(sfx_open_at(f->where, &node2), QK_OK);
     append_from_threads(f->s, node2, org, round);
     expect_one_sequence(f, node2, org, 2 * round);
     expect_one_sequence(f, f->s, org, 2 * round);
@@ -1562,11 +1411,11 @@ static void test_schema_required_and_created_once(void **state)
 
     pgfx_url(f->where, PGFX_OWNER, url, sizeof(url));
     assert_int_equal(store_pg_create(url, "qwickd_second", "pw"), QK_ERR_INVALID_ARG);
-    assert_int_equal(raw_int(f->where, "SELECT count(*) FROM pg_roles WHERE rolname = "
-                                       "'qwickd_second'"),
+    assert_int_equal(sfx_raw_int(f->where, "SELECT count(*) FROM pg_roles WHERE rolname = "
+                                           "'qwickd_second'"),
                      0);
-    raw_sql(f->where, "UPDATE schema_version SET version = version - 1");
-    assert_int_equal(store_open_at(f->where, &s), QK_ERR_INVALID_ARG);
+    sfx_raw_sql(f->where, "UPDATE schema_version SET version = version - 1");
+    assert_int_equal(sfx_open_at(f->where, &s), QK_ERR_INVALID_ARG);
     assert_null(s);
     assert_non_null(strstr(qk_error_detail(), "older"));
 }
@@ -1582,7 +1431,7 @@ static void test_migrate_from_version_4(void **state)
     fixture *f = *state;
     char url[256], role[64], sql[2048];
     uint8_t h[32], stored[32];
-    int64_t org = new_org(f, "acme"), kid = 0;
+    int64_t org = sfx_new_org(f, "acme"), kid = 0;
     int found = 0, from = 0, to = 0;
     store_apikey k;
     memset(h, 0x5a, sizeof(h));
@@ -1603,28 +1452,29 @@ static void test_migrate_from_version_4(void **state)
              "$$ SELECT org_id FROM apikey_orgs WHERE hash = h $$;"
              "REVOKE ALL ON FUNCTION qwick_apikey_org(BYTEA) FROM PUBLIC;"
              "GRANT EXECUTE ON FUNCTION qwick_apikey_org(BYTEA) TO %s;"
-             "DROP FUNCTION qwick_queue_claim(TEXT, BIGINT, BIGINT, INT);"
+             "DROP FUNCTION qwick_queue_claim(TEXT, BIGINT, BIGINT, BIGINT);"
              "DROP FUNCTION qwick_queue_stats();"
              "DROP TABLE idempotency_keys;"
              "DROP INDEX sign_requests_org_id;"
              "ALTER TABLE sign_requests DROP COLUMN attempts, DROP COLUMN updated_at, "
              "DROP COLUMN queued_ms, DROP COLUMN run_after, DROP COLUMN lease_until, "
-             "DROP COLUMN lease_node, DROP COLUMN chain_der, DROP COLUMN options;"
+             "DROP COLUMN lease_node, DROP COLUMN chain_der, DROP COLUMN options, "
+             "DROP COLUMN callback_url;"
              "UPDATE schema_version SET version = 4;",
              role);
-    raw_sql(f->where, sql);
+    sfx_raw_sql(f->where, sql);
 
-    assert_int_equal(store_open_at(f->where, &f->s), QK_ERR_INVALID_ARG);
+    assert_int_equal(sfx_open_at(f->where, &f->s), QK_ERR_INVALID_ARG);
     assert_non_null(strstr(qk_error_detail(), "qwickd migrate"));
     pgfx_url(f->where, PGFX_OWNER, url, sizeof(url));
     assert_int_equal(store_pg_migrate(url, &from, &to), QK_OK);
     assert_int_equal(from, 4);
     assert_int_equal(to, 6);
-    assert_int_equal(raw_int(f->where, "SELECT count(*) FROM pg_proc WHERE proname = "
-                                       "'qwick_apikey_org'"),
+    assert_int_equal(sfx_raw_int(f->where, "SELECT count(*) FROM pg_proc WHERE proname = "
+                                           "'qwick_apikey_org'"),
                      0);
 
-    assert_int_equal(store_open_at(f->where, &f->s), QK_OK);
+    assert_int_equal(sfx_open_at(f->where, &f->s), QK_OK);
     assert_int_equal(STORE_CALL(f->s, apikey_lookup, h, &k, stored, &found), QK_OK);
     assert_int_equal(k.id, kid);
     assert_int_equal(k.org_id, org);
@@ -1632,14 +1482,14 @@ static void test_migrate_from_version_4(void **state)
     verify_expect(f->s, org, 1, 0);
     append_n(f->s, org, 5);
     verify_expect(f->s, org, 1, 0);
-    assert_int_equal(raw_int(f->where, "SELECT length(frontier) FROM log_heads"), 1 * 32);
+    assert_int_equal(sfx_raw_int(f->where, "SELECT length(frontier) FROM log_heads"), 1 * 32);
 
     assert_int_equal(store_pg_migrate(url, &from, &to), QK_OK);
     assert_int_equal(from, 6);
 }
 #endif
 
-#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#define T(fn) cmocka_unit_test_setup_teardown(fn, sfx_setup, sfx_teardown)
 
 int main(void)
 {

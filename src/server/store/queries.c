@@ -181,15 +181,15 @@ const db_query store_queries[Q__COUNT] = {
                     "AND credential = $2 AND key = $3",
                     NULL},
     /* SQLite's claim, in steps (its one writer serializes claims anyway):
-     * leases that ran out go back; the orgs with queued rows, found one by
+     * leases that ran out go back; the orgs with ready rows, found one by
      * one along the ready index (a skip scan: a probe per org, however long
-     * the queue); each org's oldest ready rows, up to its share; each one
-     * taken. */
+     * the queue); rounds over them, each org's oldest ready rows up to its
+     * share, each one taken, until the claim is full or no org has more. */
     [W_QUEUE_RECLAIM] = {"UPDATE sign_requests SET status = 0, lease_node = NULL "
                          "WHERE status = 2 AND lease_until < $1",
                          NULL},
     [R_QUEUE_NEXT_ORG] = {"SELECT org_id FROM sign_requests WHERE status = 0 AND org_id > $1 "
-                          "ORDER BY org_id LIMIT 1",
+                          "AND run_after <= $2 ORDER BY org_id LIMIT 1",
                           NULL},
     [R_QUEUE_READY] = {"SELECT org_id, id, attempts FROM sign_requests WHERE org_id = $1 AND status = 0 "
                        "AND run_after <= $2 ORDER BY run_after, id LIMIT $3",
@@ -213,6 +213,7 @@ const db_query store_queries[Q__COUNT] = {
                       "updated_at = $4 WHERE org_id = $1 AND id = $2 AND status IN (0, 1)",
                       NULL},
     [W_REQ_REQUEUE] = {"UPDATE sign_requests SET status = 0, attempts = 0, run_after = $3, "
+                       "queued_ms = $3, "
                        "error = NULL, completed_at = 0, updated_at = $4, lease_until = 0 "
                        "WHERE org_id = $1 AND id = $2 AND status = 4",
                        NULL},

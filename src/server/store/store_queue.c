@@ -171,20 +171,25 @@ static void claim_list_free(void *rows, size_t n)
     free(rows);
 }
 
-/* The orgs with queued rows (at most `max`: a claim takes at most that many
- * rows anyway), in org order from a random start, so no org is always first. */
-static qk_err queued_orgs(db_conn *c, int max, int64_t **orgs, size_t *n)
+/* The orgs with ready rows, in org order from a random start, so no org is
+ * always first. */
+static qk_err ready_orgs(db_conn *c, int64_t now_ms, int64_t **orgs, size_t *n)
 {
     int64_t prev = -1, org = 0;
+    size_t cap = 0;
     int found = 1;
     qk_err rc = QK_OK;
-    *orgs = xcalloc((size_t)max, sizeof(int64_t));
+    *orgs = NULL;
     *n = 0;
-    while (rc == QK_OK && *n < (size_t)max) {
-        db_val v[] = {V_INT(prev)};
-        if ((rc = sql_one(c, R_QUEUE_NEXT_ORG, v, 1, sql_fill_i64, &org, &found)) != QK_OK ||
+    while (rc == QK_OK) {
+        db_val v[] = {V_INT(prev), V_INT(now_ms)};
+        if ((rc = sql_one(c, R_QUEUE_NEXT_ORG, v, 2, sql_fill_i64, &org, &found)) != QK_OK ||
             !found)
             break;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 8;
+            *orgs = xrealloc(*orgs, cap * sizeof(int64_t));
+        }
         (*orgs)[(*n)++] = org;
         prev = org;
     }
@@ -199,64 +204,67 @@ static qk_err queued_orgs(db_conn *c, int max, int64_t **orgs, size_t *n)
     return rc;
 }
 
-/* Each org's oldest ready rows, up to its share, appended to *rows. */
-static qk_err ready_rows(db_conn *c, claim_arg *a, store_claim **rows, size_t *n)
+/* Up to `want` of the org's oldest ready rows, each taken (PROCESSING under
+ * the lease), appended to a->rows; *taken: how many. */
+static qk_err take_from_org(db_conn *c, claim_arg *a, int64_t org, int want, int *taken)
 {
-    int64_t *orgs = NULL;
-    size_t norgs = 0;
-    qk_err rc = queued_orgs(c, a->max, &orgs, &norgs);
-    int per = norgs > 0 ? (a->max + (int)norgs - 1) / (int)norgs : 0;
-    *rows = NULL;
-    *n = 0;
-    for (size_t i = 0; rc == QK_OK && i < norgs && *n < (size_t)a->max; i++) {
-        int want = per < a->max - (int)*n ? per : a->max - (int)*n;
-        db_val v[] = {V_INT(orgs[i]), V_INT(a->now_ms), V_INT(want)};
-        void *got = NULL;
-        size_t k = 0;
-        if ((rc = sql_rows(c, R_QUEUE_READY, v, 3, sizeof(store_claim), fill_claim,
-                           claim_list_free, &got, &k)) != QK_OK)
-            break;
-        *rows = xrealloc(*rows, (*n + k + 1) * sizeof(store_claim));
-        memcpy(*rows + *n, got, k * sizeof(store_claim));
-        *n += k;
-        free(got);
-    }
-    free(orgs);
-    if (rc != QK_OK) {
-        free(*rows);
-        *rows = NULL;
-        *n = 0;
-    }
-    return rc;
-}
-
-static qk_err claim_sqlite(db_conn *c, claim_arg *a)
-{
-    db_val now[] = {V_INT(a->now_ms)};
-    store_claim *r = NULL;
-    size_t n = 0, kept = 0;
-    qk_err rc = sql_exec(c, W_QUEUE_RECLAIM, now, 1, NULL);
-    if (rc == QK_OK)
-        rc = ready_rows(c, a, &r, &n);
-    void *rows = r;
-    for (size_t i = 0; rc == QK_OK && i < n; i++) {
-        db_val v[] = {V_INT(r[i].org_id), V_TEXT(r[i].id), V_INT(a->now_ms + a->lease_ms),
+    db_val v[] = {V_INT(org), V_INT(a->now_ms), V_INT(want)};
+    void *got = NULL;
+    size_t k = 0;
+    qk_err rc = sql_rows(c, R_QUEUE_READY, v, 3, sizeof(store_claim), fill_claim,
+                         claim_list_free, &got, &k);
+    store_claim *r = got;
+    *taken = 0;
+    for (size_t i = 0; rc == QK_OK && i < k; i++) {
+        db_val t[] = {V_INT(r[i].org_id), V_TEXT(r[i].id), V_INT(a->now_ms + a->lease_ms),
                       V_TEXT(a->node), V_INT(a->now_ms / 1000)};
         int64_t attempts = 0;
         int found = 0;
-        if ((rc = sql_one(c, W_QUEUE_TAKE, v, 5, sql_fill_i64, &attempts, &found)) == QK_OK &&
-            found) {
-            r[i].attempts = attempts;
-            r[kept++] = r[i];
+        if ((rc = sql_one(c, W_QUEUE_TAKE, t, 5, sql_fill_i64, &attempts, &found)) != QK_OK ||
+            !found)
+            continue;
+        r[i].attempts = attempts;
+        a->rows = xrealloc(a->rows, (a->n + 1) * sizeof(store_claim));
+        a->rows[a->n++] = r[i];
+        (*taken)++;
+    }
+    free(got);
+    return rc;
+}
+
+/* Rounds over the orgs with ready rows, each org's share per round, until
+ * the claim is full or no org has more. */
+static qk_err claim_sqlite(db_conn *c, claim_arg *a)
+{
+    db_val now[] = {V_INT(a->now_ms)};
+    int64_t *orgs = NULL;
+    size_t norgs = 0, busy;
+    qk_err rc = sql_exec(c, W_QUEUE_RECLAIM, now, 1, NULL);
+    if (rc == QK_OK)
+        rc = ready_orgs(c, a->now_ms, &orgs, &norgs);
+    busy = norgs;
+    while (rc == QK_OK && busy > 0 && a->n < (size_t)a->max) {
+        int left = a->max - (int)a->n;
+        int per = (left + (int)busy - 1) / (int)busy;
+        busy = 0;
+        for (size_t i = 0; rc == QK_OK && i < norgs && a->n < (size_t)a->max; i++) {
+            int taken = 0, want = per < a->max - (int)a->n ? per : a->max - (int)a->n;
+            if (orgs[i] < 0) /* no more ready rows */
+                continue;
+            rc = take_from_org(c, a, orgs[i], want, &taken);
+            if (taken < want)
+                orgs[i] = -1;
+            else
+                busy++;
         }
     }
+    free(orgs);
     if (rc != QK_OK) {
-        free(rows);
-        return rc;
+        free(a->rows);
+        a->rows = NULL;
+        a->n = 0;
     }
-    a->rows = rows;
-    a->n = kept;
-    return QK_OK;
+    return rc;
 }
 
 static qk_err txn_claim(db_conn *c, void *p)
