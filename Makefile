@@ -43,6 +43,7 @@ bench: build
 	@sh bench/server.sh $(BUILD)
 	@sh bench/batch.sh $(BUILD)
 	@sh bench/azure.sh $(BUILD)
+	@sh bench/queue.sh $(BUILD)
 	@sh bench/tlog.sh $(BUILD)
 
 format:

@@ -248,15 +248,15 @@ static int b64_buf(const char *in, size_t len, qk_buf *out)
 
 /* --- one HTTP exchange with retries ------------------------------------ */
 
-static int cancelled(const client *c)
+int client_cancelled(const client *c)
 {
     return c->cancel != NULL && *c->cancel;
 }
 
 /* Sleeps in short steps so an interrupt is noticed promptly. */
-static void nap(const client *c, long ms)
+void client_nap(const client *c, long ms)
 {
-    while (ms > 0 && !cancelled(c)) {
+    while (ms > 0 && !client_cancelled(c)) {
         long step = ms < 100 ? ms : 100;
         struct timespec ts = {0, step * 1000000L};
         nanosleep(&ts, NULL);
@@ -264,15 +264,26 @@ static void nap(const client *c, long ms)
     }
 }
 
+/* xorshift64: jitter only, nothing secret. */
+static uint64_t next_random(client *c)
+{
+    c->rng ^= c->rng << 13;
+    c->rng ^= c->rng >> 7;
+    c->rng ^= c->rng << 17;
+    return c->rng;
+}
+
+long client_jitter(client *c, long ms)
+{
+    return ms + (long)(next_random(c) % (uint64_t)(ms / 4 + 1));
+}
+
 /* 250 ms doubling per attempt, with up to 50% jitter so parallel workers
  * (and parallel CI jobs) do not retry in lockstep. */
 static long backoff_ms(client *c, int attempt)
 {
     long ms = 250L << (attempt < 8 ? attempt : 8);
-    c->rng ^= c->rng << 13;
-    c->rng ^= c->rng >> 7;
-    c->rng ^= c->rng << 17;
-    ms += (long)(c->rng % (uint64_t)(ms / 2 + 1));
+    ms += (long)(next_random(c) % (uint64_t)(ms / 2 + 1));
     return ms < CLIENT_MAX_BACKOFF_S * 1000L ? ms : CLIENT_MAX_BACKOFF_S * 1000L;
 }
 
@@ -310,26 +321,42 @@ static char *server_error(long status, json_t *j)
     return xasprintf("server: HTTP %ld", status);
 }
 
-/* Sends one request (body NULL: GET) and parses the JSON answer. Returns 0
- * with the HTTP status and the parsed JSON for any 2xx; -1 with *err for
- * transport failures, non-JSON answers and 4xx/5xx. */
+/* The handle set up for `method` on `url`: a body only with POST. */
+static void set_method(CURL *k, const char *method, const char *url, const char *req)
+{
+    curl_easy_setopt(k, CURLOPT_URL, url);
+    if (strcmp(method, "POST") == 0) {
+        curl_easy_setopt(k, CURLOPT_POSTFIELDS, req);
+        curl_easy_setopt(k, CURLOPT_POSTFIELDSIZE, (long)strlen(req));
+    } else {
+        curl_easy_setopt(k, CURLOPT_HTTPGET, 1L);
+    }
+    /* The handle is reused: a DELETE must not stick to the next call. */
+    curl_easy_setopt(k, CURLOPT_CUSTOMREQUEST, strcmp(method, "DELETE") == 0 ? "DELETE" : NULL);
+}
+
+/* The answer's Retry-After in seconds (0: none), at most CLIENT_MAX_BACKOFF_S. */
+static long retry_after_s(CURL *k)
+{
+    curl_off_t ra = 0;
+    if (curl_easy_getinfo(k, CURLINFO_RETRY_AFTER, &ra) != CURLE_OK || ra <= 0)
+        return 0;
+    return ra >= CLIENT_MAX_BACKOFF_S ? CLIENT_MAX_BACKOFF_S : (long)ra;
+}
+
 /* One request with retries (connection errors, 429/503 with Retry-After):
- * the final status and body in *status and *b (the caller frees b->data). */
-static int perform(client *c, const char *path, const char *req, long *status, resp_body *b,
-                   char **err)
+ * the final status, Retry-After and body in *status, *ra and *b (the caller
+ * frees b->data). */
+static int perform(client *c, const char *method, const char *path, const char *req, long *status,
+                   long *ra, resp_body *b, char **err)
 {
     int rc = -1;
     char *url = xasprintf("%s%s", c->base, path);
     CURL *k = c->curl;
 
     *status = 0;
-    curl_easy_setopt(k, CURLOPT_URL, url);
-    if (req != NULL) {
-        curl_easy_setopt(k, CURLOPT_POSTFIELDS, req);
-        curl_easy_setopt(k, CURLOPT_POSTFIELDSIZE, (long)strlen(req));
-    } else {
-        curl_easy_setopt(k, CURLOPT_HTTPGET, 1L);
-    }
+    *ra = 0;
+    set_method(k, method, url, req);
     curl_easy_setopt(k, CURLOPT_WRITEDATA, b);
 
     for (int attempt = 0;; attempt++) {
@@ -338,7 +365,7 @@ static int perform(client *c, const char *path, const char *req, long *status, r
         b->too_large = 0;
         c->errbuf[0] = '\0';
         CURLcode cc = curl_easy_perform(k);
-        if (cancelled(c)) {
+        if (client_cancelled(c)) {
             *err = xstrdup("interrupted");
             goto out;
         }
@@ -348,7 +375,7 @@ static int perform(client *c, const char *path, const char *req, long *status, r
                 goto out;
             }
             if (attempt + 1 < CLIENT_MAX_ATTEMPTS && retryable_curl(c, cc)) {
-                nap(c, backoff_ms(c, attempt));
+                client_nap(c, backoff_ms(c, attempt));
                 continue;
             }
             *err = xasprintf("cannot reach %s: %s", c->base,
@@ -356,13 +383,10 @@ static int perform(client *c, const char *path, const char *req, long *status, r
             goto out;
         }
         curl_easy_getinfo(k, CURLINFO_RESPONSE_CODE, status);
+        *ra = retry_after_s(k);
         if ((*status == 429 || *status == 503) && attempt + 1 < CLIENT_MAX_ATTEMPTS) {
-            curl_off_t ra = 0;
-            wait_ms = backoff_ms(c, attempt);
-            if (curl_easy_getinfo(k, CURLINFO_RETRY_AFTER, &ra) == CURLE_OK && ra > 0)
-                wait_ms =
-                    ra >= CLIENT_MAX_BACKOFF_S ? CLIENT_MAX_BACKOFF_S * 1000L : (long)ra * 1000L;
-            nap(c, wait_ms);
+            wait_ms = *ra > 0 ? *ra * 1000L : backoff_ms(c, attempt);
+            client_nap(c, wait_ms);
             continue;
         }
         break;
@@ -375,29 +399,29 @@ out:
     return rc;
 }
 
-static int exchange(client *c, const char *path, const char *req, long *status, json_t **resp,
-                    char **err)
+int client_call(client *c, const char *method, const char *path, const char *body,
+                client_answer *ans, char **err)
 {
     int rc = -1;
     resp_body b = {0};
     json_t *j = NULL;
 
-    *resp = NULL;
-    if (perform(c, path, req, status, &b, err) != 0)
+    memset(ans, 0, sizeof(*ans));
+    if (perform(c, method, path, body, &ans->status, &ans->retry_after, &b, err) != 0)
         goto out;
 
     json_error_t jerr;
     if (b.len > 0)
         j = json_loadb(b.data, b.len, JSON_REJECT_DUPLICATES, &jerr);
-    if (*status < 200 || *status >= 300) {
-        *err = server_error(*status, j);
+    if (ans->status < 200 || ans->status >= 300) {
+        *err = server_error(ans->status, j);
         goto out;
     }
     if (!json_is_object(j)) {
-        *err = xasprintf("server: HTTP %ld with a body that is not a JSON object", *status);
+        *err = xasprintf("server: HTTP %ld with a body that is not a JSON object", ans->status);
         goto out;
     }
-    *resp = j;
+    ans->json = j;
     j = NULL;
     rc = 0;
 out:
@@ -408,17 +432,19 @@ out:
 
 int client_get_json(client *c, const char *path, json_t **out, char **err)
 {
-    long status = 0;
-    return exchange(c, path, NULL, &status, out, err);
+    client_answer ans;
+    int rc = client_call(c, "GET", path, NULL, &ans, err);
+    *out = ans.json;
+    return rc;
 }
 
 int client_get_text(client *c, const char *path, char **out, size_t *len, char **err)
 {
     resp_body b = {0};
-    long status = 0;
+    long status = 0, ra = 0;
     *out = NULL;
     *len = 0;
-    if (perform(c, path, NULL, &status, &b, err) != 0)
+    if (perform(c, "GET", path, NULL, &status, &ra, &b, err) != 0)
         goto fail;
     if (status < 200 || status >= 300) {
         json_error_t jerr;
@@ -446,27 +472,19 @@ static const char *opt_string(json_t *o, const char *key)
     return s != NULL && s[0] != '\0' ? s : NULL;
 }
 
-/* Takes a 200 answer (or a finished polled request) apart. */
-static int take_signed(json_t *j, client_sign_res *res, char **err)
+/* Why a request ended unsigned: "error" (a reason, or an {"code","message"}
+ * object), else the older "failureReason". */
+static const char *end_reason(json_t *j)
 {
-    const char *status = opt_string(j, "status");
-    const char *sig = opt_string(j, "signature");
-    const char *id = opt_string(j, "requestId");
-    const char *ts = opt_string(j, "timestampUrl");
+    json_t *e = json_object_get(j, "error");
+    if (json_is_object(e))
+        return opt_string(e, "message");
+    return json_is_string(e) ? opt_string(j, "error") : opt_string(j, "failureReason");
+}
 
-    if (status != NULL && strcmp(status, "SIGNED") != 0) {
-        *err = xasprintf("server: request %s ended %s", id ? id : "?", status);
-        return -1;
-    }
-    if (sig == NULL) {
-        *err = xstrdup("server: answer has no signature");
-        return -1;
-    }
-    if (b64_buf(sig, strlen(sig), &res->signature) != 0) {
-        *err = xstrdup("server: signature is not valid base64");
-        return -1;
-    }
-    /* The chain is informational (the signature embeds it): skip bad entries. */
+/* The chain is informational (the signature embeds it): skip bad entries. */
+static void take_chain(json_t *j, client_sign_res *res)
+{
     json_t *chain = json_object_get(j, "certificateChain");
     size_t n = json_array_size(chain);
     if (n > QK_MAX_CHAIN_LEN)
@@ -477,79 +495,45 @@ static int take_signed(json_t *j, client_sign_res *res, char **err)
         if (c != NULL && b64_buf(c, strlen(c), &res->chain[res->nchain]) == 0)
             res->nchain++;
     }
+}
+
+int client_take_signed(json_t *j, client_sign_res *res, char **err)
+{
+    const char *status = opt_string(j, "status");
+    const char *sig = opt_string(j, "signature");
+    const char *id = opt_string(j, "requestId");
+    const char *ts = opt_string(j, "timestampUrl");
+    const char *why = end_reason(j);
+
+    memset(res, 0, sizeof(*res));
+    if (status != NULL && strcmp(status, "SIGNED") != 0) {
+        *err = xasprintf("server: request %s ended %s%s%s", id ? id : "?", status, why ? ": " : "",
+                         why ? why : "");
+        return -1;
+    }
+    if (sig == NULL) {
+        *err = xstrdup("server: answer has no signature");
+        return -1;
+    }
+    if (b64_buf(sig, strlen(sig), &res->signature) != 0) {
+        *err = xstrdup("server: signature is not valid base64");
+        return -1;
+    }
+    take_chain(j, res);
     res->request_id = id ? xstrdup(id) : NULL;
     res->timestamp_url = ts ? xstrdup(ts) : NULL;
     return 0;
 }
 
-/* Request ids come from the server: accept only URL-safe ones in a path. */
-static int safe_id(const char *id)
+/* The request body; NULL when a metadata string is not UTF-8 (json_string()
+ * refuses those). */
+static char *sign_body(const client_sign_req *req)
 {
-    if (id == NULL || id[0] == '\0' || strlen(id) > 128)
-        return 0;
-    for (const char *p = id; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
-              *p == '-' || *p == '_' || *p == '.'))
-            return 0;
-    return 1;
-}
-
-/* A 202 means queued or awaiting approval: poll until the request settles. */
-static int poll_request(client *c, const char *id, json_t **done, char **err)
-{
-    char *path = NULL;
-    time_t deadline = time(NULL) + CLIENT_MAX_PENDING_S;
-    long delay = 500;
-    int rc = -1;
-
-    *done = NULL;
-    if (!safe_id(id)) {
-        *err = xstrdup("server: 202 without a usable requestId");
-        return -1;
-    }
-    path = xasprintf("/api/v1/sign/requests/%s", id);
-    for (;;) {
-        json_t *j = NULL;
-        long status;
-        nap(c, delay);
-        if (exchange(c, path, NULL, &status, &j, err) != 0)
-            goto out;
-        const char *st = opt_string(j, "status");
-        if (st != NULL && strcmp(st, "QUEUED") != 0 && strcmp(st, "PENDING_APPROVAL") != 0 &&
-            strcmp(st, "PROCESSING") != 0) {
-            *done = j;
-            rc = 0;
-            goto out;
-        }
-        json_decref(j);
-        if (time(NULL) >= deadline) {
-            *err = xasprintf("server: request %s still %s after %d s", id, st ? st : "pending",
-                             CLIENT_MAX_PENDING_S);
-            goto out;
-        }
-        if (delay < 5000)
-            delay *= 2;
-    }
-out:
-    free(path);
-    return rc;
-}
-
-int client_sign_digest(client *c, const client_sign_req *req, client_sign_res *res, char **err)
-{
-    int rc = -1;
-    long status = 0;
-    char *digest = b64_text(req->digest);
-    char *text = NULL;
-    json_t *resp = NULL, *done = NULL;
-    json_t *meta = json_object();
-    json_t *body = json_object();
-
-    memset(res, 0, sizeof(*res));
-    *err = NULL;
+    char *digest = b64_text(req->digest), *text = NULL;
+    json_t *meta = json_object(), *body = json_object();
     if (meta == NULL || body == NULL) {
-        *err = xstrdup("out of memory");
-        goto out;
+        fputs("qwick: out of memory\n", stderr);
+        abort();
     }
     if (req->filename != NULL)
         json_object_set_new(meta, "filename", json_string(req->filename));
@@ -564,30 +548,38 @@ int client_sign_digest(client *c, const client_sign_req *req, client_sign_res *r
     json_object_set(body, "metadata", meta);
     if (req->no_timestamp)
         json_object_set_new(body, "timestamp", json_false());
-    /* A metadata string that is not UTF-8 makes json_string() return NULL. */
-    if (json_object_size(meta) != (size_t)(!!req->filename + !!req->description + !!req->url) ||
-        (text = json_dumps(body, JSON_COMPACT)) == NULL) {
-        *err = xstrdup("cannot encode the request (--description and --url must be UTF-8)");
-        goto out;
-    }
-    if (exchange(c, "/api/v1/sign/digest", text, &status, &resp, err) != 0)
-        goto out;
-    if (status == 202) {
-        if (poll_request(c, opt_string(resp, "requestId"), &done, err) != 0)
-            goto out;
-        rc = take_signed(done, res, err);
-    } else {
-        rc = take_signed(resp, res, err);
-    }
-out:
-    if (rc != 0)
-        client_sign_res_free(res);
-    json_decref(done);
-    json_decref(resp);
+    if (req->async)
+        json_object_set_new(body, "async", json_true());
+    if (json_object_size(meta) == (size_t)(!!req->filename + !!req->description + !!req->url))
+        text = json_dumps(body, JSON_COMPACT);
     json_decref(meta);
     json_decref(body);
-    free(text);
     free(digest);
+    return text;
+}
+
+int client_sign_submit(client *c, const client_sign_req *req, client_answer *ans, char **err)
+{
+    char *text = sign_body(req);
+    int rc = -1;
+
+    memset(ans, 0, sizeof(*ans));
+    *err = NULL;
+    if (text == NULL) {
+        *err = xstrdup("cannot encode the request (--description and --url must be UTF-8)");
+        return -1;
+    }
+    if (client_call(c, "POST", "/api/v1/sign/digest", text, ans, err) != 0)
+        goto out;
+    if (ans->status != 200 && ans->status != 202) {
+        *err = xasprintf("server: unexpected HTTP %ld to a signing request", ans->status);
+        json_decref(ans->json);
+        ans->json = NULL;
+        goto out;
+    }
+    rc = 0;
+out:
+    free(text);
     return rc;
 }
 

@@ -3,7 +3,8 @@
  * One client per worker thread: it owns a CURL handle, so consecutive
  * requests reuse the same keep-alive connection (and TLS session). Calls
  * retry with exponential backoff when the server cannot be reached or
- * answers 429/503 (honouring Retry-After); any other failure is final. */
+ * answers 429/503 (honouring Retry-After); any other failure is final.
+ * A signing request the server queues (202) is waited for in requests.c. */
 #ifndef QWICK_CLI_CLIENT_H
 #define QWICK_CLI_CLIENT_H
 
@@ -22,8 +23,6 @@
 #define CLIENT_MAX_ATTEMPTS 5
 /* Upper bound for any single wait between attempts, Retry-After included. */
 #define CLIENT_MAX_BACKOFF_S 60
-/* How long a 202 (queued / awaiting approval) request is polled. */
-#define CLIENT_MAX_PENDING_S 600
 
 typedef struct client client;
 
@@ -37,6 +36,30 @@ typedef volatile int client_cancel_flag;
 client *client_new(const cli_config *cfg, char **err);
 void client_free(client *c);
 void client_set_cancel(client *c, const client_cancel_flag *flag);
+/* 1 once the cancel flag is set. */
+int client_cancelled(const client *c);
+/* Sleeps `ms` in short steps, returning early once cancelled. */
+void client_nap(const client *c, long ms);
+/* `ms` plus up to a quarter more, at random: parallel waits drift apart. */
+long client_jitter(client *c, long ms);
+
+typedef struct json_t json_t;
+
+/* What the server answered: the HTTP status, its Retry-After in seconds (0
+ * when absent) and, for a 2xx, the body's JSON object. */
+typedef struct client_answer {
+    long status;
+    long retry_after;
+    json_t *json;
+} client_answer;
+
+/* One API call: `method` "GET", "DELETE", or "POST" with the JSON `body`, on
+ * `path` (from the server's base URL). 0 for a 2xx answer whose body is a JSON
+ * object (the caller json_decref's ans->json); -1 with a heap message in *err
+ * otherwise, ans->status then the 4xx/5xx status, or 0 when no answer came
+ * (unreachable, interrupted, oversize). Errors read "server: CODE: MESSAGE". */
+int client_call(client *c, const char *method, const char *path, const char *body,
+                client_answer *ans, char **err);
 
 typedef struct client_sign_req {
     const char *format; /* "authenticode-pe" or "cms" */
@@ -47,6 +70,7 @@ typedef struct client_sign_req {
     const char *description;
     const char *url;
     int no_timestamp; /* tells the server (profiles that require timestamps refuse) */
+    int async;        /* "async": true, the server queues it and answers 202 at once */
 } client_sign_req;
 
 typedef struct client_sign_res {
@@ -57,18 +81,19 @@ typedef struct client_sign_res {
     char *timestamp_url; /* the server's TSA, NULL when it names none */
 } client_sign_res;
 
-/* POST /api/v1/sign/digest (polling the request when the server answers 202).
- * On failure returns -1 and a heap message in *err, e.g.
- * "server: unauthorized: unknown API key" or "cannot reach https://...: ...". */
-int client_sign_digest(client *c, const client_sign_req *req, client_sign_res *res, char **err);
+/* POST /api/v1/sign/digest: 0 with the answer, status 200 (ans->json the
+ * signed request, for client_take_signed) or 202 (queued: ans->json holds
+ * requestId and status; requests_wait follows it); -1 with a heap message in
+ * *err, e.g. "server: unauthorized: unknown API key" or "cannot reach ...". */
+int client_sign_submit(client *c, const client_sign_req *req, client_answer *ans, char **err);
+/* A signed request (the 200 answer, or GET .../requests/{id}) into *res; a
+ * request that ended otherwise is an error naming its status and reason. */
+int client_take_signed(json_t *j, client_sign_res *res, char **err);
 void client_sign_res_free(client_sign_res *res);
 
-/* GET `path` (from the server's base URL): a JSON object, or the raw body
- * (NUL-terminated copy; *len excludes the NUL). 0, or -1 with *err set. */
-typedef struct json_t json_t;
+/* GET `path`: a JSON object, or the raw body (NUL-terminated copy; *len
+ * excludes the NUL). 0, or -1 with *err set. */
 int client_get_json(client *c, const char *path, json_t **out, char **err);
 int client_get_text(client *c, const char *path, char **out, size_t *len, char **err);
-
-/* printf into a new heap string (aborts on OOM). */
 
 #endif

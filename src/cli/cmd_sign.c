@@ -1,5 +1,6 @@
 /* qwick sign: the command line (sign.h): options, help and the inputs
- * (quoted globs expanded, duplicates dropped), then the run. */
+ * (quoted globs expanded, duplicates dropped), the request --resume names
+ * (read first: it fixes the algorithm and the format), then the run. */
 #include <getopt.h>
 #include <glob.h>
 #include <signal.h>
@@ -9,7 +10,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
+
 #include "cli.h"
+#include "requests.h"
 #include "sign.h"
 
 /* --- inputs ------------------------------------------------------------ */
@@ -75,11 +79,14 @@ static void expand_arg(inputs *in, const char *arg)
 
 static void help(void)
 {
-    printf("Usage: qwick sign [OPTIONS] FILE|GLOB...\n\n"
+    printf("Usage: qwick sign [OPTIONS] FILE|GLOB...\n"
+           "       qwick sign --async [OPTIONS] FILE|GLOB...\n"
+           "       qwick sign --resume REQUEST_ID [OPTIONS] FILE\n\n"
            "Signs PE files through a qwickd server: the Authenticode digest is computed\n"
            "here and only the digest is sent. Each file is timestamped, embedded, verified\n"
            "and then atomically replaced (an already signed file is re-signed: its old\n"
-           "signatures are replaced). Quoted GLOBs are expanded.\n\n"
+           "signatures are replaced). Quoted GLOBs are expanded. A request the server\n"
+           "queues is waited for, its status shown on the progress line.\n\n"
            "  --server URL          qwickd URL (QWICK_SERVER, config \"server\")\n"
            "  --api-key KEY         API key (QWICK_API_KEY, config \"api_key\"; prefer those:\n"
            "                        arguments are visible to other local users)\n"
@@ -103,10 +110,23 @@ static void help(void)
            "  --tsa-ca FILE         roots for the timestamp check (default: --ca)\n"
            "  -j, --jobs N          files signed in parallel (default min(CPUs, %d))\n"
            "  --json                print {\"files\":[...],\"signed\":n,\"failed\":n} on stdout\n"
+           "  --wait-timeout DURATION\n"
+           "                        how long to wait for a queued request: 90s, 10m, 2h,\n"
+           "                        1h30m or a number of seconds (default 10m); a file not\n"
+           "                        signed by then is left untouched and its request id\n"
+           "                        printed, for --resume\n"
+           "  --async               only submit: queue each file's digest, print one line\n"
+           "                        FILE<TAB>REQUEST_ID per file and touch no file\n"
+           "  --resume REQUEST_ID   finish FILE (exactly one) from an earlier --async\n"
+           "                        submission: its digest must be the request's; then it\n"
+           "                        is waited for, timestamped, embedded, verified and\n"
+           "                        replaced like any file. The request fixes the algorithm\n"
+           "                        and the format (a cms request writes FILE.p7s)\n"
            "  -h, --help            show this help\n\n"
            "Settings come from flags, then the environment, then\n"
            "$XDG_CONFIG_HOME/qwick/config.json (keys server, api_key, cacert, profile).\n"
-           "Exit status: 0 all signed, 1 some failed (the others are still signed), 2 usage.\n",
+           "Exit status: 0 all signed (--async: all submitted), 1 some failed or still\n"
+           "waiting at --wait-timeout (the others are still signed), 2 usage.\n",
            SIGN_DEFAULT_JOBS);
 }
 
@@ -126,9 +146,168 @@ enum {
     OPT_DETACHED,
     OPT_CA,
     OPT_TSA_CA,
+    OPT_WAIT_TIMEOUT,
+    OPT_ASYNC,
+    OPT_RESUME,
 };
 
-int cmd_sign(int argc, char **argv)
+/* Options only a submission uses, and only a written file uses: --async
+ * writes nothing, --resume submits nothing. */
+typedef struct given {
+    int alg, profile, description, url; /* submission */
+    int out, append, ts_url, ca;        /* writing */
+    int detached;
+} given;
+
+/* The combinations that cannot mean anything; an exit status. */
+static int check_modes(const sign_opts *o, const given *g, size_t ninputs)
+{
+    if (o->async && o->resume.id != NULL)
+        return cli_usage_error("sign", "--async submits, --resume finishes: not both");
+    if (o->async && (g->out || g->append || g->ts_url || g->ca))
+        return cli_usage_error("sign", "--async writes no file: --out, --append, "
+                                       "--timestamp-url, --ca and --tsa-ca belong to --resume");
+    if (o->resume.id == NULL)
+        return QK_EXIT_OK;
+    if (!requests_id_valid(o->resume.id))
+        return cli_usage_error("sign",
+                               "--resume: '%s' is not a request id (req_ and 32 lowercase hex "
+                               "digits)",
+                               o->resume.id);
+    if (ninputs != 1)
+        return cli_usage_error("sign", "--resume takes exactly one file (got %zu)", ninputs);
+    if (g->alg || g->profile || g->description || g->url)
+        return cli_usage_error("sign", "--resume: --alg, --profile, --description and --url "
+                                       "were fixed when the request was submitted");
+    return QK_EXIT_OK;
+}
+
+/* What the command line says. */
+typedef struct cmdline {
+    sign_opts o;
+    cli_config flags; /* --server, --api-key (a wiped copy), --cacert, --profile */
+    given g;
+    int njobs;
+} cmdline;
+
+/* -j N: 1 to SIGN_MAX_JOBS. */
+static int take_jobs(const char *arg, int *out)
+{
+    char *end;
+    long v = strtol(arg, &end, 10);
+    if (*arg == '\0' || *end != '\0' || v < 1 || v > SIGN_MAX_JOBS)
+        return cli_usage_error("sign", "-j wants a number from 1 to %d", SIGN_MAX_JOBS);
+    *out = (int)v;
+    return -1;
+}
+
+/* The options that say where and how the result is written. */
+static int take_write_option(cmdline *cl, int c, char *arg)
+{
+    sign_opts *o = &cl->o;
+    switch (c) {
+    case OPT_OUT:
+        o->out = arg;
+        cl->g.out = 1;
+        break;
+    case OPT_TS_URL:
+        o->ts_urls[o->n_ts_urls++] = arg;
+        cl->g.ts_url = 1;
+        break;
+    case OPT_NO_TS:
+        o->no_timestamp = 1;
+        break;
+    case OPT_APPEND:
+        o->append = cl->g.append = 1;
+        break;
+    case OPT_DETACHED:
+        o->detached = cl->g.detached = 1;
+        break;
+    case OPT_CA:
+        o->ca = arg;
+        cl->g.ca = 1;
+        break;
+    case OPT_TSA_CA:
+        o->tsa_ca = arg;
+        cl->g.ca = 1;
+        break;
+    default:
+        return 0;
+    }
+    return 1;
+}
+
+/* The options of the request: what is signed and how. */
+static int take_request_option(cmdline *cl, int c, char *arg)
+{
+    sign_opts *o = &cl->o;
+    switch (c) {
+    case OPT_PROFILE:
+        cl->flags.profile = arg;
+        cl->g.profile = 1;
+        break;
+    case OPT_DESCRIPTION:
+        o->description = arg;
+        cl->g.description = 1;
+        break;
+    case OPT_URL:
+        o->url = arg;
+        cl->g.url = 1;
+        break;
+    case OPT_ALG:
+        o->alg = qk_hash_from_name(arg);
+        cl->g.alg = 1;
+        break;
+    default:
+        return 0;
+    }
+    return 1;
+}
+
+/* One option into *cl: an exit status (--help, a usage error), or -1 to go on. */
+static int take_option(cmdline *cl, int c, char **argv)
+{
+    sign_opts *o = &cl->o;
+    if (take_write_option(cl, c, optarg) || take_request_option(cl, c, optarg))
+        return -1;
+    switch (c) {
+    case OPT_SERVER:
+        cl->flags.server = optarg;
+        return -1;
+    case OPT_API_KEY:
+        sign_drop_secret(&cl->flags.api_key);
+        cl->flags.api_key = cli_take_secret_arg(optarg);
+        return -1;
+    case OPT_CACERT:
+        cl->flags.cacert = optarg;
+        return -1;
+    case 'j':
+        return take_jobs(optarg, &cl->njobs);
+    case OPT_JSON:
+        o->json = 1;
+        return -1;
+    case OPT_WAIT_TIMEOUT:
+        if (cli_parse_duration(optarg, &o->wait_timeout_s) != 0)
+            return cli_usage_error("sign",
+                                   "--wait-timeout: '%s' is not a duration (90s, 10m, 2h, 1h30m, "
+                                   "or seconds; at most 30 days)",
+                                   optarg);
+        return -1;
+    case OPT_ASYNC:
+        o->async = 1;
+        return -1;
+    case OPT_RESUME:
+        o->resume.id = optarg;
+        return -1;
+    case 'h':
+        help();
+        return QK_EXIT_OK;
+    default:
+        return cli_usage_error("sign", "unrecognized option '%s'", argv[optind - 1]);
+    }
+}
+
+static int parse_args(int argc, char **argv, cmdline *cl)
 {
     static const struct option lopts[] = {
         {"server", required_argument, NULL, OPT_SERVER},
@@ -147,124 +326,105 @@ int cmd_sign(int argc, char **argv)
         {"detached", no_argument, NULL, OPT_DETACHED},
         {"ca", required_argument, NULL, OPT_CA},
         {"tsa-ca", required_argument, NULL, OPT_TSA_CA},
+        {"wait-timeout", required_argument, NULL, OPT_WAIT_TIMEOUT},
+        {"async", no_argument, NULL, OPT_ASYNC},
+        {"resume", required_argument, NULL, OPT_RESUME},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    int status = QK_EXIT_USAGE, c, njobs = 0;
-    sign_opts o = {.alg = QK_HASH_SHA256};
-    mode_t um = umask(0);
-    umask(um);
-    o.p7s_mode = 0666 & ~um;
-    cli_config flags = {0};
-    inputs in = {0};
-
-    o.ts_urls = xcalloc((size_t)argc, sizeof(*o.ts_urls));
+    int c, status;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "+j:h", lopts, NULL)) != -1) {
-        switch (c) {
-        case OPT_SERVER:
-            flags.server = optarg;
-            break;
-        case OPT_API_KEY:
-            sign_drop_secret(&flags.api_key);
-            flags.api_key = cli_take_secret_arg(optarg);
-            break;
-        case OPT_CACERT:
-            flags.cacert = optarg;
-            break;
-        case OPT_PROFILE:
-            flags.profile = optarg;
-            break;
-        case OPT_OUT:
-            o.out = optarg;
-            break;
-        case OPT_TS_URL:
-            o.ts_urls[o.n_ts_urls++] = optarg;
-            break;
-        case OPT_NO_TS:
-            o.no_timestamp = 1;
-            break;
-        case OPT_DESCRIPTION:
-            o.description = optarg;
-            break;
-        case OPT_URL:
-            o.url = optarg;
-            break;
-        case 'j': {
-            char *end;
-            long v = strtol(optarg, &end, 10);
-            if (*optarg == '\0' || *end != '\0' || v < 1 || v > SIGN_MAX_JOBS) {
-                cli_usage_error("sign", "-j wants a number from 1 to %d", SIGN_MAX_JOBS);
-                goto out;
-            }
-            njobs = (int)v;
-            break;
-        }
-        case OPT_JSON:
-            o.json = 1;
-            break;
-        case OPT_APPEND:
-            o.append = 1;
-            break;
-        case OPT_ALG:
-            o.alg = qk_hash_from_name(optarg);
-            if (o.alg != QK_HASH_SHA256 && o.alg != QK_HASH_SHA384 && o.alg != QK_HASH_SHA512) {
-                cli_usage_error("sign", "--alg wants sha256, sha384 or sha512");
-                goto out;
-            }
-            break;
-        case OPT_DETACHED:
-            o.detached = 1;
-            break;
-        case OPT_CA:
-            o.ca = optarg;
-            break;
-        case OPT_TSA_CA:
-            o.tsa_ca = optarg;
-            break;
-        case 'h':
-            help();
-            status = QK_EXIT_OK;
-            goto out;
-        default:
-            cli_usage_error("sign", "unrecognized option '%s'", argv[optind - 1]);
-            goto out;
-        }
+    while ((c = getopt_long(argc, argv, "+j:h", lopts, NULL)) != -1)
+        if ((status = take_option(cl, c, argv)) >= 0)
+            return status;
+    return -1;
+}
+
+/* The checks that need no file and no server; an exit status. */
+static int check_args(const cmdline *cl, int nargs)
+{
+    const sign_opts *o = &cl->o;
+    if (o->alg != QK_HASH_SHA256 && o->alg != QK_HASH_SHA384 && o->alg != QK_HASH_SHA512)
+        return cli_usage_error("sign", "--alg wants sha256, sha384 or sha512");
+    if (nargs == 0)
+        return cli_usage_error("sign", "no files given");
+    if (o->no_timestamp && o->n_ts_urls > 0)
+        return cli_usage_error("sign", "--timestamp-url and --no-timestamp contradict each other");
+    if (o->append && o->detached)
+        return cli_usage_error("sign", "--append applies to PE files, not to --detached");
+    return QK_EXIT_OK;
+}
+
+/* --resume: the request, read with a client of its own before the run. */
+static int load_resume(sign_opts *o, int detached_given)
+{
+    char *err = NULL;
+    client *c = client_new(&o->cfg, &err);
+    if (c == NULL) {
+        cli_msg("%s", err);
+        free(err);
+        return QK_EXIT_USAGE; /* a bad server URL is a usage error */
     }
-    if (optind >= argc) {
-        cli_usage_error("sign", "no files given");
+    int status = sign_resume_load(c, o, detached_given);
+    client_free(c);
+    return status;
+}
+
+static int run_signing(cmdline *cl, inputs *in)
+{
+    int status = QK_EXIT_OK;
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        cli_msg("cannot initialise libcurl");
+        return QK_EXIT_FAIL;
+    }
+    if (cl->o.resume.id != NULL)
+        status = load_resume(&cl->o, cl->g.detached);
+    if (status == QK_EXIT_OK)
+        status = sign_run(&cl->o, in->v, in->n, cl->njobs, &cl->flags.api_key);
+    curl_global_cleanup();
+    return status;
+}
+
+static void free_inputs(inputs *in)
+{
+    for (size_t i = 0; i < in->n; i++) {
+        free(in->v[i].path);
+        free(in->v[i].request_id);
+        free(in->v[i].error);
+    }
+    free(in->v);
+    free(in->ids);
+}
+
+int cmd_sign(int argc, char **argv)
+{
+    cmdline cl = {.o = {.alg = QK_HASH_SHA256, .wait_timeout_s = SIGN_DEFAULT_WAIT_S}};
+    inputs in = {0};
+    mode_t um = umask(0);
+    umask(um);
+    cl.o.p7s_mode = 0666 & ~um;
+    cl.o.ts_urls = xcalloc((size_t)argc, sizeof(*cl.o.ts_urls));
+
+    int status = parse_args(argc, argv, &cl); /* -1: go on */
+    if (status >= 0 || (status = check_args(&cl, argc - optind)) != QK_EXIT_OK)
         goto out;
-    }
-    if (o.no_timestamp && o.n_ts_urls > 0) {
-        cli_usage_error("sign", "--timestamp-url and --no-timestamp contradict each other");
-        goto out;
-    }
-    if (o.append && o.detached) {
-        cli_usage_error("sign", "--append applies to PE files, not to --detached");
-        goto out;
-    }
     for (int i = optind; i < argc; i++)
         expand_arg(&in, argv[i]);
-    if (o.out != NULL && in.n != 1) {
-        cli_usage_error("sign", "--out takes exactly one input file (got %zu)", in.n);
+    if (cl.o.out != NULL && in.n != 1) {
+        status = cli_usage_error("sign", "--out takes exactly one input file (got %zu)", in.n);
         goto out;
     }
-    if (cli_config_load(&flags, &o.cfg) != QK_EXIT_OK)
+    if ((status = check_modes(&cl.o, &cl.g, in.n)) != QK_EXIT_OK ||
+        (status = cli_config_load(&cl.flags, &cl.o.cfg)) != QK_EXIT_OK)
         goto out;
-
-    status = sign_run(&o, in.v, in.n, njobs, &flags.api_key);
+    status = run_signing(&cl, &in);
 out:
-    for (size_t i = 0; i < in.n; i++) {
-        free(in.v[i].path);
-        free(in.v[i].request_id);
-        free(in.v[i].error);
-    }
-    free(in.v);
-    free(in.ids);
-    sign_drop_secret(&flags.api_key); /* the other flags point into argv */
-    cli_config_free(&o.cfg);
-    free(o.ts_urls);
+    free_inputs(&in);
+    sign_drop_secret(&cl.flags.api_key); /* the other flags point into argv */
+    cli_config_free(&cl.o.cfg);
+    sign_resume_clear(&cl.o.resume);
+    free(cl.o.ts_urls);
     if (sign_stop_signal() != 0) {
         /* Die of the signal, so callers (shells, CI) see what happened. */
         int sig = sign_stop_signal();

@@ -1,6 +1,6 @@
 /* qwick sign: one file (sign.h). The digest is computed here and only the
- * digest is sent; the signed file is written beside the original, verified
- * as written, and only then renamed over it. */
+ * digest is sent (with --async that is all); the signed file is written
+ * beside the original, verified as written, and only then renamed over it. */
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
@@ -14,7 +14,6 @@
 
 #include "cli.h"
 #include "common/file_atomic.h"
-#include "common/utf8.h"
 #include "qwick/pe.h"
 #include "qwick/tsp.h"
 #include "sign.h"
@@ -194,31 +193,13 @@ static int pending_is_beside(const qk_pe_pending *p, const char *dest, char **er
     return rc;
 }
 
-/* One signing round trip for `jb`: the server signs `md` in `format`, the
- * request id is kept for the report, and the result is timestamped into *sig. */
+/* The signature of `md` (in `format`) from the server (sign_request.c),
+ * timestamped into *sig. */
 static int request_signature(worker *w, job *jb, const char *format, const uint8_t *md,
                              client_sign_res *res, qk_buf *sig, char **err)
 {
-    const sign_opts *o = w->r->o;
-    /* The name is metadata (audit, and programName without --description):
-     * a name that is not UTF-8 is sent with '?' for its stray bytes rather
-     * than failing the file. */
-    char *name = utf8_lossy(sign_base_name(jb->path));
-    client_sign_req req = {
-        .format = format,
-        .alg = o->alg,
-        .digest = {md, qk_hash_size(o->alg)},
-        .profile = o->cfg.profile,
-        .filename = name,
-        .description = o->description,
-        .url = o->url,
-        .no_timestamp = o->no_timestamp,
-    };
-    int rc = client_sign_digest(w->api, &req, res, err);
-    free(name);
-    if (rc != 0)
+    if (sign_request_obtain(w, jb, format, md, res, err) != 0)
         return -1;
-    jb->request_id = res->request_id ? xstrdup(res->request_id) : NULL;
     if (sign_interrupted(err) || timestamp_sig(w, res, sig, err) != 0 || sign_interrupted(err))
         return -1;
     return 0;
@@ -420,7 +401,37 @@ out:
     return rc;
 }
 
+int sign_file_digest(const sign_opts *o, const char *path, uint8_t *md, char **err)
+{
+    qk_pe *pe = NULL;
+    qk_err e;
+    if (o->detached)
+        return hash_file(path, o->alg, md, err);
+    if ((e = qk_pe_open(path, &pe)) != QK_OK) {
+        *err = sign_errmsg(NULL, e);
+        return -1;
+    }
+    if ((e = qk_pe_signing_digest(pe, o->alg, md)) != QK_OK)
+        *err = sign_errmsg("digest", e);
+    qk_pe_free(pe);
+    return e == QK_OK ? 0 : -1;
+}
+
+/* --async: the digest goes out, the request id comes back; nothing is
+ * written (--resume does that later). */
+static int submit_only(worker *w, job *jb, char **err)
+{
+    const sign_opts *o = w->r->o;
+    uint8_t md[QK_HASH_MAX_SIZE];
+    if (sign_file_digest(o, jb->path, md, err) != 0)
+        return -1;
+    return sign_request_submit(w, jb, o->detached ? "cms" : "authenticode-pe", md, err);
+}
+
 int sign_job_run(worker *w, job *jb, char **err)
 {
-    return w->r->o->detached ? sign_detached(w, jb, err) : sign_pe(w, jb, err);
+    const sign_opts *o = w->r->o;
+    if (o->async)
+        return submit_only(w, jb, err);
+    return o->detached ? sign_detached(w, jb, err) : sign_pe(w, jb, err);
 }

@@ -1,14 +1,16 @@
 /* qwick sign: the run (sign.h). Workers take files in order, each with its
- * own connection to the server and its TSA; progress goes to a terminal's
- * stderr, the report to stdout. */
+ * own connection to the server and its TSA; progress (files done, and each
+ * file waiting for a queued request with its status) goes to a terminal's
+ * stderr, the report to stdout: with --async, a FILE<TAB>REQUEST_ID line per
+ * accepted file as soon as it is accepted. */
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
 
@@ -18,6 +20,63 @@
 
 /* --- workers and progress ---------------------------------------------- */
 
+/* Columns of the terminal on stderr (80 when it does not say). */
+static size_t term_width(void)
+{
+    struct winsize ws;
+    if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+        return ws.ws_col;
+    return 80;
+}
+
+/* Appends to the progress line; stops quietly when it is full. */
+static void line_add(char *line, size_t cap, size_t *k, const char *a, const char *b)
+{
+    int n = snprintf(line + *k, cap - *k, "%s%s", a, b);
+    if (n > 0)
+        *k = *k + (size_t)n < cap ? *k + (size_t)n : cap - 1;
+}
+
+/* Redraws the progress line (terminal only, r->mu held): files done, the
+ * last one, then each file waiting for a queued request with its status,
+ * cut to the terminal's width so that '\r' keeps redrawing one line. */
+static void draw_progress(run *r)
+{
+    char line[1024], count[48];
+    size_t k = 0, width = term_width();
+
+    fputs("\r\033[K", stderr);
+    if (r->done >= r->njobs)
+        return;
+    snprintf(count, sizeof(count), "[%zu/%zu]", r->done, r->njobs);
+    line_add(line, sizeof(line), &k, count, "");
+    if (r->last != NULL)
+        line_add(line, sizeof(line), &k, " ", sign_base_name(r->last->path));
+    for (size_t i = 0; i < r->nworkers; i++) {
+        const worker *w = &r->workers[i];
+        if (w->wait_job == NULL)
+            continue;
+        line_add(line, sizeof(line), &k, " | ", sign_base_name(w->wait_job->path));
+        line_add(line, sizeof(line), &k, " ", w->wait_status);
+    }
+    if (width > 1 && k >= width)
+        line[width - 1] = '\0';
+    fputs(line, stderr);
+}
+
+void sign_progress_waiting(worker *w, const job *jb, const char *status)
+{
+    run *r = w->r;
+    pthread_mutex_lock(&r->mu);
+    w->wait_job = status != NULL ? jb : NULL;
+    snprintf(w->wait_status, sizeof(w->wait_status), "%s", status != NULL ? status : "");
+    if (r->tty) {
+        draw_progress(r);
+        fflush(stderr);
+    }
+    pthread_mutex_unlock(&r->mu);
+}
+
 static void report_done(run *r, job *jb)
 {
     pthread_mutex_lock(&r->mu);
@@ -26,12 +85,18 @@ static void report_done(run *r, job *jb)
         r->nok++;
     else
         r->nfail++;
+    r->last = jb;
     if (r->tty)
         fputs("\r\033[K", stderr);
+    /* Printed at once: an interrupted run has still said what it submitted. */
+    if (r->o->async && jb->ok && !r->o->json) {
+        printf("%s\t%s\n", jb->path, jb->request_id);
+        fflush(stdout);
+    }
     if (!jb->ok)
         fprintf(stderr, "%s: %s: %s\n", qk_progname, jb->path, jb->error);
-    if (r->tty && r->done < r->njobs)
-        fprintf(stderr, "\r[%zu/%zu] %s", r->done, r->njobs, sign_base_name(jb->path));
+    if (r->tty)
+        draw_progress(r);
     fflush(stderr);
     pthread_mutex_unlock(&r->mu);
 }
@@ -103,20 +168,73 @@ static void print_json(const run *r)
 
 /* --- the run ------------------------------------------------------------- */
 
+/* One client per worker, each watching the stop flag. 0, or -1 (said why). */
+static int new_workers(run *r, size_t n)
+{
+    char *err = NULL;
+    r->workers = xcalloc(n, sizeof(*r->workers));
+    r->nworkers = n;
+    for (size_t i = 0; i < n; i++) {
+        worker *w = &r->workers[i];
+        w->r = r;
+        w->slot = (int)i;
+        if ((w->api = client_new(&r->o->cfg, &err)) == NULL) {
+            cli_msg("%s", err);
+            free(err);
+            return -1;
+        }
+        client_set_cancel(w->api, sign_stop_flag());
+    }
+    return 0;
+}
+
+static void free_workers(run *r)
+{
+    for (size_t i = 0; r->workers != NULL && i < r->nworkers; i++) {
+        client_free(r->workers[i].api);
+        tsa_client_free(r->workers[i].tsa);
+        free(r->workers[i].tsa_url);
+    }
+    free(r->workers);
+}
+
+/* Runs the workers to the end; 0, or -1 when none could start. */
+static int run_workers(run *r)
+{
+    pthread_t *tids = xcalloc(r->nworkers, sizeof(*tids));
+    size_t started = 0;
+    for (; started < r->nworkers; started++)
+        if (pthread_create(&tids[started], NULL, worker_main, &r->workers[started]) != 0)
+            break;
+    for (size_t i = 0; i < started; i++)
+        pthread_join(tids[i], NULL);
+    free(tids);
+    if (started == 0)
+        cli_msg("cannot start worker threads");
+    return started > 0 ? 0 : -1;
+}
+
+/* The report on stdout (--async printed its lines as it went); the exit status. */
+static int report(const run *r)
+{
+    int status = r->nfail == 0 ? QK_EXIT_OK : QK_EXIT_FAIL;
+    if (r->tty)
+        fputs("\r\033[K", stderr);
+    if (r->o->json)
+        print_json(r);
+    else if (!r->o->async)
+        printf("signed %zu, failed %zu\n", r->nok, r->nfail);
+    if (fflush(stdout) != 0)
+        status = QK_EXIT_FAIL;
+    return status;
+}
+
 int sign_run(const sign_opts *o, job *jobs, size_t n, int njobs, char **api_key)
 {
     int status = QK_EXIT_FAIL;
     run r = {0};
-    worker *ws = NULL;
-    pthread_t *tids = NULL;
-    size_t nworkers = 0, started = 0;
-    char *err = NULL;
     qk_err ve;
 
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
-        cli_msg("cannot initialise libcurl");
-        return QK_EXIT_FAIL;
-    }
     r.o = o;
     r.jobs = jobs;
     r.njobs = n;
@@ -133,54 +251,19 @@ int sign_run(const sign_opts *o, job *jobs, size_t n, int njobs, char **api_key)
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
         njobs = ncpu < 1 ? 1 : ncpu > SIGN_DEFAULT_JOBS ? SIGN_DEFAULT_JOBS : (int)ncpu;
     }
-    nworkers = (size_t)njobs < n ? (size_t)njobs : n;
-    ws = xcalloc(nworkers, sizeof(*ws));
-    tids = xcalloc(nworkers, sizeof(*tids));
-    for (size_t i = 0; i < nworkers; i++) {
-        ws[i].r = &r;
-        ws[i].slot = (int)i;
-        if ((ws[i].api = client_new(&o->cfg, &err)) == NULL) {
-            cli_msg("%s", err);
-            status = QK_EXIT_USAGE; /* a bad server URL is a usage error */
-            goto out;
-        }
-        client_set_cancel(ws[i].api, sign_stop_flag());
+    if (new_workers(&r, (size_t)njobs < n ? (size_t)njobs : n) != 0) {
+        status = QK_EXIT_USAGE; /* a bad server URL is a usage error */
+        goto out;
     }
     /* The key now lives only in the clients' headers. */
     sign_drop_secret(api_key);
 
     sign_stop_install();
-
-    for (; started < nworkers; started++)
-        if (pthread_create(&tids[started], NULL, worker_main, &ws[started]) != 0)
-            break;
-    if (started == 0) {
-        cli_msg("cannot start worker threads");
-        goto out;
-    }
-    for (size_t i = 0; i < started; i++)
-        pthread_join(tids[i], NULL);
-
-    if (r.tty)
-        fputs("\r\033[K", stderr);
-    if (o->json)
-        print_json(&r);
-    else
-        printf("signed %zu, failed %zu\n", r.nok, r.nfail);
-    status = r.nfail == 0 ? QK_EXIT_OK : QK_EXIT_FAIL;
-    if (fflush(stdout) != 0)
-        status = QK_EXIT_FAIL;
+    if (run_workers(&r) == 0)
+        status = report(&r);
 out:
-    for (size_t i = 0; i < nworkers; i++) {
-        client_free(ws[i].api);
-        tsa_client_free(ws[i].tsa);
-        free(ws[i].tsa_url);
-    }
+    free_workers(&r);
     pthread_mutex_destroy(&r.mu);
     qk_verify_ctx_free(r.vctx);
-    free(ws);
-    free(tids);
-    free(err);
-    curl_global_cleanup();
     return status;
 }

@@ -195,7 +195,8 @@ qk_err callbacks_new(server *srv, char *const *allow, size_t n, callbacks **out)
             cb->nallow++;
     pthread_mutex_init(&cb->lock, NULL);
     pthread_cond_init(&cb->cond, NULL);
-    if (pthread_create(&cb->thread, NULL, sender, cb) != 0) {
+    /* No allowed address, no callback: no sender thread either. */
+    if (cb->nallow > 0 && pthread_create(&cb->thread, NULL, sender, cb) != 0) {
         pthread_cond_destroy(&cb->cond);
         pthread_mutex_destroy(&cb->lock);
         free(cb->allow);
@@ -214,7 +215,8 @@ void callbacks_free(callbacks *cb)
     cb->stop = 1;
     pthread_cond_signal(&cb->cond);
     pthread_mutex_unlock(&cb->lock);
-    pthread_join(cb->thread, NULL);
+    if (cb->nallow > 0)
+        pthread_join(cb->thread, NULL);
     if (cb->npending > 0)
         log_kv(LOG_WARN, "callbacks not delivered at shutdown", NULL);
     while (cb->pending != NULL) {
@@ -284,7 +286,7 @@ const char *callbacks_check_url(const callbacks *cb, const char *url)
 
 void callbacks_send(callbacks *cb, const store_sign_request *r)
 {
-    if (cb == NULL || r->callback_url == NULL)
+    if (cb == NULL || cb->nallow == 0 || r->callback_url == NULL)
         return;
     json_t *j = json_pack("{s:s,s:s,s:s,s:I}", "requestId", r->id, "status",
                           req_status_name(r->status), "profile", r->profile ? r->profile : "",

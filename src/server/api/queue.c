@@ -462,7 +462,7 @@ static void *dispatcher(void *arg)
 
 void queue_wake(signing_queue *q)
 {
-    if (q == NULL)
+    if (q == NULL || q->cfg.concurrency == 0) /* an accept-only node claims nothing */
         return;
     pthread_mutex_lock(&q->lock);
     q->woken = 1;

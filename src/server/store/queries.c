@@ -185,8 +185,11 @@ const db_query store_queries[Q__COUNT] = {
      * one along the ready index (a skip scan: a probe per org, however long
      * the queue); rounds over them, each org's oldest ready rows up to its
      * share, each one taken, until the claim is full or no org has more. */
+    /* `status <> 3` repeats the open index's condition: SQLite uses a
+     * partial index only when the query's WHERE names its condition (it does
+     * not infer it from status = 2), else it scans every request ever made. */
     [W_QUEUE_RECLAIM] = {"UPDATE sign_requests SET status = 0, lease_node = NULL "
-                         "WHERE status = 2 AND lease_until < $1",
+                         "WHERE status = 2 AND status <> 3 AND lease_until < $1",
                          NULL},
     [R_QUEUE_NEXT_ORG] = {"SELECT org_id FROM sign_requests WHERE status = 0 AND org_id > $1 "
                           "AND run_after <= $2 ORDER BY org_id LIMIT 1",
@@ -220,9 +223,12 @@ const db_query store_queries[Q__COUNT] = {
     [R_REQ_LIST] = {"SELECT " REQ_COLS("NULL", "NULL") " FROM sign_requests WHERE org_id = $1 "
                     "AND ($2 < 0 OR status = $2) AND id < $3 ORDER BY id DESC LIMIT $4",
                     NULL},
+    /* The open rows only (the partial index), not all the org's requests. */
     [R_QUEUE_STATS_ORG] = {"SELECT status, count(*), min(queued_ms) FROM sign_requests "
-                           "WHERE org_id = $1 AND status <> 3 GROUP BY status",
-                           NULL},
+                           "INDEXED BY sign_requests_open WHERE org_id = $1 AND status <> 3 "
+                           "GROUP BY status",
+                           "SELECT status, count(*), min(queued_ms) FROM sign_requests "
+                           "WHERE org_id = $1 AND status <> 3 GROUP BY status"},
     [R_QUEUE_STATS_ALL] = {"SELECT status, count(*), min(queued_ms) FROM sign_requests "
                            "WHERE status <> 3 GROUP BY status",
                            "SELECT status, n, oldest FROM qwick_queue_stats()"},

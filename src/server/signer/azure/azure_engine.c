@@ -195,9 +195,11 @@ static void retry(az_engine *eng, sign_op *op, const char *what)
     az_count_error(eng->b, az_class_of(&op->resp));
     int64_t wait = op->resp.retry_after >= 0 ? op->resp.retry_after * 1000
                                              : (int64_t)(250 << (op->tries < 6 ? op->tries : 6));
-    if (++op->tries >= MAX_TRIES || wait > AZ_MAX_RETRY_AFTER_S * 1000 ||
-        az_now_ms() + wait > op->deadline_ms) {
-        int status = op->resp.status == 429 ? 503 : 502;
+    int late = az_now_ms() + wait > op->deadline_ms;
+    if (++op->tries >= MAX_TRIES || wait > AZ_MAX_RETRY_AFTER_S * 1000 || late) {
+        /* Everything retried here is Azure being unavailable (429, 5xx, the
+         * network): a later attempt may pass, which the queue does. */
+        int status = late ? 504 : 503;
         char msg[AZ_ERR_MAX + 64];
         snprintf(msg, sizeof(msg), "%s: %s (gave up after %d tries)", what, text, op->tries);
         azure_result r = {.rc = QK_ERR_IO, .status = status, .detail = msg};
