@@ -99,9 +99,16 @@ struct worker {
 int sign_run(const sign_opts *o, job *jobs, size_t n, int njobs, char **api_key);
 /* Wipes and frees a secret string. */
 void sign_drop_secret(char **s);
+
+/* ---- sign_progress.c ---- */
+
+/* The last component of a path (no copy). */
+const char *sign_base_name(const char *path);
 /* Worker `w` waits for `jb`'s queued request, now `status` (NULL: done
  * waiting): shown on the progress line. */
 void sign_progress_waiting(worker *w, const job *jb, const char *status);
+/* A file is finished (ok or not): counted, reported, the line redrawn. */
+void sign_progress_done(run *r, job *jb);
 
 /* ---- sign_stop.c ---- */
 
@@ -131,7 +138,6 @@ qk_err sign_verify_ctx_new(const sign_opts *o, qk_verify_ctx **out);
 int sign_file_digest(const sign_opts *o, const char *path, uint8_t *md, char **err);
 /* "what: error: detail" (heap). */
 char *sign_errmsg(const char *what, qk_err e);
-const char *sign_base_name(const char *path);
 
 /* ---- sign_request.c ---- */
 

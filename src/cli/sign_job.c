@@ -27,12 +27,6 @@ char *sign_errmsg(const char *what, qk_err e)
     return what ? xasprintf("%s: %s", what, qk_strerror(e)) : xstrdup(qk_strerror(e));
 }
 
-const char *sign_base_name(const char *path)
-{
-    const char *s = strrchr(path, '/');
-    return s != NULL ? s + 1 : path;
-}
-
 /* A TSA client for `urls`. The server's own TSA (any URL under the server's
  * base) is reached with the server's CA; other TSAs with the system store. */
 static int new_tsa(worker *w, const char *const *urls, size_t n, char **err)

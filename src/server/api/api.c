@@ -224,6 +224,20 @@ void api_audit_init(http_req *req, const store_apikey *key, const char *action, 
     a->outcome = AUDIT_ALLOWED;
 }
 
+/* "https://host:port" for timestampUrl: the configured/derived base URL, or
+ * from a Host header that looks like a host name (listening on a wildcard). */
+char *api_tsa_url(http_req *req)
+{
+    if (req->srv->base_url != NULL)
+        return xasprintf("%s/tsa", req->srv->base_url);
+    const char *host = http_header(req, MHD_HTTP_HEADER_HOST);
+    if (host == NULL || host[0] == '\0' || strlen(host) > 255 ||
+        strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]") !=
+            strlen(host))
+        return NULL;
+    return xasprintf("%s://%s/tsa", req->srv->tls ? "https" : "http", host);
+}
+
 /* Answers 403 and returns -1 unless the key has at least `role`. */
 int api_need_role(http_req *req, const store_apikey *key, store_role role)
 {

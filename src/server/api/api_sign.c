@@ -30,20 +30,6 @@
 #include "core/util.h"
 #include "core/workq.h"
 
-/* "https://host:port" for timestampUrl: the configured/derived base URL, or
- * from a Host header that looks like a host name (listening on a wildcard). */
-char *api_tsa_url(http_req *req)
-{
-    if (req->srv->base_url != NULL)
-        return xasprintf("%s/tsa", req->srv->base_url);
-    const char *host = http_header(req, MHD_HTTP_HEADER_HOST);
-    if (host == NULL || host[0] == '\0' || strlen(host) > 255 ||
-        strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]") !=
-            strlen(host))
-        return NULL;
-    return xasprintf("%s://%s/tsa", req->srv->tls ? "https" : "http", host);
-}
-
 static void audit_from_input(http_req *req, const store_apikey *key, const sign_input *in,
                              char *digest_hex, store_audit *a)
 {

@@ -13,6 +13,19 @@
 #include "store/store.h"
 #include "store/store_sql.h"
 
+qk_err store_over_db(qk_db *d, qk_store **out)
+{
+    sql_store *s = xcalloc(1, sizeof(*s));
+    store_sql_ops(&s->ops);
+    store_queue_ops(&s->ops);
+    if (d->ops->write_async == NULL)
+        s->ops.request_record_async = NULL;
+    s->base.ops = &s->ops;
+    s->d = d;
+    *out = &s->base;
+    return QK_OK;
+}
+
 static qk_err sqlite_open(const char *data_dir, qk_store **out, int *from)
 {
     qk_db *d = NULL;

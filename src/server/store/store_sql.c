@@ -1123,16 +1123,7 @@ static const store_ops sql_ops = {
     .instance_secret_reseal = sq_instance_secret_reseal,
 };
 
-qk_err store_over_db(qk_db *d, qk_store **out)
+void store_sql_ops(store_ops *ops)
 {
-    sql_store *s = xcalloc(1, sizeof(*s));
-    s->ops = sql_ops;
-    store_queue_ops(&s->ops);
-    if (d->ops->write_async == NULL)
-        s->ops.request_record_async = NULL;
-    s->base.ops = &s->ops;
-    s->d = d;
-    *out = &s->base;
-    return QK_OK;
+    *ops = sql_ops;
 }
-

@@ -105,7 +105,7 @@ typedef struct sql_store {
 
 #define SQL_DB(s) (((sql_store *)(s))->d)
 
-/* The store over an open driver (which it closes with itself). */
+/* The store over an open driver (which it closes with itself; store_open.c). */
 qk_err store_over_db(qk_db *d, qk_store **out);
 
 /* One bound value, so simple statements share one bind loop. */
@@ -159,7 +159,10 @@ void sql_request_vals(const store_sign_request *q, db_val v[SQL_REQUEST_VALS]);
 void sql_fill_request(db_stmt *st, void *p);
 /* Checks of a request row's fields before it is written (store_sql.c). */
 qk_err sql_check_request(const store_sign_request *req, const store_audit *audit);
-/* The queue's operations (store_queue.c) into the vtable. */
+/* The vtable, filled by the two files that implement it: store_sql.c (all
+ * but the queue) and store_queue.c (the queue). store_over_db (store_open.c)
+ * puts them together. */
+void store_sql_ops(store_ops *ops);
 void store_queue_ops(store_ops *ops);
 
 /* The log (store_log.c). */
