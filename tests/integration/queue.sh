@@ -432,6 +432,18 @@ if [ -n "$id_other" ] && [ "$id_other" != "$id1" ]; then
 else fail "idempotency: another API key got '$id_other' (first key: $id1)"; fi
 sign "$admin_key" "$body1" -H "Idempotency-Key: $(printf 'bad\001key')"
 expect_error 400 invalid_idempotency_key "idempotency: a key with a control character"
+# The key in the body (idempotencyKey) works as the header does.
+head -c 3000 /dev/urandom >"$tmp/idem3.bin"
+body3=$(cms_body "$tmp/idem3.bin" default ',"async":true,"idempotencyKey":"body-key-1"')
+sign "$admin_key" "$body3"
+expect_status 202 "idempotency: idempotencyKey in the body: 202"
+id3=$(jstr requestId)
+sign "$admin_key" "$body3"
+check_eq "idempotency: the body's key repeated: same request" "$(jstr requestId)" "$id3"
+sign "$admin_key" "$body3" -H 'Idempotency-Key: body-key-1'
+check_eq "idempotency: header and body naming the same key: same request" "$(jstr requestId)" "$id3"
+sign "$admin_key" "$body3" -H 'Idempotency-Key: another'
+expect_error 400 invalid_idempotency_key "idempotency: header and body keys differ"
 
 # --- 3. cancel -------------------------------------------------------------------------------
 # One worker (concurrency 1) and an Azure backend slowed to 2 s a signature:
@@ -628,7 +640,7 @@ check_eq "isolation: B has no dead letters (A has)" "$(tr -d ' \n' <"$tmp/body")
 call GET "/api/v1/sign/requests?limit=200" "$admin_key"
 check_py "isolation: the default org sees none of A's requests" "$tmp/body" "
 ids = {r['requestId'] for r in d['requests']}
-assert len(ids) == 24 and not ids & {'$c1', '$c2', '$t1', '$p1', '$u1'}, ids"
+assert len(ids) == 25 and not ids & {'$c1', '$c2', '$t1', '$p1', '$u1'}, ids"
 check_status 1 "isolation: qwickd queue retry of A's request as org qb" \
     "$QWICKD" queue retry --data "$data" --org qb "$u1"
 stop_qwickd

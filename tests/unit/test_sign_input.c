@@ -85,6 +85,16 @@ static void accepts_full_and_defaults(void **state)
              d32);
     assert_int_equal(parse_str(body, &in, &e), 0);
     assert_int_equal(in.async, 1);
+    assert_null(in.idempotency_key);
+    sign_input_clear(&in);
+
+    snprintf(body, sizeof(body),
+             "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"idempotencyKey\":\"k-1\","
+             "\"callbackUrl\":\"https://ci.example/hook\"}",
+             d32);
+    assert_int_equal(parse_str(body, &in, &e), 0);
+    assert_string_equal(in.idempotency_key, "k-1");
+    assert_string_equal(in.callback_url, "https://ci.example/hook");
     sign_input_clear(&in);
 }
 

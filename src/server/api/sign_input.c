@@ -21,7 +21,8 @@ void sign_input_clear(sign_input *in)
 static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
 {
     static const char *const fields[] = {"digest",   "algorithm", "format", "profile",
-                                         "metadata", "timestamp", "async",    "callbackUrl", NULL};
+                                         "metadata", "timestamp", "async",    "callbackUrl", "idempotencyKey",
+                                         NULL};
     static const char *const meta_fields[] = {"filename", "description", "url", NULL};
     const char *digest = NULL, *format = NULL;
 
@@ -41,7 +42,9 @@ static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
     if (async != NULL && !json_is_boolean(async))
         return api_fail(e, 400, "invalid_type", "'async' must be true or false");
     in->async = async != NULL && json_is_true(async);
-    if (json_in_opt_string(in->root, "callbackUrl", SIGN_MAX_URL, &in->callback_url, e) != 0)
+    if (json_in_opt_string(in->root, "callbackUrl", SIGN_MAX_URL, &in->callback_url, e) != 0 ||
+        json_in_opt_string(in->root, "idempotencyKey", SIGN_MAX_IDEM_KEY, &in->idempotency_key,
+                           e) != 0)
         return -1;
 
     json_t *meta = json_object_get(in->root, "metadata");

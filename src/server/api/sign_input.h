@@ -1,6 +1,6 @@
 /* The body of POST /api/v1/sign/digest, parsed strictly (see docs/api.md):
  * {digest, algorithm, format?, profile?, metadata?{filename, description, url},
- *  timestamp?, async?, callbackUrl?}   (timestamp: false says the client will not timestamp the
+ *  timestamp?, async?, callbackUrl?, idempotencyKey?}   (timestamp: false says the client will not timestamp the
  *  signature, which profiles with short-lived certificates refuse)
  * Unknown fields, wrong types, non-canonical base64, a digest of the wrong
  * length for its algorithm, unknown algorithms and formats, and over-long
@@ -21,6 +21,7 @@
 #define SIGN_MAX_FILENAME 260 /* Windows MAX_PATH */
 #define SIGN_MAX_DESCRIPTION 1024
 #define SIGN_MAX_URL 2048
+#define SIGN_MAX_IDEM_KEY 255
 
 typedef enum sign_format { FMT_AUTHENTICODE_PE = 0, FMT_CMS, FMT_RAW } sign_format;
 
@@ -39,6 +40,7 @@ typedef struct sign_input {
     int no_timestamp; /* "timestamp": false */
     int async;        /* "async": true: queue it, answer 202 */
     const char *callback_url; /* "callbackUrl": POSTed the final status (queued) */
+    const char *idempotency_key; /* "idempotencyKey": as the Idempotency-Key header */
 } sign_input;
 
 /* 0 with *in filled, or -1 with *e set (and *in cleared). */
