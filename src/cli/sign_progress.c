@@ -98,4 +98,3 @@ void sign_progress_done(run *r, job *jb)
     fflush(stderr);
     pthread_mutex_unlock(&r->mu);
 }
-

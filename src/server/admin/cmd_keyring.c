@@ -193,8 +193,7 @@ static qk_err collect(admin_ctx *a, blob_set *s)
     char *dbcred = path_join(a->dir, DATABASE_CREDENTIALS_FILE);
     rc = collect_file(s, dbcred, DATABASE_CREDENTIALS_AAD);
     free(dbcred);
-    if (rc != QK_OK ||
-        (rc = collect_file(s, a->cfg.tsa_key, SECRETS_AAD_TSA_KEY)) != QK_OK ||
+    if (rc != QK_OK || (rc = collect_file(s, a->cfg.tsa_key, SECRETS_AAD_TSA_KEY)) != QK_OK ||
         (rc = collect_instance_secrets(a, s)) != QK_OK ||
         (rc = collect_signing_keys(a, s)) != QK_OK)
         blobs_free(s);

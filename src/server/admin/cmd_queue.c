@@ -46,8 +46,8 @@ static int do_status(admin_ctx *a, int all, int json)
         return EXIT_FAIL;
     }
     int64_t age = st.oldest_queued_ms > 0 ? (now_unix_ms() - st.oldest_queued_ms) / 1000 : 0;
-    static const req_status shown[] = {REQ_QUEUED, REQ_PENDING_APPROVAL, REQ_PROCESSING,
-                                       REQ_FAILED, REQ_CANCELLED};
+    static const req_status shown[] = {REQ_QUEUED, REQ_PENDING_APPROVAL, REQ_PROCESSING, REQ_FAILED,
+                                       REQ_CANCELLED};
     if (json) {
         json_t *j = json_object();
         for (size_t i = 0; i < sizeof(shown) / sizeof(shown[0]); i++)
@@ -79,11 +79,11 @@ static int do_dead_letters(admin_ctx *a, int limit, int json)
     if (json) {
         json_t *arr = json_array();
         for (size_t i = 0; i < n; i++)
-            json_array_append_new(
-                arr, json_pack("{s:s,s:s,s:s?,s:I,s:I,s:s?}", "requestId", r[i].id, "profile",
-                               r[i].profile, "filename", r[i].filename, "attempts",
-                               (json_int_t)r[i].attempts, "updatedAt",
-                               (json_int_t)r[i].updated_at, "error", r[i].error));
+            json_array_append_new(arr,
+                                  json_pack("{s:s,s:s,s:s?,s:I,s:I,s:s?}", "requestId", r[i].id,
+                                            "profile", r[i].profile, "filename", r[i].filename,
+                                            "attempts", (json_int_t)r[i].attempts, "updatedAt",
+                                            (json_int_t)r[i].updated_at, "error", r[i].error));
         char *text = json_dumps(arr, JSON_INDENT(2));
         printf("%s\n", text != NULL ? text : "[]");
         free(text);
@@ -108,8 +108,8 @@ static int do_retry(admin_ctx *a, const char *id, int json)
     int found = 0;
     admin_audit_init(a, "sign.retry", &au);
     au.request_id = id;
-    qk_err rc = STORE_CALL(a->store, request_retry, a->org, id, now_unix_ms(), &au, &before,
-                           &found);
+    qk_err rc =
+        STORE_CALL(a->store, request_retry, a->org, id, now_unix_ms(), &au, &before, &found);
     if (rc == QK_ERR_INVALID_ARG && !found) {
         fprintf(stderr, "qwickd queue retry: no request %s in org %s\n", id, a->org_name);
         return EXIT_FAIL;
@@ -163,9 +163,12 @@ static int request_id_ok(const char *id)
 int cmd_queue(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"data", required_argument, NULL, 'd'}, {"org", required_argument, NULL, 'o'},
-        {"limit", required_argument, NULL, 'n'}, {"all", no_argument, NULL, 'a'},
-        {"json", no_argument, NULL, 'j'},       {"help", no_argument, NULL, 'h'},
+        {"data", required_argument, NULL, 'd'},
+        {"org", required_argument, NULL, 'o'},
+        {"limit", required_argument, NULL, 'n'},
+        {"all", no_argument, NULL, 'a'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *data = NULL, *org = NULL;

@@ -147,8 +147,8 @@ int api_authenticate_profile(http_req *req, store_apikey *key, const char *profi
     while (*h == ' ')
         h++;
     apikey_status st = APIKEY_UNKNOWN;
-    qk_err rc = apikey_authenticate_profile(req->srv->store, h, now_unix(), profile, key, &st,
-                                            prof, prof_found);
+    qk_err rc = apikey_authenticate_profile(req->srv->store, h, now_unix(), profile, key, &st, prof,
+                                            prof_found);
     if (rc != QK_OK) {
         log_kv(LOG_ERROR, "authentication failed", "request_id", req->id, "detail",
                qk_error_detail(), NULL);

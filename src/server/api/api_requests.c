@@ -116,11 +116,11 @@ typedef struct enq_job {
     char credential[40];
     char idem_key[IDEM_KEY_MAX + 1];
     store_enqueued res;
-    int sync;          /* wait for the workers (a synchronous request with a key) */
+    int sync;           /* wait for the workers (a synchronous request with a key) */
     char *callback_url; /* the request's, else the profile's */
-    qk_err rc;         /* the enqueue's outcome */
+    qk_err rc;          /* the enqueue's outcome */
     char detail[256];
-    atomic_int refs;   /* the enqueue and, when sync, the wait */
+    atomic_int refs; /* the enqueue and, when sync, the wait */
     atomic_int answered;
 } enq_job;
 
@@ -278,8 +278,8 @@ void api_sign_enqueue(http_req *req, store_apikey *key, sign_input *in, const st
                    "Idempotency-Key must be 1 to %d printable ASCII characters", IDEM_KEY_MAX);
         return;
     }
-    char *callback = in->callback_url != NULL ? xstrdup(in->callback_url)
-                                              : profile_callback_url(prof);
+    char *callback =
+        in->callback_url != NULL ? xstrdup(in->callback_url) : profile_callback_url(prof);
     const char *why = callback != NULL ? callbacks_check_url(srv->callbacks, callback) : NULL;
     if (why != NULL) {
         http_error(req, 400, "callback_not_allowed", "%s", why);
@@ -313,8 +313,8 @@ void api_sign_enqueue(http_req *req, store_apikey *key, sign_input *in, const st
     if (j->sync) {
         atomic_fetch_add(&j->refs, 1);
         queue_wait(srv->queue, j->row.id,
-                   now_unix_ms() + (int64_t)queue_sync_wait_seconds(srv->queue) * 1000,
-                   enq_waited, j);
+                   now_unix_ms() + (int64_t)queue_sync_wait_seconds(srv->queue) * 1000, enq_waited,
+                   j);
     }
     qk_err rc = STORE_CALL(srv->store, request_enqueue_async, &j->row, &j->audit,
                            j->has_idem ? &j->idem : NULL, &j->res, enq_committed, j);
@@ -484,8 +484,8 @@ static void list_requests(http_req *req, int status)
     if (list_query(req, &status, &limit, &cursor) != 0)
         goto out;
     /* One more than asked: whether a next page exists. */
-    qk_err rc = STORE_CALL(req->srv->store, request_list, key.org_id, status, cursor, limit + 1,
-                           &rows, &n);
+    qk_err rc =
+        STORE_CALL(req->srv->store, request_list, key.org_id, status, cursor, limit + 1, &rows, &n);
     if (rc != QK_OK) {
         http_error(req, 503, "store_unavailable", "cannot list requests now");
         goto out;
@@ -556,21 +556,25 @@ static void change_request(http_req *req, int cancel)
         goto out;
     }
     if (cancel && before != REQ_QUEUED && before != REQ_PENDING_APPROVAL) {
-        http_error(req, 409, "not_cancellable", "request %s is %s: only a request that has not "
-                   "started signing can be cancelled", id, req_status_name(before));
+        http_error(req, 409, "not_cancellable",
+                   "request %s is %s: only a request that has not "
+                   "started signing can be cancelled",
+                   id, req_status_name(before));
         goto out;
     }
     if (!cancel && before != REQ_FAILED) {
-        http_error(req, 409, "not_retryable", "request %s is %s: only a FAILED request is put "
-                   "back", id, req_status_name(before));
+        http_error(req, 409, "not_retryable",
+                   "request %s is %s: only a FAILED request is put "
+                   "back",
+                   id, req_status_name(before));
         goto out;
     }
     if (!cancel)
         queue_wake(srv->queue);
     else
         send_callback(req, key.org_id, id);
-    http_json(req, 200, json_pack("{s:s,s:s}", "requestId", id, "status",
-                                  cancel ? "CANCELLED" : "QUEUED"));
+    http_json(req, 200,
+              json_pack("{s:s,s:s}", "requestId", id, "status", cancel ? "CANCELLED" : "QUEUED"));
 out:
     store_apikey_clear(&key);
 }

@@ -319,16 +319,14 @@ void api_sign_digest(http_req *req)
     /* Queued (202): asked for, the profile's rule, or an Idempotency-Key
      * (which must hold across nodes, so the request is a row first). */
     const char *idem = http_header(req, "Idempotency-Key");
-    if (idem != NULL && j->in.idempotency_key != NULL &&
-        strcmp(idem, j->in.idempotency_key) != 0) {
+    if (idem != NULL && j->in.idempotency_key != NULL && strcmp(idem, j->in.idempotency_key) != 0) {
         http_error(req, 400, "invalid_idempotency_key",
                    "the Idempotency-Key header and the body's idempotencyKey differ");
         goto out;
     }
     if (idem == NULL)
         idem = j->in.idempotency_key;
-    if (j->in.async || idem != NULL || j->in.callback_url != NULL ||
-        profile_async_only(&j->prof)) {
+    if (j->in.async || idem != NULL || j->in.callback_url != NULL || profile_async_only(&j->prof)) {
         api_sign_enqueue(req, &j->key, &j->in, &j->prof, idem);
         goto out;
     }

@@ -22,7 +22,7 @@
 #include "core/log.h"
 #include "core/util.h"
 
-#define CALLBACK_ATTEMPTS 6        /* then dropped, with a log line */
+#define CALLBACK_ATTEMPTS 6 /* then dropped, with a log line */
 #define CALLBACK_FIRST_DELAY_MS 1000
 #define CALLBACK_TIMEOUT_MS 10000L
 #define CALLBACK_PENDING_MAX 10000 /* more waiting than this: new ones are dropped */
@@ -318,16 +318,15 @@ void callbacks_send(callbacks *cb, const store_sign_request *r)
 char *callbacks_metrics_render(callbacks *cb)
 {
     pthread_mutex_lock(&cb->lock);
-    char *text = xasprintf(
-        "# HELP qwickd_callbacks_total Callback deliveries by outcome.\n"
-        "# TYPE qwickd_callbacks_total counter\n"
-        "qwickd_callbacks_total{outcome=\"delivered\"} %" PRIu64 "\n"
-        "qwickd_callbacks_total{outcome=\"failed_attempt\"} %" PRIu64 "\n"
-        "qwickd_callbacks_total{outcome=\"dropped\"} %" PRIu64 "\n"
-        "# HELP qwickd_callbacks_pending Callbacks waiting to be delivered.\n"
-        "# TYPE qwickd_callbacks_pending gauge\n"
-        "qwickd_callbacks_pending %zu\n",
-        cb->delivered, cb->failed_attempts, cb->dropped, cb->npending);
+    char *text = xasprintf("# HELP qwickd_callbacks_total Callback deliveries by outcome.\n"
+                           "# TYPE qwickd_callbacks_total counter\n"
+                           "qwickd_callbacks_total{outcome=\"delivered\"} %" PRIu64 "\n"
+                           "qwickd_callbacks_total{outcome=\"failed_attempt\"} %" PRIu64 "\n"
+                           "qwickd_callbacks_total{outcome=\"dropped\"} %" PRIu64 "\n"
+                           "# HELP qwickd_callbacks_pending Callbacks waiting to be delivered.\n"
+                           "# TYPE qwickd_callbacks_pending gauge\n"
+                           "qwickd_callbacks_pending %zu\n",
+                           cb->delivered, cb->failed_attempts, cb->dropped, cb->npending);
     pthread_mutex_unlock(&cb->lock);
     return text;
 }

@@ -199,8 +199,7 @@ static void finish_done(void *arg, qk_err rc, const char *detail)
             q->failed_n++;
         pthread_mutex_unlock(&q->mlock);
         if (it->fin.status == REQ_SIGNED)
-            metrics_signature(q->srv->metrics, it->row.profile, it->row.algorithm,
-                              it->row.format);
+            metrics_signature(q->srv->metrics, it->row.profile, it->row.algorithm, it->row.format);
         send_callback(it);
         fire_waiters(q, it->claim.id, 0, 0);
     } else {
@@ -221,7 +220,8 @@ static int64_t backoff_until(const signing_queue *q, int64_t attempts)
     if (d > q->cfg.backoff_max_ms)
         d = q->cfg.backoff_max_ms;
     uint64_t half = d / 2;
-    return now_unix_ms() + (int64_t)(half + (half > 0 ? randombytes_uniform((uint32_t)half + 1) : 0));
+    return now_unix_ms() +
+           (int64_t)(half + (half > 0 ? randombytes_uniform((uint32_t)half + 1) : 0));
 }
 
 /* Records the outcome in it->fin (with an audit entry when final). */
@@ -234,9 +234,9 @@ static void item_record(qitem *it, int with_audit)
         it->audit.detail = it->fin.status == REQ_FAILED ? it->fin.error : it->audit.detail;
         it->audit.outcome = it->fin.status == REQ_SIGNED ? AUDIT_ALLOWED : AUDIT_FAILED;
     }
-    qk_err rc = STORE_CALL(q->srv->store, request_finish_async, it->claim.org_id, it->claim.id,
-                           it->claim.attempts, &it->fin, with_audit ? &it->audit : NULL,
-                           finish_done, it);
+    qk_err rc =
+        STORE_CALL(q->srv->store, request_finish_async, it->claim.org_id, it->claim.id,
+                   it->claim.attempts, &it->fin, with_audit ? &it->audit : NULL, finish_done, it);
     if (rc != QK_OK)
         finish_done(it, rc, qk_error_detail());
 }
@@ -344,8 +344,8 @@ static void item_start(void *arg)
     signing_queue *q = it->q;
     server *srv = q->srv;
     int found = 0;
-    qk_err rc = STORE_CALL(srv->store, request_get, it->claim.org_id, it->claim.id, &it->row,
-                           &found);
+    qk_err rc =
+        STORE_CALL(srv->store, request_get, it->claim.org_id, it->claim.id, &it->row, &found);
     if (rc != QK_OK) {
         /* Unreadable now: the lease runs out and it is claimed again. */
         log_kv(LOG_WARN, "queued request unreadable", "request_id", it->claim.id, "detail",
@@ -366,9 +366,9 @@ static void item_start(void *arg)
     }
     rc = STORE_CALL(srv->store, profile_get, it->row.org_id, it->row.profile, &it->prof, &found);
     if (rc != QK_OK) {
-        item_failed(it, found || rc == QK_ERR_IO, found || rc == QK_ERR_IO
-                                                      ? "cannot read the profile now"
-                                                      : "the profile no longer exists");
+        item_failed(it, found || rc == QK_ERR_IO,
+                    found || rc == QK_ERR_IO ? "cannot read the profile now"
+                                             : "the profile no longer exists");
         return;
     }
     if (it->prof.disabled_at != 0) {
@@ -403,9 +403,9 @@ static int claim_some(signing_queue *q, unsigned room)
     store_claim *c = NULL;
     size_t n = 0;
     int64_t now = now_unix_ms();
-    qk_err rc = STORE_CALL(q->srv->store, queue_claim, q->node, now,
-                           (int64_t)q->cfg.lease_seconds * 1000,
-                           (int)(room < CLAIM_BATCH ? room : CLAIM_BATCH), &c, &n);
+    qk_err rc =
+        STORE_CALL(q->srv->store, queue_claim, q->node, now, (int64_t)q->cfg.lease_seconds * 1000,
+                   (int)(room < CLAIM_BATCH ? room : CLAIM_BATCH), &c, &n);
     if (rc != QK_OK) {
         log_kv(LOG_WARN, "queue claim failed", "detail", qk_error_detail(), NULL);
         return 0;
@@ -433,8 +433,14 @@ static void *dispatcher(void *arg)
     while (!q->stop) {
         int64_t now = now_unix_ms();
         int64_t wake = next_deadline(q);
-        if (q->inflight < q->cfg.concurrency && (q->woken || now >= next_poll)) {
-            unsigned room = q->cfg.concurrency - q->inflight;
+        /* Claims wait for room for a batch (a quarter of the concurrency,
+         * at most CLAIM_BATCH): each claim is a write transaction, and
+         * claiming one request per freed slot made claims of ~4 under a
+         * backlog. The pipeline stays full meanwhile. */
+        unsigned low = q->cfg.concurrency / 4 < CLAIM_BATCH ? q->cfg.concurrency / 4 : CLAIM_BATCH;
+        unsigned room = q->inflight < q->cfg.concurrency ? q->cfg.concurrency - q->inflight : 0;
+        int can_claim = room > 0 && room >= (low > 0 ? low : 1);
+        if (can_claim && (q->woken || now >= next_poll)) {
             q->woken = 0;
             pthread_mutex_unlock(&q->lock);
             int got = claim_some(q, room);
@@ -449,7 +455,8 @@ static void *dispatcher(void *arg)
             pthread_mutex_lock(&q->lock);
             continue;
         }
-        int64_t until = q->inflight < q->cfg.concurrency ? next_poll : now + 1000;
+        /* No room for a batch: a finishing request (item_free) wakes us. */
+        int64_t until = can_claim ? next_poll : now + 1000;
         sleep_until(q, wake < until ? wake : until);
     }
     /* Stopping: what is in flight finishes and is recorded. */
@@ -544,28 +551,28 @@ char *queue_metrics_render(signing_queue *q)
 
     char *depth = xstrdup("");
     if (STORE_CALL(q->srv->store, queue_stats, 0, &st) == QK_OK) {
-        double age = st.oldest_queued_ms > 0 ? (double)(now_unix_ms() - st.oldest_queued_ms) / 1000.0
-                                              : 0.0;
+        double age =
+            st.oldest_queued_ms > 0 ? (double)(now_unix_ms() - st.oldest_queued_ms) / 1000.0 : 0.0;
         free(depth);
-        depth = xasprintf(
-            "# HELP qwickd_queue_depth Requests in the queue by status (every org).\n"
-            "# TYPE qwickd_queue_depth gauge\n"
-            "qwickd_queue_depth{status=\"QUEUED\"} %" PRId64 "\n"
-            "qwickd_queue_depth{status=\"PENDING_APPROVAL\"} %" PRId64 "\n"
-            "qwickd_queue_depth{status=\"PROCESSING\"} %" PRId64 "\n"
-            "qwickd_queue_depth{status=\"FAILED\"} %" PRId64 "\n"
-            "qwickd_queue_depth{status=\"CANCELLED\"} %" PRId64 "\n"
-            "# HELP qwickd_queue_oldest_age_seconds Age of the oldest QUEUED request.\n"
-            "# TYPE qwickd_queue_oldest_age_seconds gauge\n"
-            "qwickd_queue_oldest_age_seconds %.3f\n",
-            st.count[REQ_QUEUED], st.count[REQ_PENDING_APPROVAL], st.count[REQ_PROCESSING],
-            st.count[REQ_FAILED], st.count[REQ_CANCELLED], age);
+        depth =
+            xasprintf("# HELP qwickd_queue_depth Requests in the queue by status (every org).\n"
+                      "# TYPE qwickd_queue_depth gauge\n"
+                      "qwickd_queue_depth{status=\"QUEUED\"} %" PRId64 "\n"
+                      "qwickd_queue_depth{status=\"PENDING_APPROVAL\"} %" PRId64 "\n"
+                      "qwickd_queue_depth{status=\"PROCESSING\"} %" PRId64 "\n"
+                      "qwickd_queue_depth{status=\"FAILED\"} %" PRId64 "\n"
+                      "qwickd_queue_depth{status=\"CANCELLED\"} %" PRId64 "\n"
+                      "# HELP qwickd_queue_oldest_age_seconds Age of the oldest QUEUED request.\n"
+                      "# TYPE qwickd_queue_oldest_age_seconds gauge\n"
+                      "qwickd_queue_oldest_age_seconds %.3f\n",
+                      st.count[REQ_QUEUED], st.count[REQ_PENDING_APPROVAL],
+                      st.count[REQ_PROCESSING], st.count[REQ_FAILED], st.count[REQ_CANCELLED], age);
     }
     char *h1 = render_histogram("qwickd_queue_wait_seconds",
                                 "Time from queued to claimed by a worker of this node.", &in_queue);
-    char *h2 = render_histogram("qwickd_queue_sign_seconds",
-                                "Time from claimed to the outcome recorded, on this node.",
-                                &to_sign);
+    char *h2 =
+        render_histogram("qwickd_queue_sign_seconds",
+                         "Time from claimed to the outcome recorded, on this node.", &to_sign);
     char *all = xasprintf(
         "%s%s%s"
         "# HELP qwickd_queue_completed_total Queued requests finished on this node.\n"

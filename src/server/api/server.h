@@ -46,9 +46,9 @@ typedef struct server {
     /* Requests handed to the signing threads whose rows are not queued for
      * commit yet: the store's commit delay waits only while this is > 0. */
     atomic_int signing;
-    workq *commits; /* threads that wait on durable commits off the HTTP pool */
-    callbacks *callbacks;   /* completion callbacks of queued requests (api/callbacks.h) */
-    signing_queue *queue;   /* the asynchronous queue's workers (api/queue.h); NULL: not started */
+    workq *commits;       /* threads that wait on durable commits off the HTTP pool */
+    callbacks *callbacks; /* completion callbacks of queued requests (api/callbacks.h) */
+    signing_queue *queue; /* the asynchronous queue's workers (api/queue.h); NULL: not started */
     /* Set at SIGTERM: new requests get 503 and their connection is closed,
      * requests already admitted run to completion. */
     atomic_int draining;

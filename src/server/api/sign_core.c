@@ -255,8 +255,8 @@ typedef struct core_job {
     sign_done_fn done;
     void *arg;
     cached_signer *cs;
-    qk_tbs *tbs;         /* Azure: the signed attributes wait here while Azure signs */
-    azure_result az;     /* Azure's answer, carried to a signing thread */
+    qk_tbs *tbs;     /* Azure: the signed attributes wait here while Azure signs */
+    azure_result az; /* Azure's answer, carried to a signing thread */
     char detail[512];
     char note[96];
     char signer_fp[65], sigval_sha256[65];
@@ -277,8 +277,11 @@ static void core_finish(core_job *j, sign_outcome *o)
 
 static void core_fail(core_job *j, int status, int transient, const char *detail)
 {
-    sign_outcome o = {.rc = QK_ERR_IO, .status = status, .transient = transient,
-                      .detail = detail, .chain_json = "[]"};
+    sign_outcome o = {.rc = QK_ERR_IO,
+                      .status = status,
+                      .transient = transient,
+                      .detail = detail,
+                      .chain_json = "[]"};
     core_finish(j, &o);
 }
 

@@ -19,12 +19,12 @@ typedef struct sign_outcome {
     int transient;      /* failure: worth another attempt later (backend unavailable) */
     const char *detail; /* failure: why */
     qk_buf sig;         /* the signature (DER ContentInfo, or the raw value) */
-    const char *chain_json; /* ["b64",...]: the response's certificateChain */
-    qk_slice chain_der;     /* the same chain, concatenated DER, leaf first */
-    const char *signer_fp;  /* SHA-256 hex of the leaf */
+    const char *chain_json;    /* ["b64",...]: the response's certificateChain */
+    qk_slice chain_der;        /* the same chain, concatenated DER, leaf first */
+    const char *signer_fp;     /* SHA-256 hex of the leaf */
     const char *sigval_sha256; /* SHA-256 hex of the signer's signature value */
-    int ts_required;        /* short-lived certificate: the client must timestamp */
-    const char *note;       /* the credential used (Azure), for the audit entry; "" if none */
+    int ts_required;           /* short-lived certificate: the client must timestamp */
+    const char *note;          /* the credential used (Azure), for the audit entry; "" if none */
 } sign_outcome;
 
 typedef void (*sign_done_fn)(void *arg, sign_outcome *o);

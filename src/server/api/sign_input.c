@@ -20,9 +20,9 @@ void sign_input_clear(sign_input *in)
 
 static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
 {
-    static const char *const fields[] = {"digest",   "algorithm", "format", "profile",
-                                         "metadata", "timestamp", "async",    "callbackUrl", "idempotencyKey",
-                                         NULL};
+    static const char *const fields[] = {"digest",         "algorithm", "format", "profile",
+                                         "metadata",       "timestamp", "async",  "callbackUrl",
+                                         "idempotencyKey", NULL};
     static const char *const meta_fields[] = {"filename", "description", "url", NULL};
     const char *digest = NULL, *format = NULL;
 

@@ -325,8 +325,10 @@ static qk_err parse_cidrs(json_t *v, const char *what, char ***out, size_t *n)
         cidr c;
         const char *s = json_string_value(e);
         if (s == NULL || cidr_parse(s, &c) != 0)
-            return qk_fail(QK_ERR_INVALID_ARG, "%s: %s[%zu] is not a CIDR (\"10.0.0.0/8\", "
-                           "\"::1/128\")", CONFIG_FILE, what, i);
+            return qk_fail(QK_ERR_INVALID_ARG,
+                           "%s: %s[%zu] is not a CIDR (\"10.0.0.0/8\", "
+                           "\"::1/128\")",
+                           CONFIG_FILE, what, i);
     }
     for (size_t k = 0; k < *n; k++)
         free((*out)[k]);
@@ -361,8 +363,8 @@ static qk_err parse_queue(json_t *obj, qwickd_config *c)
     {
         size_t i = 0;
         if (strcmp(k, "callback_allow") == 0) {
-            qk_err rc = parse_cidrs(v, "queue.callback_allow", &c->callback_allow,
-                                    &c->ncallback_allow);
+            qk_err rc =
+                parse_cidrs(v, "queue.callback_allow", &c->callback_allow, &c->ncallback_allow);
             if (rc != QK_OK)
                 return rc;
             continue;
@@ -469,18 +471,18 @@ qk_err config_write_defaults(const char *data_dir, const char *listen, const cha
         (int)CONFIG_DEFAULT_AZURE_REAPER, "op_timeout_seconds",
         (int)CONFIG_DEFAULT_AZURE_OP_TIMEOUT);
     if (root != NULL)
-        json_object_set_new(
-            root, "queue",
-            json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i}", "concurrency",
-                      (int)CONFIG_DEFAULT_QUEUE_CONCURRENCY, "max_attempts",
-                      (int)CONFIG_DEFAULT_QUEUE_MAX_ATTEMPTS, "lease_seconds",
-                      (int)CONFIG_DEFAULT_QUEUE_LEASE, "backoff_ms",
-                      (int)CONFIG_DEFAULT_QUEUE_BACKOFF_MS, "backoff_max_ms",
-                      (int)CONFIG_DEFAULT_QUEUE_BACKOFF_MAX_MS, "poll_ms",
-                      (int)CONFIG_DEFAULT_QUEUE_POLL_MS, "sync_wait_seconds",
-                      (int)CONFIG_DEFAULT_QUEUE_SYNC_WAIT));
+        json_object_set_new(root, "queue",
+                            json_pack("{s:i, s:i, s:i, s:i, s:i, s:i, s:i}", "concurrency",
+                                      (int)CONFIG_DEFAULT_QUEUE_CONCURRENCY, "max_attempts",
+                                      (int)CONFIG_DEFAULT_QUEUE_MAX_ATTEMPTS, "lease_seconds",
+                                      (int)CONFIG_DEFAULT_QUEUE_LEASE, "backoff_ms",
+                                      (int)CONFIG_DEFAULT_QUEUE_BACKOFF_MS, "backoff_max_ms",
+                                      (int)CONFIG_DEFAULT_QUEUE_BACKOFF_MAX_MS, "poll_ms",
+                                      (int)CONFIG_DEFAULT_QUEUE_POLL_MS, "sync_wait_seconds",
+                                      (int)CONFIG_DEFAULT_QUEUE_SYNC_WAIT));
     if (root != NULL)
-        json_object_set_new(root, "database", database != NULL ? json_string(database) : json_null());
+        json_object_set_new(root, "database",
+                            database != NULL ? json_string(database) : json_null());
     if (root == NULL || (text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER)) == NULL) {
         rc = qk_fail(QK_ERR_NOMEM, "building %s", CONFIG_FILE);
         goto out;

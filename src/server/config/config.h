@@ -116,9 +116,9 @@ typedef struct qwickd_config {
     unsigned queue_concurrency;  /* requests in flight per node */
     unsigned queue_max_attempts; /* then FAILED: a dead letter */
     unsigned queue_lease_seconds;
-    unsigned queue_backoff_ms;     /* the first retry's delay, doubling */
-    unsigned queue_backoff_max_ms; /* cap */
-    unsigned queue_poll_ms;        /* how often an idle node looks for others' work */
+    unsigned queue_backoff_ms;        /* the first retry's delay, doubling */
+    unsigned queue_backoff_max_ms;    /* cap */
+    unsigned queue_poll_ms;           /* how often an idle node looks for others' work */
     unsigned queue_sync_wait_seconds; /* a synchronous request with an Idempotency-Key */
     char **callback_allow; /* CIDRs callbacks may go to ("127.0.0.1/32"); none: no callbacks */
     size_t ncallback_allow;

@@ -21,7 +21,6 @@
 /* "dir/name" on the heap. */
 char *path_join(const char *dir, const char *name);
 
-
 /* Wall clock: unix seconds and unix milliseconds. */
 int64_t now_unix(void);
 int64_t now_unix_ms(void);

@@ -575,7 +575,12 @@ json_t *profile_json(const store_profile *p)
 
 int profile_async_only(const store_profile *p)
 {
-    json_t *cfg = p->config != NULL ? json_loads(p->config, 0, NULL) : NULL;
+    /* Every signature asks: the config (written by jansson, which escapes no
+     * letter) is parsed only when it names one of the two keys. */
+    if (p->config == NULL || (strstr(p->config, "\"asyncOnly\"") == NULL &&
+                              strstr(p->config, "\"callbackUrl\"") == NULL))
+        return 0;
+    json_t *cfg = json_loads(p->config, 0, NULL);
     /* A profile that calls back is asynchronous: the callback is the answer. */
     int yes = json_is_true(json_object_get(cfg, "asyncOnly")) ||
               json_is_string(json_object_get(cfg, "callbackUrl"));

@@ -159,7 +159,7 @@ const db_query store_queries[Q__COUNT] = {
     [R_APIKEY_LIST] = {"SELECT " APIKEY_COLS " FROM api_keys WHERE org_id = $1 ORDER BY id", NULL},
     [R_APIKEY_GET] = {"SELECT " APIKEY_COLS " FROM api_keys WHERE org_id = $1 AND id = $2", NULL},
     [R_REQ_GET] = {"SELECT " REQ_COLS("signature", "chain_der") " FROM sign_requests "
-                   "WHERE org_id = $1 AND id = $2",
+                                                                "WHERE org_id = $1 AND id = $2",
                    NULL},
     /* ---- the queue (store_queue.c) ---- */
     [W_REQ_ENQUEUE] = {"INSERT INTO sign_requests(id, org_id, apikey_id, user_id, status, "
@@ -194,9 +194,10 @@ const db_query store_queries[Q__COUNT] = {
     [R_QUEUE_NEXT_ORG] = {"SELECT org_id FROM sign_requests WHERE status = 0 AND org_id > $1 "
                           "AND run_after <= $2 ORDER BY org_id LIMIT 1",
                           NULL},
-    [R_QUEUE_READY] = {"SELECT org_id, id, attempts FROM sign_requests WHERE org_id = $1 AND status = 0 "
-                       "AND run_after <= $2 ORDER BY run_after, id LIMIT $3",
-                       NULL},
+    [R_QUEUE_READY] =
+        {"SELECT org_id, id, attempts FROM sign_requests WHERE org_id = $1 AND status = 0 "
+         "AND run_after <= $2 ORDER BY run_after, id LIMIT $3",
+         NULL},
     [W_QUEUE_TAKE] = {"UPDATE sign_requests SET status = 2, attempts = attempts + 1, "
                       "lease_until = $3, lease_node = $4, updated_at = $5 "
                       "WHERE org_id = $1 AND id = $2 AND status = 0 RETURNING attempts",
@@ -220,8 +221,10 @@ const db_query store_queries[Q__COUNT] = {
                        "error = NULL, completed_at = 0, updated_at = $4, lease_until = 0 "
                        "WHERE org_id = $1 AND id = $2 AND status = 4",
                        NULL},
-    [R_REQ_LIST] = {"SELECT " REQ_COLS("NULL", "NULL") " FROM sign_requests WHERE org_id = $1 "
-                    "AND ($2 < 0 OR status = $2) AND id < $3 ORDER BY id DESC LIMIT $4",
+    [R_REQ_LIST] = {"SELECT " REQ_COLS(
+                        "NULL",
+                        "NULL") " FROM sign_requests WHERE org_id = $1 "
+                                "AND ($2 < 0 OR status = $2) AND id < $3 ORDER BY id DESC LIMIT $4",
                     NULL},
     /* The open rows only (the partial index), not all the org's requests. */
     [R_QUEUE_STATS_ORG] = {"SELECT status, count(*), min(queued_ms) FROM sign_requests "

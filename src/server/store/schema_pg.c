@@ -157,8 +157,8 @@ static const char schema_sql[] =
 
 /* The tenant tables: every one has org_id, and the policy. */
 static const char *const tenant_tables[] = {
-    "users",        "api_keys",      "signing_keys", "profiles",  "sign_requests",
-    "azure_leases", "audit",         "log_heads",    "log_nodes", "log_checkpoints",
+    "users",        "api_keys", "signing_keys", "profiles",  "sign_requests",
+    "azure_leases", "audit",    "log_heads",    "log_nodes", "log_checkpoints",
 };
 #define NTENANT (sizeof(tenant_tables) / sizeof(tenant_tables[0]))
 
@@ -375,8 +375,8 @@ static qk_err txn_install(db_conn *c, void *p)
                        "GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO %s;"
                        "GRANT EXECUTE ON FUNCTION qwick_apikey_org(BYTEA), qwick_org_find(TEXT), "
                        "qwick_org_list() TO %s;",
-                       a->role, a->password, a->role, a->role, a->role, a->role, a->role,
-                       a->role, a->role)) != QK_OK)
+                       a->role, a->password, a->role, a->role, a->role, a->role, a->role, a->role,
+                       a->role)) != QK_OK)
         return rc;
     if ((rc = exec_fmt(c, "INSERT INTO schema_version VALUES (%d)", BASE_VERSION)) != QK_OK)
         return rc;

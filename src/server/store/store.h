@@ -132,8 +132,8 @@ typedef struct store_sign_request {
 typedef struct store_idem {
     const char *credential;
     const char *key;
-    uint8_t body_hash[32]; /* SHA-256 of the request body */
-    int64_t now;           /* unix seconds */
+    uint8_t body_hash[32];  /* SHA-256 of the request body */
+    int64_t now;            /* unix seconds */
     int64_t expired_before; /* a key first used before this is free again */
 } store_idem;
 
@@ -154,12 +154,12 @@ typedef struct store_claim {
 
 /* A claimed request's outcome. */
 typedef struct store_finish {
-    req_status status;   /* REQ_SIGNED, REQ_FAILED, or REQ_QUEUED (try again later) */
-    qk_slice signature;  /* SIGNED */
-    qk_slice chain_der;  /* SIGNED */
-    const char *error;   /* FAILED: the reason; QUEUED: the last attempt's */
-    int64_t run_after;   /* QUEUED: unix ms */
-    int64_t now;         /* unix seconds */
+    req_status status;  /* REQ_SIGNED, REQ_FAILED, or REQ_QUEUED (try again later) */
+    qk_slice signature; /* SIGNED */
+    qk_slice chain_der; /* SIGNED */
+    const char *error;  /* FAILED: the reason; QUEUED: the last attempt's */
+    int64_t run_after;  /* QUEUED: unix ms */
+    int64_t now;        /* unix seconds */
 } store_finish;
 
 typedef struct store_queue_stats {

@@ -57,14 +57,10 @@ static void fill_claimed_id(db_stmt *st, void *p)
 static qk_err idem_claim(db_conn *c, const store_sign_request *q, const store_idem *k,
                          store_enqueued *out, int *ours)
 {
-    db_val v[] = {V_INT(q->org_id),
-                  V_TEXT(k->credential),
-                  V_TEXT(k->key),
-                  V_BLOB(k->body_hash, HASH_LEN),
-                  V_TEXT(q->id),
-                  V_INT((q->options & REQ_OPT_SYNC) != 0),
-                  V_INT(k->now),
-                  V_INT(k->expired_before)};
+    db_val v[] = {V_INT(q->org_id), V_TEXT(k->credential),
+                  V_TEXT(k->key),   V_BLOB(k->body_hash, HASH_LEN),
+                  V_TEXT(q->id),    V_INT((q->options & REQ_OPT_SYNC) != 0),
+                  V_INT(k->now),    V_INT(k->expired_before)};
     int claimed = 0, found = 0;
     idem_row row;
     qk_err rc = sql_one(c, W_IDEM_CLAIM, v, 8, fill_claimed_id, &claimed, &found);
@@ -211,8 +207,8 @@ static qk_err take_from_org(db_conn *c, claim_arg *a, int64_t org, int want, int
     db_val v[] = {V_INT(org), V_INT(a->now_ms), V_INT(want)};
     void *got = NULL;
     size_t k = 0;
-    qk_err rc = sql_rows(c, R_QUEUE_READY, v, 3, sizeof(store_claim), fill_claim,
-                         claim_list_free, &got, &k);
+    qk_err rc = sql_rows(c, R_QUEUE_READY, v, 3, sizeof(store_claim), fill_claim, claim_list_free,
+                         &got, &k);
     store_claim *r = got;
     *taken = 0;
     for (size_t i = 0; rc == QK_OK && i < k; i++) {
@@ -373,9 +369,9 @@ static qk_err check_finish(int64_t org, const char *id, const store_finish *f,
     return QK_OK;
 }
 
-static qk_err sq_request_finish_async(qk_store *base, int64_t org, const char *id,
-                                      int64_t attempt, const store_finish *f,
-                                      const store_audit *audit, store_done_fn done, void *arg)
+static qk_err sq_request_finish_async(qk_store *base, int64_t org, const char *id, int64_t attempt,
+                                      const store_finish *f, const store_audit *audit,
+                                      store_done_fn done, void *arg)
 {
     qk_db *d = SQL_DB(base);
     qk_err rc = check_finish(org, id, f, audit);
@@ -405,8 +401,8 @@ static qk_err sq_request_finish_async(qk_store *base, int64_t org, const char *i
 typedef struct change_arg {
     int64_t org;
     const char *id;
-    int from[2];  /* the statuses the change applies to (-1: none) */
-    int stmt;     /* W_REQ_CANCEL or W_REQ_REQUEUE */
+    int from[2];    /* the statuses the change applies to (-1: none) */
+    int stmt;       /* W_REQ_CANCEL or W_REQ_REQUEUE */
     int64_t t3, t4; /* the statement's $3, $4 */
     const char *t3s;
     const store_audit *audit;
@@ -453,16 +449,25 @@ static qk_err run_change(qk_store *base, change_arg *a, req_status *before, int 
 static qk_err sq_request_cancel(qk_store *base, int64_t org, const char *id, int64_t now,
                                 const store_audit *audit, req_status *before, int *found)
 {
-    change_arg a = {org, id, {REQ_QUEUED, REQ_PENDING_APPROVAL}, W_REQ_CANCEL, 0, now,
-                    "cancelled", audit, REQ_QUEUED, 0};
+    change_arg a = {org,
+                    id,
+                    {REQ_QUEUED, REQ_PENDING_APPROVAL},
+                    W_REQ_CANCEL,
+                    0,
+                    now,
+                    "cancelled",
+                    audit,
+                    REQ_QUEUED,
+                    0};
     return run_change(base, &a, before, found);
 }
 
 static qk_err sq_request_retry(qk_store *base, int64_t org, const char *id, int64_t now_ms,
                                const store_audit *audit, req_status *before, int *found)
 {
-    change_arg a = {org, id, {REQ_FAILED, -1}, W_REQ_REQUEUE, now_ms, now_ms / 1000,
-                    NULL, audit, REQ_QUEUED, 0};
+    change_arg a = {
+        org,        id, {REQ_FAILED, -1}, W_REQ_REQUEUE, now_ms, now_ms / 1000, NULL, audit,
+        REQ_QUEUED, 0};
     return run_change(base, &a, before, found);
 }
 

@@ -187,8 +187,7 @@ static char *org_create_meta(const insert_arg *a)
     return meta_json("{s:I,s:s}", "orgId", (json_int_t)a->out, "name", (const char *)a->ctx);
 }
 
-static qk_err sq_org_create(qk_store *base, const char *name, const store_audit *audit,
-                            int64_t *id)
+static qk_err sq_org_create(qk_store *base, const char *name, const store_audit *audit, int64_t *id)
 {
     db_val v[] = {V_TEXT(name), V_INT(now_unix())};
     insert_arg a = {W_ORG_INSERT, v, 2, 0, audit, org_create_meta, name};
@@ -243,8 +242,13 @@ static qk_err sq_profile_create(qk_store *base, int64_t org, const char *name, c
                                 int64_t key_id, qk_slice chain_der, const char *config,
                                 const store_audit *audit, int64_t *id)
 {
-    db_val v[] = {V_INT(org),         V_TEXT(name), V_TEXT(backend), V_INT(key_id),
-                  V_BLOB(chain_der.data, chain_der.len), V_INT(now_unix()), V_TEXT(config)};
+    db_val v[] = {V_INT(org),
+                  V_TEXT(name),
+                  V_TEXT(backend),
+                  V_INT(key_id),
+                  V_BLOB(chain_der.data, chain_der.len),
+                  V_INT(now_unix()),
+                  V_TEXT(config)};
     profile_meta m = {name, backend, key_id};
     insert_arg a = {W_PROFILE_INSERT, v, 7, 0, audit, profile_create_meta, &m};
     qk_err rc;
@@ -279,8 +283,9 @@ static qk_err sq_apikey_create(qk_store *base, int64_t org, int64_t user, const 
                                const char *prefix, const uint8_t hash[32], store_role role,
                                int64_t expires_at, const store_audit *audit, int64_t *id)
 {
-    db_val v[] = {V_INT(org),      V_ID(user),        V_TEXT(name),      V_TEXT(prefix),
-                  V_BLOB(hash, HASH_LEN), V_INT(role), V_INT(now_unix()), V_INT(expires_at)};
+    db_val v[] = {
+        V_INT(org),  V_ID(user),        V_TEXT(name),     V_TEXT(prefix), V_BLOB(hash, HASH_LEN),
+        V_INT(role), V_INT(now_unix()), V_INT(expires_at)};
     apikey_meta m = {name, role, expires_at, user};
     insert_arg a = {W_APIKEY_INSERT, v, 8, 0, audit, apikey_create_meta, &m};
     qk_err rc;
@@ -544,7 +549,8 @@ static qk_err sq_request_get(qk_store *base, int64_t org, const char *id, store_
     *found = 0;
     if (id == NULL || strlen(id) >= sizeof(out->id))
         return not_found(found, "request");
-    return read_one(base, org, R_REQ_GET, v, 2, sql_fill_request, (void (*)(void *))store_sign_request_clear, out, "request", found);
+    return read_one(base, org, R_REQ_GET, v, 2, sql_fill_request,
+                    (void (*)(void *))store_sign_request_clear, out, "request", found);
 }
 
 /* ---- reads by id or name ------------------------------------------------ */
@@ -573,7 +579,8 @@ static qk_err sq_signing_key_get(qk_store *base, int64_t org, int64_t id, store_
 {
     db_val v[] = {V_INT(org), V_INT(id)};
     memset(out, 0, sizeof(*out));
-    return read_one(base, org, R_SKEY_GET, v, 2, fill_signing_key, (void (*)(void *))store_signing_key_clear, out, "signing key", found);
+    return read_one(base, org, R_SKEY_GET, v, 2, fill_signing_key,
+                    (void (*)(void *))store_signing_key_clear, out, "signing key", found);
 }
 
 /* A profile from column `b` on. */
@@ -604,7 +611,8 @@ static qk_err sq_profile_get(qk_store *base, int64_t org, const char *name, stor
     *found = 0;
     if (name == NULL)
         return not_found(found, "profile");
-    return read_one(base, org, R_PROFILE_GET, v, 2, fill_profile, (void (*)(void *))store_profile_clear, out, "profile", found);
+    return read_one(base, org, R_PROFILE_GET, v, 2, fill_profile,
+                    (void (*)(void *))store_profile_clear, out, "profile", found);
 }
 
 typedef struct lookup_arg {
@@ -706,7 +714,8 @@ static qk_err sq_apikey_get(qk_store *base, int64_t org, int64_t id, store_apike
 {
     db_val v[] = {V_INT(org), V_INT(id)};
     memset(out, 0, sizeof(*out));
-    return read_one(base, org, R_APIKEY_GET, v, 2, fill_apikey, (void (*)(void *))store_apikey_clear, out, "API key", found);
+    return read_one(base, org, R_APIKEY_GET, v, 2, fill_apikey,
+                    (void (*)(void *))store_apikey_clear, out, "API key", found);
 }
 
 /* ---- lists and simple changes ------------------------------------------- */
@@ -893,7 +902,8 @@ static qk_err sq_instance_secret_get(qk_store *base, const char *name, qk_buf *s
 {
     secret_row r = {{NULL, 0}, {NULL, 0}};
     db_val v[] = {V_TEXT(name)};
-    qk_err rc = read_maybe(base, DB_NO_ORG, R_SECRET_GET, v, 1, fill_secret, clear_secret, &r, found);
+    qk_err rc =
+        read_maybe(base, DB_NO_ORG, R_SECRET_GET, v, 1, fill_secret, clear_secret, &r, found);
     if (rc == QK_OK && *found) {
         *sealed = r.sealed;
         *pub = r.pub;

@@ -43,9 +43,9 @@ typedef struct sign_op {
 
     op_state state;
     int has_slot;
-    int polling;      /* submitted: retries and sleeps lead to a poll */
-    int tries;        /* of the current step */
-    int renewed;      /* a 401 has renewed the token once */
+    int polling; /* submitted: retries and sleeps lead to a poll */
+    int tries;   /* of the current step */
+    int renewed; /* a 401 has renewed the token once */
     int64_t t0_ms, deadline_ms, wake_ms;
     uint64_t fail_gen, token_gen;
     char *token;
@@ -64,9 +64,9 @@ typedef struct az_engine {
     int started;
     pthread_mutex_t mu;
     sign_op *incoming, *incoming_tail; /* (mu) */
-    int stop;                           /* (mu) */
-    sign_op *waiting, *waiting_tail;    /* engine thread: not on the wire, in FIFO order */
-    size_t active;                      /* engine thread: on the wire */
+    int stop;                          /* (mu) */
+    sign_op *waiting, *waiting_tail;   /* engine thread: not on the wire, in FIFO order */
+    size_t active;                     /* engine thread: on the wire */
 } az_engine;
 
 /* ---- completion ------------------------------------------------------------- */
@@ -86,8 +86,8 @@ static void op_free(sign_op *op)
 
 static void latency(azure_backend *b, int64_t ms)
 {
-    static const int64_t bounds[AZ_LAT_BUCKETS] = {250, 500, 1000, 2000, 3000, 5000, 10000,
-                                                   30000, 60000, INT64_MAX};
+    static const int64_t bounds[AZ_LAT_BUCKETS] = {250,  500,   1000,  2000,  3000,
+                                                   5000, 10000, 30000, 60000, INT64_MAX};
     atomic_fetch_add(&b->stats.lat_count, 1);
     atomic_fetch_add(&b->stats.lat_sum_ms, (long)ms);
     for (int i = 0; i < AZ_LAT_BUCKETS; i++)
@@ -126,10 +126,9 @@ static void fail(az_engine *eng, sign_op *op, int status, az_err_class cls, cons
 static void succeed(az_engine *eng, sign_op *op, az_op *res)
 {
     azure_result r = {.rc = QK_OK, .status = 200};
-    qk_err rc = az_chain_for_signature((qk_slice){res->pkcs7_der.data, res->pkcs7_der.len},
-                                       op->alg, op->digest, op->dlen,
-                                       (qk_slice){res->signature.data, res->signature.len},
-                                       &r.chain_der);
+    qk_err rc = az_chain_for_signature(
+        (qk_slice){res->pkcs7_der.data, res->pkcs7_der.len}, op->alg, op->digest, op->dlen,
+        (qk_slice){res->signature.data, res->signature.len}, &r.chain_der);
     if (rc != QK_OK) {
         fail(eng, op, 502, AZE_RESULT, "Azure's result does not check out: %s", qk_error_detail());
         return;
@@ -167,8 +166,7 @@ static void start_request(az_engine *eng, sign_op *op)
     op->hdrs = curl_slist_append(op->hdrs, "Accept: application/json");
     if (!op->polling)
         op->hdrs = curl_slist_append(op->hdrs, "Content-Type: application/json");
-    az_http_prepare(op->easy, url, op->prof->app->trust, op->hdrs, &op->resp,
-                    30000L);
+    az_http_prepare(op->easy, url, op->prof->app->trust, op->hdrs, &op->resp, 30000L);
     if (!op->polling)
         curl_easy_setopt(op->easy, CURLOPT_POSTFIELDS, op->body);
     curl_easy_setopt(op->easy, CURLOPT_PRIVATE, op);
@@ -246,9 +244,9 @@ static int take_op_url(az_engine *eng, sign_op *op)
     }
     json_t *j = json_loadb((const char *)op->resp.body.data, op->resp.body.len, 0, NULL);
     const char *id = json_string_value(json_object_get(j, "id"));
-    if (id == NULL || strlen(id) > 128 || strspn(id, "abcdefghijklmnopqrstuvwxyz"
-                                                     "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") !=
-                                              strlen(id)) {
+    if (id == NULL || strlen(id) > 128 ||
+        strspn(id, "abcdefghijklmnopqrstuvwxyz"
+                   "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != strlen(id)) {
         json_decref(j);
         fail(eng, op, 502, AZE_RESULT, "%s", "Azure accepted the request without an operation");
         return -1;

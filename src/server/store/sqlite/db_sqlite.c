@@ -179,8 +179,8 @@ static void sq_bind_text(db_stmt *base, int i, const char *s)
 
 static void sq_bind_blob(db_stmt *base, int i, const uint8_t *p, size_t n)
 {
-    sqlite3_bind_blob64(((sq_stmt *)base)->st, i,
-                        p != NULL ? (const void *)p : (const void *)"", n, SQLITE_STATIC);
+    sqlite3_bind_blob64(((sq_stmt *)base)->st, i, p != NULL ? (const void *)p : (const void *)"", n,
+                        SQLITE_STATIC);
 }
 
 static void sq_bind_null(db_stmt *base, int i)
