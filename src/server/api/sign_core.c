@@ -228,11 +228,9 @@ static qk_err tap_sign(void *ctx, qk_hash_alg alg, const uint8_t *digest, size_t
     return rc;
 }
 
-static qk_err do_sign(const sign_input *in, cached_signer *cs, qk_buf *sig, char sigval_hex[65])
+/* What libqwick assembles for `in` (not FMT_RAW). */
+static qk_sign_request request_of(const sign_input *in)
 {
-    value_tap tap = {cs->signer, sigval_hex};
-    if (in->format == FMT_RAW)
-        return tap_sign(&tap, in->alg, in->digest, in->digest_len, sig);
     qk_sign_request r = {
         .format = in->format == FMT_CMS ? QK_FORMAT_CMS_DETACHED : QK_FORMAT_AUTHENTICODE_PE,
         .alg = in->alg,
@@ -241,8 +239,17 @@ static qk_err do_sign(const sign_input *in, cached_signer *cs, qk_buf *sig, char
         .program_name = in->description ? in->description : in->filename,
         .url = in->url,
         .signing_time = 0,
-        .self_checked = cs->signer->self_checked,
     };
+    return r;
+}
+
+static qk_err do_sign(const sign_input *in, cached_signer *cs, qk_buf *sig, char sigval_hex[65])
+{
+    value_tap tap = {cs->signer, sigval_hex};
+    if (in->format == FMT_RAW)
+        return tap_sign(&tap, in->alg, in->digest, in->digest_len, sig);
+    qk_sign_request r = request_of(in);
+    r.self_checked = cs->signer->self_checked;
     return qk_sign_chain(&r, tap_sign, &tap, cs->decoded, sig);
 }
 
@@ -364,13 +371,7 @@ static qk_err azure_start(core_job *j)
         memcpy(hash, in->digest, in->digest_len);
         hlen = in->digest_len;
     } else {
-        qk_sign_request r = {
-            .format = in->format == FMT_CMS ? QK_FORMAT_CMS_DETACHED : QK_FORMAT_AUTHENTICODE_PE,
-            .alg = in->alg,
-            .digest = {in->digest, in->digest_len},
-            .program_name = in->description ? in->description : in->filename,
-            .url = in->url,
-        };
+        qk_sign_request r = request_of(in);
         if ((rc = qk_tbs_new(&r, &j->tbs)) != QK_OK ||
             (rc = qk_tbs_digest(j->tbs, hash, &hlen)) != QK_OK)
             return rc;
