@@ -207,16 +207,24 @@ qk_err callbacks_new(server *srv, char *const *allow, size_t n, callbacks **out)
     return QK_OK;
 }
 
-void callbacks_free(callbacks *cb)
+void callbacks_stop(callbacks *cb)
 {
     if (cb == NULL)
         return;
     pthread_mutex_lock(&cb->lock);
+    int joined = cb->stop;
     cb->stop = 1;
     pthread_cond_signal(&cb->cond);
     pthread_mutex_unlock(&cb->lock);
-    if (cb->nallow > 0)
+    if (!joined && cb->nallow > 0)
         pthread_join(cb->thread, NULL);
+}
+
+void callbacks_free(callbacks *cb)
+{
+    if (cb == NULL)
+        return;
+    callbacks_stop(cb);
     if (cb->npending > 0)
         log_kv(LOG_WARN, "callbacks not delivered at shutdown", NULL);
     while (cb->pending != NULL) {
@@ -304,10 +312,11 @@ void callbacks_send(callbacks *cb, const store_sign_request *r)
     d->body = body;
     d->due_ms = now_unix_ms();
     pthread_mutex_lock(&cb->lock);
-    if (cb->npending >= CALLBACK_PENDING_MAX) {
+    if (cb->stop || cb->npending >= CALLBACK_PENDING_MAX) {
         cb->dropped++;
         pthread_mutex_unlock(&cb->lock);
-        log_kv(LOG_WARN, "callback dropped: too many pending", "request_id", r->id, NULL);
+        log_kv(LOG_WARN, "callback dropped: shutting down or too many pending", "request_id", r->id,
+               NULL);
         delivery_free(d);
         return;
     }

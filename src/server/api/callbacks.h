@@ -26,6 +26,8 @@ typedef struct callbacks callbacks;
 
 /* allow: CIDR strings (already checked by the config); n 0: callbacks off. */
 qk_err callbacks_new(server *srv, char *const *allow, size_t n, callbacks **out);
+/* Stops the sender (later sends are dropped); the struct stays valid. */
+void callbacks_stop(callbacks *cb);
 void callbacks_free(callbacks *cb);
 /* Whether a callbackUrl may be accepted: NULL, or why not (static text). */
 const char *callbacks_check_url(const callbacks *cb, const char *url);

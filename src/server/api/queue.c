@@ -47,6 +47,7 @@ struct signing_queue {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int stop, woken;
+    int joined; /* queue_stop has joined the dispatcher (or is joining it) */
     unsigned inflight;
     waiter *waiters;
     /* metrics */
@@ -95,6 +96,12 @@ void queue_wait(signing_queue *q, const char *id, int64_t deadline_ms, queue_wai
     w->fn = fn;
     w->arg = arg;
     pthread_mutex_lock(&q->lock);
+    if (q->stop) { /* no dispatcher to fire it: "not done", at once */
+        pthread_mutex_unlock(&q->lock);
+        free(w);
+        fn(arg, 0);
+        return;
+    }
     w->next = q->waiters;
     q->waiters = w;
     pthread_cond_signal(&q->cond); /* the dispatcher's sleep may need shortening */
@@ -503,10 +510,20 @@ void queue_stop(signing_queue *q)
     if (q == NULL)
         return;
     pthread_mutex_lock(&q->lock);
+    int joined = q->joined;
     q->stop = 1;
+    q->joined = 1;
     pthread_cond_signal(&q->cond);
     pthread_mutex_unlock(&q->lock);
-    pthread_join(q->thread, NULL);
+    if (!joined)
+        pthread_join(q->thread, NULL);
+}
+
+void queue_free(signing_queue *q)
+{
+    if (q == NULL)
+        return;
+    queue_stop(q);
     pthread_cond_destroy(&q->cond);
     pthread_mutex_destroy(&q->mlock);
     pthread_mutex_destroy(&q->lock);

@@ -28,8 +28,12 @@ typedef struct queue_config {
 
 /* Starts the dispatcher; `node` names this qwickd run in leases. */
 qk_err queue_start(server *srv, const queue_config *cfg, const char *node, signing_queue **out);
-/* Stops claiming, waits for the requests in flight to be recorded, frees. */
+/* Stops claiming, waits for the requests in flight to be recorded and
+ * answers every waiter (202). The queue stays valid (handlers still running
+ * may wake or wait on it: a wait is answered at once) until queue_free. */
 void queue_stop(signing_queue *q);
+/* queue_stop if not done, then frees; once no handler can reach it. */
+void queue_free(signing_queue *q);
 /* Something was queued on this node: look now rather than at the next poll. */
 void queue_wake(signing_queue *q);
 

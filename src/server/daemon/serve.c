@@ -643,9 +643,7 @@ int cmd_serve(int argc, char **argv)
      * waiting on them are answered (202 when unfinished), so the drain
      * does not wait for them. */
     queue_stop(srv.queue);
-    srv.queue = NULL;
-    callbacks_free(srv.callbacks);
-    srv.callbacks = NULL;
+    callbacks_stop(srv.callbacks);
     drain(&srv);
     /* Every admitted request has finished; commit threads have no work left.
      * Stopped, not freed: after a drain timeout a late handler still finds
@@ -670,7 +668,8 @@ out:
     if (d != NULL)
         MHD_stop_daemon(d);
     http_guard_free(guard); /* after the daemon: its connections report their close */
-    queue_stop(srv.queue);
+    /* After the daemon: no handler can reach them any more. */
+    queue_free(srv.queue);
     callbacks_free(srv.callbacks);
     workq_free(srv.signq);
     workq_free(srv.commits);
