@@ -402,7 +402,12 @@ while [ "$(cat "$tmp/term"/*.code 2>/dev/null | grep -c '^200$' || true)" -lt 20
 done
 stop_qwickd
 wait "$loadpid" || true
-[ "$stopped" = 0 ] && ok "SIGTERM under load: exit 0" || fail "SIGTERM: exit $stopped"
+if [ "$stopped" = 0 ]; then
+    ok "SIGTERM under load: exit 0"
+else
+    fail "SIGTERM: exit $stopped"
+    _show "$tmp/server.log" # the panic or abort, if it said one
+fi
 acked=0
 lost=0
 : >"$tmp/term.acked"
