@@ -153,13 +153,6 @@ static int do_callback_secret(admin_ctx *a, int json)
     return EXIT_OK;
 }
 
-/* "req_" + 32 lowercase hex. */
-static int request_id_ok(const char *id)
-{
-    return strncmp(id, "req_", 4) == 0 && strlen(id) == 36 &&
-           strspn(id + 4, "0123456789abcdef") == 32;
-}
-
 int cmd_queue(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -218,7 +211,7 @@ int cmd_queue(int argc, char **argv)
     if (retry ? nargs != 1 : nargs != 0)
         return usage_error("queue", retry ? "retry takes one REQUEST_ID" : "%s takes no argument",
                            verb);
-    if (retry && !request_id_ok(args[0]))
+    if (retry && !store_request_id_ok(args[0]))
         return usage_error("queue", "'%s' is not a request id (req_ + 32 hex digits)", args[0]);
     if (all && (org != NULL || strcmp(verb, "status") != 0))
         return usage_error("queue", "--all goes with status, without --org");

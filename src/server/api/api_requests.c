@@ -35,14 +35,6 @@
 #define LIST_DEFAULT 50
 #define LIST_MAX 200
 
-/* "req_" + 32 lowercase hex: anything else cannot name a request. */
-static int request_id_ok(const char *id)
-{
-    if (strncmp(id, "req_", 4) != 0 || strlen(id) != 36)
-        return 0;
-    return strspn(id + 4, "0123456789abcdef") == 32;
-}
-
 static int finished(req_status s)
 {
     return s == REQ_SIGNED || s == REQ_FAILED || s == REQ_REJECTED || s == REQ_CANCELLED;
@@ -403,7 +395,7 @@ void api_sign_request_get(http_req *req)
     memset(&r, 0, sizeof(r));
     if (api_authenticate(req, &key) != 0)
         return;
-    if (!request_id_ok(req->params[0])) {
+    if (!store_request_id_ok(req->params[0])) {
         http_error(req, 404, "not_found", "no such request");
         goto out;
     }
@@ -465,7 +457,7 @@ static int list_query(http_req *req, int *status, int *limit, const char **curso
         }
         *limit = (int)n;
     }
-    if (*cursor != NULL && !request_id_ok(*cursor)) {
+    if (*cursor != NULL && !store_request_id_ok(*cursor)) {
         http_error(req, 400, "invalid_value", "'cursor' is not a cursor this server gave");
         return -1;
     }
@@ -537,7 +529,7 @@ static void change_request(http_req *req, int cancel)
         return;
     if (api_need_role(req, &key, cancel ? ROLE_SIGNER : ROLE_ADMIN) != 0)
         goto out;
-    if (!request_id_ok(id)) {
+    if (!store_request_id_ok(id)) {
         http_error(req, 404, "not_found", "no such request");
         goto out;
     }

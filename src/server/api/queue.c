@@ -302,13 +302,7 @@ static int input_from_row(const store_sign_request *r, sign_input *in)
     if (in->alg == QK_HASH_NONE || r->format == NULL || r->digest.len != qk_hash_size(in->alg) ||
         r->digest.len > sizeof(in->digest))
         return -1;
-    if (strcmp(r->format, "authenticode-pe") == 0)
-        in->format = FMT_AUTHENTICODE_PE;
-    else if (strcmp(r->format, "cms") == 0)
-        in->format = FMT_CMS;
-    else if (strcmp(r->format, "raw") == 0)
-        in->format = FMT_RAW;
-    else
+    if (sign_format_parse(r->format, &in->format) != 0)
         return -1;
     in->profile = r->profile;
     in->filename = r->filename;

@@ -12,6 +12,16 @@ const char *sign_format_name(sign_format f)
     return (unsigned)f < NFORMATS ? format_names[f] : "unknown";
 }
 
+int sign_format_parse(const char *name, sign_format *out)
+{
+    for (size_t f = 0; name != NULL && f < NFORMATS; f++)
+        if (strcmp(format_names[f], name) == 0) {
+            *out = (sign_format)f;
+            return 0;
+        }
+    return -1;
+}
+
 void sign_input_clear(sign_input *in)
 {
     json_decref(in->root);
@@ -74,13 +84,9 @@ static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
         return api_fail(e, 400, "unknown_algorithm",
                         "'algorithm' must be sha256, sha384 or sha512");
 
-    size_t f = 0;
-    if (format != NULL)
-        while (f < NFORMATS && strcmp(format_names[f], format) != 0)
-            f++;
-    if (f == NFORMATS)
+    in->format = FMT_AUTHENTICODE_PE;
+    if (format != NULL && sign_format_parse(format, &in->format) != 0)
         return api_fail(e, 400, "unknown_format", "'format' must be authenticode-pe, cms or raw");
-    in->format = (sign_format)f;
 
     if (in->profile == NULL)
         in->profile = "default";

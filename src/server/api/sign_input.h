@@ -25,6 +25,8 @@
 typedef enum sign_format { FMT_AUTHENTICODE_PE = 0, FMT_CMS, FMT_RAW } sign_format;
 
 const char *sign_format_name(sign_format f);
+/* A format by its name: 0, or -1 when unknown. */
+int sign_format_parse(const char *name, sign_format *out);
 
 /* Strings point into `root` (owned: sign_input_clear releases it). */
 typedef struct sign_input {

@@ -78,6 +78,12 @@ void store_new_request_id(char out[40])
     hex_encode(rnd, sizeof(rnd), out + 4);
 }
 
+int store_request_id_ok(const char *id)
+{
+    return id != NULL && strncmp(id, "req_", 4) == 0 && strlen(id) == 36 &&
+           strspn(id + 4, "0123456789abcdef") == 32;
+}
+
 void store_org_clear(store_org *o)
 {
     if (o == NULL)

@@ -516,6 +516,9 @@ void store_sqlite_flush(qk_store *s);
 
 /* A fresh request id: "req_" + 32 lowercase hex chars of randomness. */
 void store_new_request_id(char out[40]);
+/* Whether `id` has that shape ("req_" + 32 lowercase hex): anything else
+ * cannot name a request. */
+int store_request_id_ok(const char *id);
 
 void store_apikey_clear(store_apikey *k);
 void store_profile_clear(store_profile *p);
