@@ -22,6 +22,7 @@
 
 #include "internal.h"
 #include "qwick/authenticode.h"
+#include "qwick/tsp.h"
 #include "sig_internal.h"
 #include "spc.h"
 
@@ -36,7 +37,9 @@ struct qk_tbs {
     STACK_OF(X509_ATTRIBUTE) *attrs;
     uint8_t *attrs_der; /* DER SET OF attrs: the signed bytes */
     size_t attrs_len;
-    int self_checked; /* qk_sign_request.self_checked */
+    int self_checked;  /* qk_sign_request.self_checked */
+    qk_stamp_fn stamp; /* qk_sign_request.stamp, stamp_ctx */
+    void *stamp_ctx;
 };
 
 /* The BMPString (UCS-2, big-endian) form of UTF-8 text. */
@@ -291,6 +294,8 @@ qk_err qk_tbs_new(const qk_sign_request *req, qk_tbs **out)
     t->format = req->format;
     t->alg = req->alg;
     t->self_checked = req->self_checked != 0;
+    t->stamp = req->stamp;
+    t->stamp_ctx = req->stamp_ctx;
     if ((t->attrs = sk_X509_ATTRIBUTE_new_null()) == NULL)
         goto out;
     if (req->format == QK_FORMAT_AUTHENTICODE_PE) {
@@ -543,6 +548,38 @@ qk_err qk_tbs_finish_chain(const qk_tbs *tbs, qk_slice signature, const qk_chain
     return finish_certs(tbs, signature, chain->certs, chain->n, out);
 }
 
+/* Whether der is exactly one definite-length SEQUENCE. */
+static int one_sequence(const uint8_t *der, size_t len)
+{
+    const unsigned char *q = der;
+    long clen = 0;
+    int tag = 0, cls = 0;
+    int r = ASN1_get_object(&q, &clen, &tag, &cls, (long)len);
+    return !(r & 0x80) && r == V_ASN1_CONSTRUCTED && tag == V_ASN1_SEQUENCE &&
+           cls == V_ASN1_UNIVERSAL && clen >= 0 && (size_t)(q - der) + (size_t)clen == len;
+}
+
+/* The token from tbs->stamp for `signature`, as an unsigned attribute of si. */
+static qk_err add_stamp(const qk_tbs *tbs, qk_slice signature, PKCS7_SIGNER_INFO *si)
+{
+    qk_buf token = {NULL, 0};
+    qk_err rc = tbs->stamp(tbs->stamp_ctx, tbs->alg, signature, &token);
+    if (rc != QK_OK) {
+        if (qk_error_detail()[0] == '\0')
+            (void)qk_fail(rc, "timestamp callback failed");
+    } else if (token.data == NULL || token.len > QK_TSP_MAX_REPLY ||
+               !one_sequence(token.data, token.len)) {
+        rc = qk_fail(QK_ERR_BAD_DER, "the timestamp callback returned no DER SEQUENCE");
+    } else {
+        rc = qk_attr_add(&si->unauth_attr,
+                         tbs->format == QK_FORMAT_AUTHENTICODE_PE ? QK_OID_SPC_RFC3161_TIMESTAMP
+                                                                  : QK_OID_AA_TIMESTAMP_TOKEN,
+                         V_ASN1_SEQUENCE, token.data, (int)token.len);
+    }
+    qk_buf_free(&token);
+    return rc;
+}
+
 /* qk_tbs_finish on decoded certificates (only read, never changed). */
 static qk_err finish_certs(const qk_tbs *tbs, qk_slice signature, X509 *const *certs, size_t nchain,
                            qk_buf *out)
@@ -592,6 +629,9 @@ static qk_err finish_certs(const qk_tbs *tbs, qk_slice signature, X509 *const *c
     if (si->auth_attr == NULL ||
         !ASN1_OCTET_STRING_set(si->enc_digest, signature.data, (int)signature.len))
         goto out;
+    if (tbs->stamp != NULL && (rc = add_stamp(tbs, signature, si)) != QK_OK)
+        goto out;
+    rc = QK_ERR_NOMEM;
     /* PKCS7_add_signer also lists the digest algorithm (NULL parameters) in
      * digestAlgorithms; it owns si from here on. */
     if (!PKCS7_add_signer(p7, si))

@@ -148,6 +148,7 @@ qk_err qk_pe_build_signed(const qk_pe *pe, const qk_slice *sigs, size_t n, qk_bu
 struct qk_pe_pending {
     char *tmp;
     char *dst;
+    int fd; /* the temporary, open until commit fsyncs it */
 };
 
 typedef struct fd_sink {
@@ -279,15 +280,16 @@ qk_err qk_pe_write_signed_begin(const qk_pe *pe, const qk_slice *sigs, size_t n,
         rc = qk_fail(QK_ERR_IO, "writing checksum: %s", strerror(errno));
         goto out;
     }
-    if (fchmod(fd, mode) != 0 || fsync(fd) != 0) {
+    if (fchmod(fd, mode) != 0) {
         rc = qk_fail(QK_ERR_IO, "%s: %s", p->tmp, strerror(errno));
         goto out;
     }
-    if (close(fd) != 0) {
-        fd = -1;
-        rc = qk_fail(QK_ERR_IO, "close: %s", strerror(errno));
-        goto out;
-    }
+#ifdef SYNC_FILE_RANGE_WRITE
+    /* Start the write-back now; commit's fsync then waits for less, while
+     * the caller checks the file. A failure here shows up in that fsync. */
+    (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+#endif
+    p->fd = fd;
     fd = -1;
     *out = p;
     p = NULL;
@@ -314,15 +316,25 @@ const char *qk_pe_pending_path(const qk_pe_pending *p)
     return p->tmp;
 }
 
-qk_err qk_pe_pending_commit(qk_pe_pending *p)
+/* Renames the temporary over the destination and, with `sync_dir`, fsyncs
+ * the directory; frees p either way. */
+static qk_err pending_finish(qk_pe_pending *p, int sync_dir)
 {
     qk_err rc = QK_OK;
     if (p == NULL)
         return QK_ERR_INVALID_ARG;
-    if (rename(p->tmp, p->dst) != 0) {
+    /* The content is durable before its name points at it. */
+    if (fsync(p->fd) != 0) {
+        rc = qk_fail(QK_ERR_IO, "%s: %s", p->tmp, strerror(errno));
+        close(p->fd);
+        unlink(p->tmp);
+    } else if (close(p->fd) != 0) {
+        rc = qk_fail(QK_ERR_IO, "close %s: %s", p->tmp, strerror(errno));
+        unlink(p->tmp);
+    } else if (rename(p->tmp, p->dst) != 0) {
         rc = qk_fail(QK_ERR_IO, "rename to %s: %s", p->dst, strerror(errno));
         unlink(p->tmp);
-    } else {
+    } else if (sync_dir) {
         /* Make the rename itself durable. */
         char *dir = dir_of(p->dst);
         int dfd = dir ? open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
@@ -338,10 +350,21 @@ qk_err qk_pe_pending_commit(qk_pe_pending *p)
     return rc;
 }
 
+qk_err qk_pe_pending_commit(qk_pe_pending *p)
+{
+    return pending_finish(p, 1);
+}
+
+qk_err qk_pe_pending_rename(qk_pe_pending *p)
+{
+    return pending_finish(p, 0);
+}
+
 void qk_pe_pending_abort(qk_pe_pending *p)
 {
     if (p == NULL)
         return;
+    close(p->fd);
     unlink(p->tmp);
     free(p->tmp);
     free(p->dst);

@@ -26,6 +26,10 @@ typedef enum qk_sig_format {
     QK_FORMAT_CMS_DETACHED = 1,
 } qk_sig_format;
 
+/* Obtains an RFC 3161 TimeStampToken (DER ContentInfo, in *token, malloc'd)
+ * for a signature value, imprint hashed with `alg`: see qk_sign_request.stamp. */
+typedef qk_err (*qk_stamp_fn)(void *ctx, qk_hash_alg alg, qk_slice value, qk_buf *token);
+
 typedef struct qk_sign_request {
     qk_sig_format format;
     qk_hash_alg alg;          /* digest algorithm of `digest` and of the signature */
@@ -40,6 +44,14 @@ typedef struct qk_sign_request {
      * and recomputes a wrong one, so a local RSA key loaded after
      * X509_check_private_key qualifies; an HSM or remote signer does not. */
     int self_checked;
+    /* Optional: timestamps the signature while it is assembled (a TSA in the
+     * same process), so no second pass (qk_sig_value, qk_sig_add_timestamp)
+     * has to decode and re-encode the result. Called once with the signature
+     * value; the token goes into the SignerInfo's unsigned attributes under
+     * the attribute qk_sig_add_timestamp would use. The token is the
+     * caller's word: it is checked to be one DER SEQUENCE, nothing more. */
+    qk_stamp_fn stamp;
+    void *stamp_ctx;
 } qk_sign_request;
 
 /* Largest signature value and certificate accepted by the assembler. */

@@ -29,7 +29,7 @@ typedef struct qk_pe qk_pe;
 
 /* One WIN_CERTIFICATE entry; data points into the image (bCertificate, without padding). */
 typedef struct qk_pe_cert {
-    uint32_t length;   /* dwLength as stored (header + data + padding) */
+    uint32_t length; /* dwLength as stored (header + data + padding) */
     uint16_t revision;
     uint16_t type;
     qk_slice data;
@@ -81,6 +81,10 @@ QK_EXPORT QK_WUR qk_err qk_pe_write_signed_begin(const qk_pe *pe, const qk_slice
                                                  const char *path, qk_pe_pending **out);
 QK_EXPORT const char *qk_pe_pending_path(const qk_pe_pending *p);
 QK_EXPORT QK_WUR qk_err qk_pe_pending_commit(qk_pe_pending *p);
+/* qk_pe_pending_commit without the fsync of the directory: the rename is
+ * durable only once the caller has fsynced the directory of `path` (which
+ * lets it cover many renames with one fsync). Frees `p`. */
+QK_EXPORT QK_WUR qk_err qk_pe_pending_rename(qk_pe_pending *p);
 QK_EXPORT void qk_pe_pending_abort(qk_pe_pending *p);
 
 /* Same layout into memory (for small images, tests and fuzzing). */

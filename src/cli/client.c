@@ -522,6 +522,7 @@ int client_take_signed(json_t *j, client_sign_res *res, char **err)
     take_chain(j, res);
     res->request_id = id ? xstrdup(id) : NULL;
     res->timestamp_url = ts ? xstrdup(ts) : NULL;
+    res->timestamped = json_is_true(json_object_get(j, "timestamped"));
     return 0;
 }
 
@@ -548,6 +549,8 @@ static char *sign_body(const client_sign_req *req)
     json_object_set(body, "metadata", meta);
     if (req->no_timestamp)
         json_object_set_new(body, "timestamp", json_false());
+    else if (req->server_timestamp)
+        json_object_set_new(body, "timestamp", json_string("server"));
     if (req->async)
         json_object_set_new(body, "async", json_true());
     if (json_object_size(meta) == (size_t)(!!req->filename + !!req->description + !!req->url))

@@ -69,8 +69,9 @@ typedef struct client_sign_req {
     const char *filename; /* metadata, optional */
     const char *description;
     const char *url;
-    int no_timestamp; /* tells the server (profiles that require timestamps refuse) */
-    int async;        /* "async": true, the server queues it and answers 202 at once */
+    int no_timestamp;     /* tells the server (profiles that require timestamps refuse) */
+    int server_timestamp; /* "timestamp": "server": the server's TSA stamps it, no round trip */
+    int async;            /* "async": true, the server queues it and answers 202 at once */
 } client_sign_req;
 
 typedef struct client_sign_res {
@@ -79,6 +80,7 @@ typedef struct client_sign_res {
     qk_buf *chain;    /* certificateChain, DER, as the server orders it */
     size_t nchain;
     char *timestamp_url; /* the server's TSA, NULL when it names none */
+    int timestamped;     /* the signature already holds the server's timestamp */
 } client_sign_res;
 
 /* POST /api/v1/sign/digest: 0 with the answer, status 200 (ans->json the

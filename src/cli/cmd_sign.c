@@ -392,6 +392,7 @@ static void free_inputs(inputs *in)
         free(in->v[i].path);
         free(in->v[i].request_id);
         free(in->v[i].error);
+        free(in->v[i].sync_dir);
     }
     free(in->v);
     free(in->ids);

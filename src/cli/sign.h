@@ -61,6 +61,10 @@ typedef struct job {
     int ok;
     char *request_id;
     char *error; /* without the "qwick: FILE: " prefix */
+    /* Replaced: the directory whose fsync makes the rename durable. One
+     * fsync per directory after the workers (sign_run.c), not one per file:
+     * nothing is reported before it. */
+    char *sync_dir;
 } job;
 
 typedef struct worker worker;

@@ -72,12 +72,14 @@ static int ensure_tsa(worker *w, const char *server_url, char **err)
     return new_tsa(w, one, 1, err);
 }
 
-/* Server signature -> timestamped signature (unless --no-timestamp). */
+/* Server signature -> timestamped signature (unless --no-timestamp, or the
+ * server stamped it already: the post-write check verifies that token as it
+ * would one fetched here). */
 static int timestamp_sig(worker *w, client_sign_res *res, qk_buf *out, char **err)
 {
     const sign_opts *o = w->r->o;
     qk_err e;
-    if (o->no_timestamp) {
+    if (o->no_timestamp || res->timestamped) {
         *out = res->signature;
         res->signature = (qk_buf){0};
         return 0;
@@ -162,6 +164,16 @@ static char *write_target(const sign_opts *o, const char *inplace, char **err)
         free(why);
     }
     return dest;
+}
+
+/* The rename to `dest` is durable once its directory is fsynced: noted for
+ * the end of the run (sign_run.c), which does it once per directory. */
+static void note_sync_dir(job *jb, const char *dest)
+{
+    char *copy = xstrdup(dest);
+    free(jb->sync_dir);
+    jb->sync_dir = xstrdup(dirname(copy));
+    free(copy);
 }
 
 /* --- PE files ---------------------------------------------------------- */
@@ -266,12 +278,13 @@ static int sign_pe(worker *w, job *jb, char **err)
     qk_pe_free(check);
     check = NULL;
     sign_tmp_untrack(w->slot);
-    e = qk_pe_pending_commit(pending);
+    e = qk_pe_pending_rename(pending);
     pending = NULL;
     if (e != QK_OK) {
         *err = sign_errmsg("replacing", e);
         goto out;
     }
+    note_sync_dir(jb, dest);
     rc = 0;
 out:
     if (pending != NULL) {
@@ -377,10 +390,11 @@ static int sign_detached(worker *w, job *jb, char **err)
     if ((*err = check_report(o, rep, 1)) != NULL || sign_interrupted(err))
         goto out;
     sign_tmp_untrack(w->slot);
-    if (afile_commit(tmp, dest, err) != 0)
+    if (afile_rename(tmp, dest, err) != 0)
         goto out;
     free(tmp);
     tmp = NULL;
+    note_sync_dir(jb, dest);
     rc = 0;
 out:
     if (tmp != NULL) {

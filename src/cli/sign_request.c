@@ -71,6 +71,10 @@ static int submit(worker *w, job *jb, const char *format, const uint8_t *md, int
         .description = o->description,
         .url = o->url,
         .no_timestamp = o->no_timestamp,
+        /* The server's own TSA can stamp the signature before returning it
+         * (one round trip, not two); a server that cannot says so by not
+         * marking the answer "timestamped", and the file is stamped here. */
+        .server_timestamp = !o->no_timestamp && o->n_ts_urls == 0,
         .async = async,
     };
     int rc = client_sign_submit(w->api, &req, ans, err);

@@ -3,6 +3,8 @@
  * file waiting for a queued request with its status) goes to a terminal's
  * stderr, the report to stdout: with --async, a FILE<TAB>REQUEST_ID line per
  * accepted file as soon as it is accepted. */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -133,6 +135,44 @@ static int run_workers(run *r)
     return started > 0 ? 0 : -1;
 }
 
+static int by_dir(const void *a, const void *b)
+{
+    const job *x = *(job *const *)a, *y = *(job *const *)b;
+    return strcmp(x->sync_dir, y->sync_dir);
+}
+
+/* Makes the renames durable: one fsync per directory that received a file
+ * (a rename is durable once its directory is; fsyncing it per file cost a
+ * journal commit each). A file whose directory cannot be fsynced is
+ * reported failed: it was replaced, but might not survive a crash. */
+static void sync_dirs(run *r)
+{
+    job **v = xcalloc(r->njobs ? r->njobs : 1, sizeof(*v));
+    size_t n = 0;
+    for (size_t i = 0; i < r->njobs; i++)
+        if (r->jobs[i].ok && r->jobs[i].sync_dir != NULL)
+            v[n++] = &r->jobs[i];
+    qsort(v, n, sizeof(*v), by_dir);
+    for (size_t i = 0, j; i < n; i = j) {
+        for (j = i + 1; j < n && strcmp(v[j]->sync_dir, v[i]->sync_dir) == 0; j++)
+            ;
+        int fd = open(v[i]->sync_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), e = 0;
+        if (fd < 0 || fsync(fd) != 0)
+            e = errno;
+        if (fd >= 0)
+            close(fd);
+        for (size_t k = i; e != 0 && k < j; k++) {
+            v[k]->ok = 0;
+            v[k]->error =
+                xasprintf("replaced, but the rename may not survive a crash: fsync %s: %s",
+                          v[k]->sync_dir, strerror(e));
+            r->nok--;
+            r->nfail++;
+        }
+    }
+    free(v);
+}
+
 /* The report on stdout (--async printed its lines as it went); the exit status. */
 static int report(const run *r)
 {
@@ -178,8 +218,10 @@ int sign_run(const sign_opts *o, job *jobs, size_t n, int njobs, char **api_key)
     sign_drop_secret(api_key);
 
     sign_stop_install();
-    if (run_workers(&r) == 0)
+    if (run_workers(&r) == 0) {
+        sync_dirs(&r);
         status = report(&r);
+    }
 out:
     free_workers(&r);
     pthread_mutex_destroy(&r.mu);

@@ -237,12 +237,19 @@ out:
     return rc;
 }
 
-int afile_commit(const char *tmp, const char *dest, char **err)
+int afile_rename(const char *tmp, const char *dest, char **err)
 {
     if (rename(tmp, dest) != 0) {
         *err = xasprintf("rename to %s: %s", dest, strerror(errno));
         return -1;
     }
+    return 0;
+}
+
+int afile_commit(const char *tmp, const char *dest, char **err)
+{
+    if (afile_rename(tmp, dest, err) != 0)
+        return -1;
     /* Make the rename itself durable. */
     char *dir = dir_of(dest);
     int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;

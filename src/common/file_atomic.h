@@ -41,5 +41,8 @@ int afile_write_temp(const char *dest, const void *data, size_t len, mode_t mode
 /* Renames `tmp` over `dest` and fsyncs the directory. On failure `tmp` is
  * left for the caller to remove. */
 int afile_commit(const char *tmp, const char *dest, char **err);
+/* afile_commit without the directory fsync: durable only once the caller has
+ * fsynced the directory of `dest` (dir_sync.h covers many renames with one). */
+int afile_rename(const char *tmp, const char *dest, char **err);
 
 #endif

@@ -88,6 +88,33 @@ for f in d["files"]:
     assert f["ok"] is True and f["error"] is None and isinstance(f["requestId"], str), f
 '
 
+# --- who timestamps: the server by default, the CLI with --timestamp-url -------
+# POST /tsa requests, from the server's own metrics.
+tsa_posts() {
+    curl -sS --fail --cacert "$tlsca" -H "Authorization: Bearer $QWICKD_OPERATOR_TOKEN" \
+        "$QWICKD_URL/metrics" | python3 -c '
+import re, sys
+n = 0
+for line in sys.stdin:
+    m = re.match(r"qwickd_http_requests_total\{([^}]*)\} (\d+)", line)
+    if m and "route=\"tsa\"" in m.group(1):
+        n += int(m.group(2))
+print(n)'
+}
+mkdir "$tmp/who"
+for i in 1 2 3; do cp "$tmp/pe64.exe" "$tmp/who/s$i.exe"; cp "$tmp/pe32.exe" "$tmp/who/c$i.exe"; done
+n0=$(tsa_posts)
+check "default: 3 files signed, stamped by the server" "$QWICK" sign -j 2 "$tmp/who/s*.exe"
+n1=$(tsa_posts)
+check_eq "default: no POST /tsa from the CLI" "$((n1 - n0))" 0
+check "--timestamp-url: 3 files signed, stamped by the CLI" "$QWICK" sign -j 2 \
+    --timestamp-url "$QWICKD_URL/tsa" "$tmp/who/c*.exe"
+n2=$(tsa_posts)
+check_eq "--timestamp-url: one POST /tsa per file" "$((n2 - n1))" 3
+bad=0
+for f in "$tmp"/who/*.exe; do osslverify "$f" 1 yes >/dev/null || bad=$((bad + 1)); done
+check_eq "both ways: osslsigncode verifies signature and timestamp (files that do not)" "$bad" 0
+
 # --- --out ------------------------------------------------------------------
 cp "$tmp/pe32.exe" "$tmp/orig.exe"
 cp "$tmp/orig.exe" "$tmp/orig.copy"

@@ -141,6 +141,59 @@ for alg in sha256 sha384 sha512; do
         esac
     done
 done
+# --- "timestamp": "server": the signature comes back with the server's token --
+# Checked independently: the CMS verifies with openssl, and the token found in
+# its unsigned attributes verifies with `openssl ts -verify` over the
+# signature value, against the TSA root.
+split_stamped() { # SIG.der TOKEN.der VALUE.bin: the first SignerInfo's token and value
+    python3 - "$@" <<'PY'
+import sys
+def tlv(b, i):
+    t = b[i]; n = b[i + 1]; j = i + 2
+    if n & 0x80:
+        k = n & 0x7f; n = int.from_bytes(b[j:j + k], "big"); j += k
+    return t, j, j + n
+def kids(b, i):
+    t, s, e = tlv(b, i); out = []
+    while s < e:
+        out.append(s); s = tlv(b, s)[2]
+    return out
+b = open(sys.argv[1], "rb").read()
+sd = kids(b, kids(b, 0)[1])[0]            # ContentInfo -> [0] -> SignedData
+si = kids(b, kids(b, sd)[-1])[0]          # signerInfos -> first SignerInfo
+parts = kids(b, si)
+value = [p for p in parts if b[p] == 0x04][0]
+unsigned = [p for p in parts if b[p] == 0xA1][0]
+attr = kids(b, unsigned)[0]
+oid, vals = kids(b, attr)
+token = kids(b, vals)[0]
+_, s, e = tlv(b, value)
+open(sys.argv[3], "wb").write(b[s:e])
+_, s, e = tlv(b, token)
+open(sys.argv[2], "wb").write(b[token:e])
+PY
+}
+openssl dgst -sha256 -binary "$tmp/content.bin" >"$tmp/digest256.bin"
+d=$(b64file "$tmp/digest256.bin")
+sign_json "$admin_key" "{\"digest\":\"$d\",\"algorithm\":\"sha256\",\"format\":\"cms\",\"timestamp\":\"server\"}"
+if [ "$(cat "$tmp/status")" = 200 ] && [ "$(json_get "$tmp/body" timestamped)" = True ]; then
+    json_get "$tmp/body" signature | base64 -d >"$tmp/stamped.der"
+    check "timestamp server: openssl cms -verify" \
+        openssl cms -verify -binary -inform DER -in "$tmp/stamped.der" \
+        -content "$tmp/content.bin" -CAfile "$root" -purpose any -out /dev/null
+    if split_stamped "$tmp/stamped.der" "$tmp/token.der" "$tmp/value.bin" 2>"$tmp/split.err"; then
+        check "timestamp server: openssl ts -verify of the token over the signature value" \
+            openssl ts -verify -token_in -in "$tmp/token.der" -data "$tmp/value.bin" \
+            -CAfile "$tsaroot"
+    else fail "timestamp server: no token in the unsigned attributes: $(cat "$tmp/split.err")"; fi
+else fail "timestamp server: $(cat "$tmp/status") $(head -c 300 "$tmp/body")"; fi
+sign_json "$admin_key" "{\"digest\":\"$d\",\"algorithm\":\"sha256\"}"
+if [ "$(cat "$tmp/status")" = 200 ] && [ "$(json_get "$tmp/body" timestamped 2>/dev/null || echo absent)" = absent ]; then
+    ok "no \"timestamp\": the client stamps (timestamped absent)"
+else fail "no timestamp field: $(head -c 300 "$tmp/body")"; fi
+sign_json "$admin_key" "{\"digest\":\"$d\",\"algorithm\":\"sha256\",\"timestamp\":\"tsa\"}"
+expect_error 400 invalid_type "\"timestamp\": \"tsa\" refused"
+
 # the default format is authenticode-pe and the default profile "default"
 d=$(b64file "$tmp/digest.bin")
 sign_json "$admin_key" "{\"digest\":\"$d\",\"algorithm\":\"sha512\"}"

@@ -1351,8 +1351,21 @@ static void test_pending_commit_and_abort(void **state)
     assert_int_equal(len, img.len + 40);
     assert_memory_equal(got + img.len + 8, der, sizeof(der));
     free(got);
+    /* The rename-only commit (the caller fsyncs the directory) leaves the
+     * same file: the signed image, the temporary gone. */
+    write_file(path, img.data, img.len, 0640);
+    p = NULL;
+    assert_int_equal(qk_pe_write_signed_begin(pe, &sig, 1, path, &p), QK_OK);
+    assert_int_equal(count_entries(dir), 2);
+    assert_int_equal(qk_pe_pending_rename(p), QK_OK);
+    assert_int_equal(count_entries(dir), 1);
+    got = read_file(path, &len);
+    assert_int_equal(len, img.len + 40);
+    assert_memory_equal(got + img.len + 8, der, sizeof(der));
+    free(got);
     qk_pe_pending_abort(NULL);
     assert_int_equal(qk_pe_pending_commit(NULL), QK_ERR_INVALID_ARG);
+    assert_int_equal(qk_pe_pending_rename(NULL), QK_ERR_INVALID_ARG);
     assert_int_equal(qk_pe_write_signed_begin(pe, &sig, 1, NULL, &p), QK_ERR_INVALID_ARG);
 
     qk_pe_free(pe);

@@ -95,7 +95,29 @@ static void accepts_full_and_defaults(void **state)
     assert_int_equal(parse_str(body, &in, &e), 0);
     assert_string_equal(in.idempotency_key, "k-1");
     assert_string_equal(in.callback_url, "https://ci.example/hook");
+    assert_int_equal(in.no_timestamp, 0);
+    assert_int_equal(in.server_timestamp, 0);
     sign_input_clear(&in);
+
+    /* "timestamp": false (no timestamp), "server" (stamped by the server). */
+    snprintf(body, sizeof(body), "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"timestamp\":false}",
+             d32);
+    assert_int_equal(parse_str(body, &in, &e), 0);
+    assert_int_equal(in.no_timestamp, 1);
+    assert_int_equal(in.server_timestamp, 0);
+    sign_input_clear(&in);
+    snprintf(body, sizeof(body),
+             "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"timestamp\":\"server\"}", d32);
+    assert_int_equal(parse_str(body, &in, &e), 0);
+    assert_int_equal(in.no_timestamp, 0);
+    assert_int_equal(in.server_timestamp, 1);
+    sign_input_clear(&in);
+    snprintf(body, sizeof(body),
+             "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"timestamp\":\"client\"}", d32);
+    refused(body, 400, "invalid_type");
+    snprintf(body, sizeof(body), "{\"digest\":\"%s\",\"algorithm\":\"sha256\",\"timestamp\":1}",
+             d32);
+    refused(body, 400, "invalid_type");
 }
 
 static void refuses_each_class(void **state)

@@ -1149,15 +1149,19 @@ static void test_checkpointer_copies_wal(void **state)
     assert_int_equal(p->done, CKPT_ROWS);
     assert_int_equal(p->failed, 0);
     /* 3000 rows of 6 KB are > 4096 WAL pages: a checkpoint is due. It runs
-     * on its own thread, so wait for it (bounded) rather than for a time. */
-    for (int i = 0; i < 300 && (db1 = file_size(f->where, STORE_SQLITE_FILE)) < 8 * 1024 * 1024;
-         i++)
+     * on its own thread, so wait for it (bounded) rather than for a time:
+     * until it has counted itself done (the file grows while it copies). */
+    store_sqlite_counters c = {0};
+    for (int i = 0; i < 300; i++) {
+        store_sqlite_stats(f->s, &c);
+        db1 = file_size(f->where, STORE_SQLITE_FILE);
+        if (c.checkpoints > 0 && db1 >= 8 * 1024 * 1024)
+            break;
         usleep(50000);
+    }
     print_message("database file %lld -> %lld bytes, WAL %lld bytes, store open\n", (long long)db0,
                   (long long)db1, (long long)file_size(f->where, STORE_SQLITE_FILE "-wal"));
     assert_true(db1 >= 8 * 1024 * 1024);
-    store_sqlite_counters c;
-    store_sqlite_stats(f->s, &c);
     assert_true(c.checkpoints > 0);
     assert_true(c.ckpt_frames >= 2000); /* at least the frames of the rows' pages */
     assert_int_equal(STORE_CALL(f->s, audit_count, org, NULL, &n), QK_OK);

@@ -378,12 +378,124 @@ static void test_timestamp_flow(void **state)
     qk_buf_free(&sig);
 }
 
+/* --- qk_sign_request.stamp: the token attached while assembling --------- */
+
+typedef struct stamper {
+    int calls;
+    qk_err fail;   /* returned instead of a token, when set */
+    int garbage;   /* return bytes that are not one DER SEQUENCE */
+    qk_buf last;   /* a copy of the token handed out */
+    qk_slice seen; /* the value it was asked to stamp (copied) */
+    uint8_t value[1024];
+} stamper;
+
+static qk_err test_stamp(void *ctx, qk_hash_alg alg, qk_slice value, qk_buf *token)
+{
+    stamper *st = ctx;
+    st->calls++;
+    assert_true(value.len <= sizeof(st->value));
+    memcpy(st->value, value.data, value.len);
+    st->seen = (qk_slice){st->value, value.len};
+    if (st->fail != QK_OK)
+        return st->fail;
+    if (st->garbage) {
+        token->data = malloc(5);
+        assert_non_null(token->data);
+        memcpy(token->data, "\x30\x02\x05\x00\x00", 5); /* a trailing byte */
+        token->len = 5;
+        return QK_OK;
+    }
+    qk_tsp_req *req = NULL;
+    assert_int_equal(qk_tsp_request_new(alg, value, &req), QK_OK);
+    qk_slice rq = qk_tsp_request_der(req);
+    qk_buf reply = tk_tsa_reply(&tsa, rq.data, rq.len, NULL);
+    assert_int_equal(qk_tsp_reply_check(req, sl(&reply), token), QK_OK);
+    qk_buf_free(&reply);
+    qk_tsp_request_free(req);
+    qk_buf_free(&st->last);
+    st->last.data = malloc(token->len);
+    assert_non_null(st->last.data);
+    memcpy(st->last.data, token->data, token->len);
+    st->last.len = token->len;
+    return QK_OK;
+}
+
+static qk_buf stamped_signature(qk_sig_format format, qk_hash_alg alg, stamper *st, qk_err want)
+{
+    EVP_PKEY *key = tk_rsa_key();
+    X509 *cert = tk_cert(key, "Unit Signer", "codeSigning", NULL, NULL);
+    qk_buf der = tk_cert_der(cert);
+    uint8_t dg[QK_HASH_MAX_SIZE];
+    tk_random(dg, sizeof(dg));
+    qk_sign_request req = {.format = format,
+                           .alg = alg,
+                           .digest = {dg, qk_hash_size(alg)},
+                           .stamp = test_stamp,
+                           .stamp_ctx = st};
+    qk_slice chain = sl(&der);
+    qk_buf sig = {(uint8_t *)1, 1};
+    assert_int_equal(qk_sign(&req, qk_evp_sign_fn, key, &chain, 1, &sig), want);
+    if (want != QK_OK)
+        assert_null(sig.data);
+    qk_buf_free(&der);
+    X509_free(cert);
+    return sig;
+}
+
+static void test_sign_stamp(void **state)
+{
+    (void)state;
+    static const qk_sig_format formats[] = {QK_FORMAT_AUTHENTICODE_PE, QK_FORMAT_CMS_DETACHED};
+    static const char *const oids[] = {QK_OID_SPC_RFC3161_TIMESTAMP, "1.2.840.113549.1.9.16.2.14"};
+    for (size_t f = 0; f < 2; f++) {
+        stamper st = {0};
+        qk_buf sig = stamped_signature(formats[f], QK_HASH_SHA384, &st, QK_OK);
+        assert_int_equal(st.calls, 1);
+        /* The callback was asked for the signature value the result carries. */
+        qk_buf v = {0};
+        assert_int_equal(qk_sig_value(sl(&sig), &v), QK_OK);
+        assert_int_equal(v.len, st.seen.len);
+        assert_memory_equal(v.data, st.seen.data, v.len);
+        /* One unsigned attribute, under the format's OID, holding the token. */
+        const unsigned char *p = sig.data;
+        PKCS7 *p7 = d2i_PKCS7(NULL, &p, (long)sig.len);
+        assert_non_null(p7);
+        PKCS7_SIGNER_INFO *si = sk_PKCS7_SIGNER_INFO_value(p7->d.sign->signer_info, 0);
+        assert_int_equal(X509at_get_attr_count(si->unauth_attr), 1);
+        X509_ATTRIBUTE *a = X509at_get_attr(si->unauth_attr, 0);
+        char oid[64];
+        OBJ_obj2txt(oid, sizeof(oid), X509_ATTRIBUTE_get0_object(a), 1);
+        assert_string_equal(oid, oids[f]);
+        const ASN1_STRING *tv = X509_ATTRIBUTE_get0_type(a, 0)->value.sequence;
+        assert_int_equal((size_t)ASN1_STRING_length(tv), st.last.len);
+        assert_memory_equal(ASN1_STRING_get0_data(tv), st.last.data, st.last.len);
+        PKCS7_free(p7);
+        /* The same bytes the two-pass route (qk_sig_add_timestamp, which
+         * replaces a token) makes from it. */
+        qk_buf again = {0};
+        assert_int_equal(qk_sig_add_timestamp(sl(&sig), sl(&st.last), &again), QK_OK);
+        assert_int_equal(again.len, sig.len);
+        assert_memory_equal(again.data, sig.data, sig.len);
+        qk_buf_free(&again);
+        qk_buf_free(&v);
+        qk_buf_free(&st.last);
+        qk_buf_free(&sig);
+    }
+    /* A callback that fails, or returns no DER SEQUENCE, fails the signature. */
+    stamper st = {.fail = QK_ERR_IO};
+    qk_buf none = stamped_signature(QK_FORMAT_AUTHENTICODE_PE, QK_HASH_SHA256, &st, QK_ERR_IO);
+    assert_null(none.data);
+    st = (stamper){.garbage = 1};
+    none = stamped_signature(QK_FORMAT_AUTHENTICODE_PE, QK_HASH_SHA256, &st, QK_ERR_BAD_DER);
+    assert_int_equal(st.calls, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_request_fields),   cmocka_unit_test(test_reply_granted),
         cmocka_unit_test(test_reply_rejections), cmocka_unit_test(test_reply_malformed),
-        cmocka_unit_test(test_timestamp_flow),
+        cmocka_unit_test(test_timestamp_flow),   cmocka_unit_test(test_sign_stamp),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

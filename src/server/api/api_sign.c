@@ -79,8 +79,7 @@ static void fill_log_index(char *body, size_t len, int64_t index)
  * base64 or our own request id, so there is nothing to escape, and building
  * a jansson tree of it (copying and scanning ~5 KB) cost ~1% of the server's
  * CPU per signature. The short URL is encoded by jansson. */
-static char *build_response(http_req *req, const char *chain_json, int ts_required, qk_buf sig,
-                            size_t *len)
+static char *build_response(http_req *req, const sign_outcome *o, qk_buf sig, size_t *len)
 {
     char *b64 = xmalloc(B64_ENCODED_SIZE(sig.len));
     char *url = api_tsa_url(req);
@@ -90,9 +89,10 @@ static char *build_response(http_req *req, const char *chain_json, int ts_requir
     b64_encode(sig.data, sig.len, b64);
     char *text =
         xasprintf("{\"requestId\":\"%s\",\"status\":\"SIGNED\",\"signature\":\"%s\","
-                  "\"certificateChain\":%s%s%s%s,\"logIndex\":" LOG_INDEX_SLOT "}",
-                  req->id, b64, chain_json, url_json ? ",\"timestampUrl\":" : "",
-                  url_json ? url_json : "", ts_required ? ",\"timestampRequired\":true" : "");
+                  "\"certificateChain\":%s%s%s%s%s,\"logIndex\":" LOG_INDEX_SLOT "}",
+                  req->id, b64, o->chain_json, url_json ? ",\"timestampUrl\":" : "",
+                  url_json ? url_json : "", o->ts_required ? ",\"timestampRequired\":true" : "",
+                  o->timestamped ? ",\"timestamped\":true" : "");
     *len = strlen(text);
     free(url_json);
     free(url);
@@ -171,12 +171,12 @@ static void commit_run(void *arg)
 /* Queues the request and audit rows of a signature; the 200 with `sig`
  * goes out once they are durable. Takes `sig`. The caller has set
  * j->signer_fp and j->sigval_sha256. */
-static void record_signed(sign_job *j, qk_buf sig, const char *chain_json, int ts_required)
+static void record_signed(sign_job *j, qk_buf sig, const sign_outcome *o)
 {
     http_req *req = j->req;
     server *srv = req->srv;
     qk_err rc;
-    j->response = build_response(req, chain_json, ts_required, sig, &j->response_len);
+    j->response = build_response(req, o, sig, &j->response_len);
     int64_t now = now_unix();
     store_sign_request *row = &j->row;
     memcpy(row->id, req->id, sizeof(req->id));
@@ -236,7 +236,7 @@ static void sync_signed(void *arg, sign_outcome *o)
     snprintf(j->note, sizeof(j->note), "%s", o->note);
     memcpy(j->signer_fp, o->signer_fp, sizeof(j->signer_fp));
     memcpy(j->sigval_sha256, o->sigval_sha256, sizeof(j->sigval_sha256));
-    record_signed(j, o->sig, o->chain_json, o->ts_required);
+    record_signed(j, o->sig, o);
     o->sig = (qk_buf){NULL, 0};
 }
 

@@ -18,6 +18,7 @@
 #include "qwick/authenticode.h"
 #include "signer/azure/azure.h"
 #include "signer/signer.h"
+#include "tsa/tsa.h"
 
 /* Cached signers beyond this count are built per request and dropped (an
  * org with thousands of profiles is not a case to optimise memory for). */
@@ -228,8 +229,9 @@ static qk_err tap_sign(void *ctx, qk_hash_alg alg, const uint8_t *digest, size_t
     return rc;
 }
 
-/* What libqwick assembles for `in` (not FMT_RAW). */
-static qk_sign_request request_of(const sign_input *in)
+/* What libqwick assembles for `in` (not FMT_RAW): timestamped on the way
+ * when the client asked the server to and this server has a TSA. */
+static qk_sign_request request_of(server *srv, const sign_input *in)
 {
     qk_sign_request r = {
         .format = in->format == FMT_CMS ? QK_FORMAT_CMS_DETACHED : QK_FORMAT_AUTHENTICODE_PE,
@@ -240,15 +242,26 @@ static qk_sign_request request_of(const sign_input *in)
         .url = in->url,
         .signing_time = 0,
     };
+    if (in->server_timestamp && srv->tsa != NULL) {
+        r.stamp = tsa_stamp;
+        r.stamp_ctx = srv->tsa;
+    }
     return r;
 }
 
-static qk_err do_sign(const sign_input *in, cached_signer *cs, qk_buf *sig, char sigval_hex[65])
+/* Whether the signature for `in` comes back with the timestamp in it. */
+static int stamped_here(server *srv, const sign_input *in)
+{
+    return in->format != FMT_RAW && in->server_timestamp && srv->tsa != NULL;
+}
+
+static qk_err do_sign(server *srv, const sign_input *in, cached_signer *cs, qk_buf *sig,
+                      char sigval_hex[65])
 {
     value_tap tap = {cs->signer, sigval_hex};
     if (in->format == FMT_RAW)
         return tap_sign(&tap, in->alg, in->digest, in->digest_len, sig);
-    qk_sign_request r = request_of(in);
+    qk_sign_request r = request_of(srv, in);
     r.self_checked = cs->signer->self_checked;
     return qk_sign_chain(&r, tap_sign, &tap, cs->decoded, sig);
 }
@@ -327,6 +340,7 @@ static void azure_finish(void *arg)
     else
         sign_sha256_hex(az_sig.data, az_sig.len, j->sigval_sha256);
     o.chain_json = chain_json;
+    o.timestamped = stamped_here(j->srv, j->in);
     o.chain_der = (qk_slice){az_chain.data, az_chain.len};
     core_finish(j, &o);
     free(chain_json);
@@ -371,7 +385,7 @@ static qk_err azure_start(core_job *j)
         memcpy(hash, in->digest, in->digest_len);
         hlen = in->digest_len;
     } else {
-        qk_sign_request r = request_of(in);
+        qk_sign_request r = request_of(j->srv, in);
         if ((rc = qk_tbs_new(&r, &j->tbs)) != QK_OK ||
             (rc = qk_tbs_digest(j->tbs, hash, &hlen)) != QK_OK)
             return rc;
@@ -395,7 +409,7 @@ static void core_run(void *arg)
         return;
     }
     if (rc == QK_OK)
-        rc = do_sign(j->in, j->cs, &o.sig, j->sigval_sha256);
+        rc = do_sign(srv, j->in, j->cs, &o.sig, j->sigval_sha256);
     /* Signed (or failed): this request's write is about to be queued, no
      * longer "on its way" for the commit delay. */
     atomic_fetch_sub(&srv->signing, 1);
@@ -407,6 +421,7 @@ static void core_run(void *arg)
         return;
     }
     memcpy(j->signer_fp, j->cs->leaf_fp, sizeof(j->signer_fp));
+    o.timestamped = stamped_here(srv, j->in);
     o.chain_json = j->cs->chain_json;
     o.chain_der = (qk_slice){j->cs->chain_der.data, j->cs->chain_der.len};
     core_finish(j, &o);

@@ -24,6 +24,7 @@ typedef struct sign_outcome {
     const char *signer_fp;     /* SHA-256 hex of the leaf */
     const char *sigval_sha256; /* SHA-256 hex of the signer's signature value */
     int ts_required;           /* short-lived certificate: the client must timestamp */
+    int timestamped;           /* `sig` holds this server's timestamp ("timestamp": "server") */
     const char *note;          /* the credential used (Azure), for the audit entry; "" if none */
 } sign_outcome;
 

@@ -45,8 +45,10 @@ static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
         return -1;
 
     json_t *ts = json_object_get(in->root, "timestamp");
-    if (ts != NULL && !json_is_boolean(ts))
-        return api_fail(e, 400, "invalid_type", "'timestamp' must be true or false");
+    if (ts != NULL && json_is_string(ts) && strcmp(json_string_value(ts), "server") == 0)
+        in->server_timestamp = 1;
+    else if (ts != NULL && !json_is_boolean(ts))
+        return api_fail(e, 400, "invalid_type", "'timestamp' must be true, false or \"server\"");
     in->no_timestamp = ts != NULL && json_is_false(ts);
     json_t *async = json_object_get(in->root, "async");
     if (async != NULL && !json_is_boolean(async))

@@ -1,7 +1,8 @@
 /* The body of POST /api/v1/sign/digest, parsed strictly (see docs/api.md):
  * {digest, algorithm, format?, profile?, metadata?{filename, description, url},
  *  timestamp?, async?, callbackUrl?, idempotencyKey?}   (timestamp: false says the client will not
- * timestamp the signature, which profiles with short-lived certificates refuse) Unknown fields,
+ * timestamp the signature, which profiles with short-lived certificates refuse; "server" asks this
+ * server's TSA to timestamp it before it is returned) Unknown fields,
  * wrong types, non-canonical base64, a digest of the wrong length for its algorithm, unknown
  * algorithms and formats, and over-long strings are refused with a 400 api_error. */
 #ifndef QWICKD_SIGN_INPUT_H
@@ -38,8 +39,9 @@ typedef struct sign_input {
     const char *filename, *description, *url; /* NULL when absent */
     uint8_t digest[QK_HASH_MAX_SIZE];
     size_t digest_len;
-    int no_timestamp;            /* "timestamp": false */
-    int async;                   /* "async": true: queue it, answer 202 */
+    int no_timestamp;     /* "timestamp": false */
+    int server_timestamp; /* "timestamp": "server": timestamped here when this server has a TSA */
+    int async;            /* "async": true: queue it, answer 202 */
     const char *callback_url;    /* "callbackUrl": POSTed the final status (queued) */
     const char *idempotency_key; /* "idempotencyKey": as the Idempotency-Key header */
 } sign_input;

@@ -28,6 +28,7 @@
 #include <microhttpd.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/x509v3.h>
 #include <sodium.h>
 
 #include "api/api.h"
@@ -274,6 +275,11 @@ static qk_err load_tsa(const qwickd_config *cfg, const qk_keyring *kr, tsa **out
     while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
         if (cert == NULL) {
             cert = x;
+        } else if (X509_check_issued(x, x) == X509_V_OK) {
+            /* A self-signed root stays out of every token, as roots stay out
+             * of signatures: a verifier must hold it already, and each copy
+             * costs every verifier a certificate to decode. */
+            X509_free(x);
         } else if (sk_X509_push(chain, x) <= 0) {
             X509_free(x);
             goto out;

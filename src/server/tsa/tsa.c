@@ -23,6 +23,7 @@
 #include "core/ratelimit.h"
 #include "api/server.h"
 #include "core/workq.h"
+#include "qwick/tsp.h"
 
 struct tsa {
     X509 *cert;
@@ -183,6 +184,54 @@ out:
     TS_RESP_free(resp);
     BIO_free(in);
     TS_RESP_CTX_free(ctx);
+}
+
+qk_err tsa_stamp(void *ctx, qk_hash_alg alg, qk_slice value, qk_buf *token)
+{
+    tsa *t = ctx;
+    qk_err rc = QK_ERR_CRYPTO;
+    qk_tsp_req *treq = NULL;
+    TS_RESP_CTX *rctx = NULL;
+    BIO *in = NULL;
+    TS_RESP *resp = NULL;
+    unsigned char *der = NULL;
+
+    token->data = NULL;
+    token->len = 0;
+    /* The request a client would send (imprint, nonce, certReq), answered
+     * here: the same code path as POST /tsa, without the network. */
+    if ((rc = qk_tsp_request_new(alg, value, &treq)) != QK_OK)
+        goto out;
+    qk_slice q = qk_tsp_request_der(treq);
+    rc = QK_ERR_CRYPTO;
+    if ((rctx = make_ctx(t)) == NULL || (in = BIO_new_mem_buf(q.data, (int)q.len)) == NULL ||
+        (resp = TS_RESP_create_response(rctx, in)) == NULL) {
+        rc = qk_fail_ossl(QK_ERR_CRYPTO, "the time-stamping authority failed");
+        goto out;
+    }
+    long status = ASN1_INTEGER_get(TS_STATUS_INFO_get0_status(TS_RESP_get_status_info(resp)));
+    PKCS7 *tok = TS_RESP_get_token(resp);
+    int len;
+    if ((status != TS_STATUS_GRANTED && status != TS_STATUS_GRANTED_WITH_MODS) || tok == NULL ||
+        (len = i2d_PKCS7(tok, &der)) <= 0) {
+        rc = qk_fail(QK_ERR_CRYPTO, "the time-stamping authority refused (status %ld)", status);
+        goto out;
+    }
+    if ((token->data = malloc((size_t)len)) == NULL) {
+        rc = QK_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(token->data, der, (size_t)len);
+    token->len = (size_t)len;
+    rc = QK_OK;
+out:
+    ERR_clear_error();
+    OPENSSL_free(der);
+    TS_RESP_free(resp);
+    BIO_free(in);
+    TS_RESP_CTX_free(rctx);
+    qk_tsp_request_free(treq);
+    return rc;
 }
 
 /* A signing thread's job: answer, then resume (`req` is not touched after

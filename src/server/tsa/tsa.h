@@ -12,7 +12,9 @@
 #include <openssl/x509.h>
 
 #include "http/http.h"
+#include "qwick/buf.h"
 #include "qwick/error.h"
+#include "qwick/hash.h"
 
 #define TSA_DEFAULT_POLICY "1.3.6.1.4.1.65535.1.1"
 /* An RFC 3161 request is ~100 bytes with a SHA-512 imprint and a nonce;
@@ -25,6 +27,11 @@ typedef struct tsa tsa;
  * holds certificates to include after the TSA's own (may be NULL). */
 qk_err tsa_new(X509 *cert, EVP_PKEY *key, STACK_OF(X509) *chain, const char *policy_oid, tsa **out);
 void tsa_free(tsa *t);
+
+/* A timestamp for a signature value, made here as POST /tsa would make it
+ * (a qk_stamp_fn; ctx is the tsa): the signing engine's server-side
+ * timestamps ("timestamp": "server"). *token is a DER TimeStampToken. */
+qk_err tsa_stamp(void *ctx, qk_hash_alg alg, qk_slice value, qk_buf *token);
 
 /* Route handler for POST /tsa: admits the request on the HTTP thread (the
  * client address's token bucket req->srv->tsa_limit: 429 + Retry-After; the
