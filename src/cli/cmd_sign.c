@@ -108,7 +108,7 @@ static void help(void)
            "                        roots (without it the check covers digest, signature\n"
            "                        and timestamp integrity, not trust)\n"
            "  --tsa-ca FILE         roots for the timestamp check (default: --ca)\n"
-           "  -j, --jobs N          files signed in parallel (default min(CPUs, %d))\n"
+           "  -j, --jobs N          files signed in parallel (default min(%d x CPUs, %d))\n"
            "  --json                print {\"files\":[...],\"signed\":n,\"failed\":n} on stdout\n"
            "  --wait-timeout DURATION\n"
            "                        how long to wait for a queued request: 90s, 10m, 2h,\n"
@@ -127,7 +127,7 @@ static void help(void)
            "$XDG_CONFIG_HOME/qwick/config.json (keys server, api_key, cacert, profile).\n"
            "Exit status: 0 all signed (--async: all submitted), 1 some failed or still\n"
            "waiting at --wait-timeout (the others are still signed), 2 usage.\n",
-           SIGN_DEFAULT_JOBS);
+           SIGN_JOBS_PER_CPU, SIGN_DEFAULT_JOBS);
 }
 
 enum {

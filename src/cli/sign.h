@@ -24,7 +24,12 @@
 
 /* More workers than this only queue on the server and the TSA. */
 #define SIGN_MAX_JOBS 64
-#define SIGN_DEFAULT_JOBS 4
+/* Default workers: SIGN_JOBS_PER_CPU per CPU, at most SIGN_DEFAULT_JOBS. A
+ * worker spends part of each file waiting (on the server's signature, on
+ * the fsync of what it wrote), so one per CPU leaves CPUs idle: on 2 CPUs, 6
+ * workers signed a batch ~5% faster than 4 (bench/batch.sh). */
+#define SIGN_DEFAULT_JOBS 8
+#define SIGN_JOBS_PER_CPU 3
 #define SIGN_READ_CHUNK (1u << 20)
 /* --wait-timeout's default: how long a queued request is waited for. */
 #define SIGN_DEFAULT_WAIT_S 600L

@@ -208,7 +208,8 @@ int sign_run(const sign_opts *o, job *jobs, size_t n, int njobs, char **api_key)
     }
     if (njobs == 0) {
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-        njobs = ncpu < 1 ? 1 : ncpu > SIGN_DEFAULT_JOBS ? SIGN_DEFAULT_JOBS : (int)ncpu;
+        long want = (ncpu < 1 ? 1 : ncpu) * SIGN_JOBS_PER_CPU;
+        njobs = want > SIGN_DEFAULT_JOBS ? SIGN_DEFAULT_JOBS : (int)want;
     }
     if (new_workers(&r, (size_t)njobs < n ? (size_t)njobs : n) != 0) {
         status = QK_EXIT_USAGE; /* a bad server URL is a usage error */
