@@ -10,7 +10,7 @@ PKGS="build-essential pkg-config meson ninja-build clang libclang-rt-dev openssl
 libssl-dev libcurl4-openssl-dev libmicrohttpd-dev libjansson-dev
 libsqlite3-dev libsodium-dev libcmocka-dev
 osslsigncode sbsigntool gcc-mingw-w64-x86-64 gcc-mingw-w64-i686 lld-14
-sqlite3 wrk postgresql libpq-dev"
+sqlite3 wrk postgresql libpq-dev tzdata"
 
 missing=""
 for p in $PKGS; do

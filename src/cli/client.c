@@ -542,6 +542,8 @@ static char *sign_body(const client_sign_req *req)
         json_object_set_new(meta, "description", json_string(req->description));
     if (req->url != NULL)
         json_object_set_new(meta, "url", json_string(req->url));
+    if (req->justification != NULL)
+        json_object_set_new(meta, "justification", json_string(req->justification));
     json_object_set_new(body, "digest", json_string(digest));
     json_object_set_new(body, "algorithm", json_string(qk_hash_name(req->alg)));
     json_object_set_new(body, "format", json_string(req->format));
@@ -553,7 +555,8 @@ static char *sign_body(const client_sign_req *req)
         json_object_set_new(body, "timestamp", json_string("server"));
     if (req->async)
         json_object_set_new(body, "async", json_true());
-    if (json_object_size(meta) == (size_t)(!!req->filename + !!req->description + !!req->url))
+    if (json_object_size(meta) ==
+        (size_t)(!!req->filename + !!req->description + !!req->url + !!req->justification))
         text = json_dumps(body, JSON_COMPACT);
     json_decref(meta);
     json_decref(body);
@@ -569,7 +572,9 @@ int client_sign_submit(client *c, const client_sign_req *req, client_answer *ans
     memset(ans, 0, sizeof(*ans));
     *err = NULL;
     if (text == NULL) {
-        *err = xstrdup("cannot encode the request (--description and --url must be UTF-8)");
+        *err =
+            xstrdup("cannot encode the request (--description, --url and --justification must be "
+                    "UTF-8)");
         return -1;
     }
     if (client_call(c, "POST", "/api/v1/sign/digest", text, ans, err) != 0)

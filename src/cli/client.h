@@ -69,7 +69,8 @@ typedef struct client_sign_req {
     const char *filename; /* metadata, optional */
     const char *description;
     const char *url;
-    int no_timestamp;     /* tells the server (profiles that require timestamps refuse) */
+    const char *justification; /* metadata.justification, optional */
+    int no_timestamp;          /* tells the server (profiles that require timestamps refuse) */
     int server_timestamp; /* "timestamp": "server": the server's TSA stamps it, no round trip */
     int async;            /* "async": true, the server queues it and answers 202 at once */
 } client_sign_req;

@@ -100,6 +100,8 @@ static void help(void)
            "  --no-timestamp        do not timestamp\n"
            "  --description TEXT    program name in the signature\n"
            "  --url URL             \"more info\" URL in the signature\n"
+           "  --justification TEXT  why this is signed (audited; a profile's policy may\n"
+           "                        require it)\n"
            "  --append              nest the new signature into the existing one instead of\n"
            "                        replacing it\n"
            "  --detached            sign any file: write FILE.p7s, a detached CMS signature\n"
@@ -140,6 +142,7 @@ enum {
     OPT_NO_TS,
     OPT_DESCRIPTION,
     OPT_URL,
+    OPT_JUSTIFICATION,
     OPT_JSON,
     OPT_APPEND,
     OPT_ALG,
@@ -154,8 +157,8 @@ enum {
 /* Options only a submission uses, and only a written file uses: --async
  * writes nothing, --resume submits nothing. */
 typedef struct given {
-    int alg, profile, description, url; /* submission */
-    int out, append, ts_url, ca;        /* writing */
+    int alg, profile, description, url, justification; /* submission */
+    int out, append, ts_url, ca;                       /* writing */
     int detached;
 } given;
 
@@ -176,9 +179,10 @@ static int check_modes(const sign_opts *o, const given *g, size_t ninputs)
                                o->resume.id);
     if (ninputs != 1)
         return cli_usage_error("sign", "--resume takes exactly one file (got %zu)", ninputs);
-    if (g->alg || g->profile || g->description || g->url)
-        return cli_usage_error("sign", "--resume: --alg, --profile, --description and --url "
-                                       "were fixed when the request was submitted");
+    if (g->alg || g->profile || g->description || g->url || g->justification)
+        return cli_usage_error("sign", "--resume: --alg, --profile, --description, --url and "
+                                       "--justification were fixed when the request was "
+                                       "submitted");
     return QK_EXIT_OK;
 }
 
@@ -258,6 +262,10 @@ static int take_request_option(cmdline *cl, int c, char *arg)
         o->alg = qk_hash_from_name(arg);
         cl->g.alg = 1;
         break;
+    case OPT_JUSTIFICATION:
+        o->justification = arg;
+        cl->g.justification = 1;
+        break;
     default:
         return 0;
     }
@@ -319,6 +327,7 @@ static int parse_args(int argc, char **argv, cmdline *cl)
         {"no-timestamp", no_argument, NULL, OPT_NO_TS},
         {"description", required_argument, NULL, OPT_DESCRIPTION},
         {"url", required_argument, NULL, OPT_URL},
+        {"justification", required_argument, NULL, OPT_JUSTIFICATION},
         {"jobs", required_argument, NULL, 'j'},
         {"json", no_argument, NULL, OPT_JSON},
         {"append", no_argument, NULL, OPT_APPEND},

@@ -55,7 +55,8 @@ typedef struct sign_opts {
     sign_resume resume;  /* --resume; id NULL without it */
     qk_hash_alg alg;
     const char *description, *url;
-    const char *ca, *tsa_ca; /* trust for the post-write check; NULL: integrity only */
+    const char *justification; /* metadata.justification */
+    const char *ca, *tsa_ca;   /* trust for the post-write check; NULL: integrity only */
     /* Mode of a new .p7s: 0666 less the umask, read once before the workers
      * start (umask() is process-wide; reading it changes it for a moment). */
     mode_t p7s_mode;

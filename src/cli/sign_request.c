@@ -69,6 +69,7 @@ static int submit(worker *w, job *jb, const char *format, const uint8_t *md, int
         .profile = o->cfg.profile,
         .filename = name,
         .description = o->description,
+        .justification = o->justification,
         .url = o->url,
         .no_timestamp = o->no_timestamp,
         /* The server's own TSA can stamp the signature before returning it

@@ -20,6 +20,7 @@ static const subcmd commands[] = {
     {"org", cmd_org, "create and list orgs (tenants)"},
     {"migrate", cmd_migrate, "bring the database to this qwickd's schema version"},
     {"queue", cmd_queue, "the signing queue: status, dead letters, retry"},
+    {"policy", cmd_policy, "a profile's signing policy: set, show, clear"},
     {"operator", cmd_operator, "create, list and revoke operator tokens (GET /metrics)"},
 };
 

@@ -31,7 +31,7 @@ done
 if store_is_pg; then kind=postgresql; else kind=sqlite; fi
 "$QWICKD" migrate --data "$D" --json >"$tmp/migrate.json" 2>"$tmp/migrate.err"
 check_eq "migrate on a fresh directory: nothing to do" "$(cat "$tmp/migrate.json")" \
-    "{\"store\": \"$kind\", \"from\": 6, \"to\": 6}"
+    "{\"store\": \"$kind\", \"from\": 7, \"to\": 7}"
 mkdir "$tmp/not-init"
 check_status 1 "migrate refuses a directory init never made" "$QWICKD" migrate --data "$tmp/not-init"
 check_grep "and says so" "not an initialised qwickd data directory" "$tmp/err"

@@ -1464,6 +1464,7 @@ static void test_migrate_from_version_4(void **state)
              "DROP COLUMN queued_ms, DROP COLUMN run_after, DROP COLUMN lease_until, "
              "DROP COLUMN lease_node, DROP COLUMN chain_der, DROP COLUMN options, "
              "DROP COLUMN callback_url;"
+             "ALTER TABLE profiles DROP COLUMN policy;"
              "UPDATE schema_version SET version = 4;",
              role);
     sfx_raw_sql(f->where, sql);
@@ -1473,7 +1474,7 @@ static void test_migrate_from_version_4(void **state)
     pgfx_url(f->where, PGFX_OWNER, url, sizeof(url));
     assert_int_equal(store_pg_migrate(url, &from, &to), QK_OK);
     assert_int_equal(from, 4);
-    assert_int_equal(to, 6);
+    assert_int_equal(to, 7);
     assert_int_equal(sfx_raw_int(f->where, "SELECT count(*) FROM pg_proc WHERE proname = "
                                            "'qwick_apikey_org'"),
                      0);
@@ -1489,7 +1490,7 @@ static void test_migrate_from_version_4(void **state)
     assert_int_equal(sfx_raw_int(f->where, "SELECT length(frontier) FROM log_heads"), 1 * 32);
 
     assert_int_equal(store_pg_migrate(url, &from, &to), QK_OK);
-    assert_int_equal(from, 6);
+    assert_int_equal(from, 7);
 }
 #endif
 

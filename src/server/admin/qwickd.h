@@ -34,6 +34,7 @@ int cmd_keyring(int argc, char **argv);
 int cmd_org(int argc, char **argv);
 int cmd_migrate(int argc, char **argv);
 int cmd_queue(int argc, char **argv);
+int cmd_policy(int argc, char **argv);
 /* Defined by serve.c (the HTTP server). */
 int cmd_serve(int argc, char **argv);
 

@@ -110,6 +110,7 @@ typedef struct enq_job {
     store_enqueued res;
     int sync;           /* wait for the workers (a synchronous request with a key) */
     char *callback_url; /* the request's, else the profile's */
+    char *audit_meta;   /* the audit entry's meta (sign_audit_meta) */
     qk_err rc;          /* the enqueue's outcome */
     char detail[256];
     atomic_int refs; /* the enqueue and, when sync, the wait */
@@ -123,6 +124,7 @@ static void enq_release(enq_job *j)
     sign_input_clear(&j->in);
     store_apikey_clear(&j->key);
     free(j->callback_url);
+    free(j->audit_meta);
     free(j);
 }
 
@@ -255,6 +257,8 @@ static void enq_fill(enq_job *j)
     j->audit.algorithm = r->algorithm;
     j->audit.profile = r->profile;
     j->audit.filename = r->filename;
+    free(j->audit_meta);
+    j->audit.meta = j->audit_meta = sign_audit_meta(&j->in);
 }
 
 void api_sign_enqueue(http_req *req, store_apikey *key, sign_input *in, const store_profile *prof,

@@ -19,6 +19,7 @@
 #include <openssl/x509.h>
 #include <sodium.h>
 
+#include "api/api_policy.h"
 #include "api/sign_core.h"
 #include "common/b64.h"
 #include "core/log.h"
@@ -113,7 +114,8 @@ typedef struct sign_job {
     store_sign_request row; /* strings point into `in` and `req` */
     char *response;         /* the 200 body, released only once the rows are durable */
     size_t response_len;
-    char note[96]; /* the audit row's detail: the credential used */
+    char note[96];    /* the audit row's detail: the credential used */
+    char *audit_meta; /* the audit row's meta (sign_audit_meta) */
     char signer_fp[65], sig_sha256[65], sigval_sha256[65]; /* the log entry's hashes */
     int64_t log_index; /* set by the store when the entry commits */
 } sign_job;
@@ -128,6 +130,7 @@ static void sign_job_done(sign_job *j)
     store_profile_clear(&j->prof);
     sign_input_clear(&j->in);
     store_apikey_clear(&j->key);
+    free(j->audit_meta);
     free(j);
     http_resume(req);
 }
@@ -268,6 +271,7 @@ void api_sign_digest(http_req *req)
         }
     }
     audit_from_input(req, &j->key, &j->in, j->digest_hex, &j->audit);
+    j->audit.meta = j->audit_meta = sign_audit_meta(&j->in);
 
     /* Authorisation after parsing, so a denial's audit row says what was
      * attempted (digest, profile, file). */
@@ -316,6 +320,17 @@ void api_sign_digest(http_req *req)
         goto out;
     }
 
+    /* The profile's signing policy: a denial is on record with the rule
+     * that made it. */
+    policy_decision pd;
+    if (api_policy_check(req, &j->prof, &j->in, &pd) != 0) {
+        char why[96];
+        snprintf(why, sizeof(why), "policy: %s", pd.rule);
+        if (audit_decision(req, &j->audit, AUDIT_DENIED, why) == 0)
+            http_error(req, pd.status, pd.code, "%s", pd.message);
+        goto out;
+    }
+
     /* Queued (202): asked for, the profile's rule, or an Idempotency-Key
      * (which must hold across nodes, so the request is a row first). */
     const char *idem = http_header(req, "Idempotency-Key");
@@ -343,5 +358,6 @@ out:
     store_profile_clear(&j->prof);
     sign_input_clear(&j->in);
     store_apikey_clear(&j->key);
+    free(j->audit_meta);
     free(j);
 }

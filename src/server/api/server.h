@@ -13,6 +13,7 @@
 #include "store/store.h"
 
 typedef struct signer_cache signer_cache;
+typedef struct policy_cache policy_cache;
 typedef struct azure_backend azure_backend;
 typedef struct tsa tsa;
 typedef struct workq workq;
@@ -35,7 +36,8 @@ typedef struct server {
     int metrics_anonymous;
     metrics *metrics;
     signer_cache *signers;
-    azure_backend *azure; /* Azure Trusted Signing: its engine and credential threads */
+    policy_cache *policies; /* each profile's parsed signing policy (api_policy.h) */
+    azure_backend *azure;   /* Azure Trusted Signing: its engine and credential threads */
     tsa *tsa;
     /* POST /tsa: a token bucket per client address (tsa.rate_per_ip_per_second,
      * tsa.burst_per_ip), and whether a Bearer API key is required. */

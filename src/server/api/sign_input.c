@@ -22,6 +22,16 @@ int sign_format_parse(const char *name, sign_format *out)
     return -1;
 }
 
+char *sign_audit_meta(const sign_input *in)
+{
+    if (in->justification == NULL)
+        return NULL;
+    json_t *j = json_pack("{s:s}", "justification", in->justification);
+    char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    return s;
+}
+
 void sign_input_clear(sign_input *in)
 {
     json_decref(in->root);
@@ -33,7 +43,8 @@ static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
     static const char *const fields[] = {"digest",         "algorithm", "format", "profile",
                                          "metadata",       "timestamp", "async",  "callbackUrl",
                                          "idempotencyKey", NULL};
-    static const char *const meta_fields[] = {"filename", "description", "url", NULL};
+    static const char *const meta_fields[] = {"filename", "description", "url", "justification",
+                                              NULL};
     const char *digest = NULL, *format = NULL;
 
     if ((in->root = json_in_object(body, len, e)) == NULL ||
@@ -67,7 +78,9 @@ static int parse(const uint8_t *body, size_t len, sign_input *in, api_error *e)
             json_in_opt_string(meta, "filename", SIGN_MAX_FILENAME, &in->filename, e) != 0 ||
             json_in_opt_string(meta, "description", SIGN_MAX_DESCRIPTION, &in->description, e) !=
                 0 ||
-            json_in_opt_string(meta, "url", SIGN_MAX_URL, &in->url, e) != 0)
+            json_in_opt_string(meta, "url", SIGN_MAX_URL, &in->url, e) != 0 ||
+            json_in_opt_string(meta, "justification", SIGN_MAX_JUSTIFICATION, &in->justification,
+                               e) != 0)
             return -1;
     }
 

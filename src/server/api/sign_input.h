@@ -1,5 +1,5 @@
 /* The body of POST /api/v1/sign/digest, parsed strictly (see docs/api.md):
- * {digest, algorithm, format?, profile?, metadata?{filename, description, url},
+ * {digest, algorithm, format?, profile?, metadata?{filename, description, url, justification},
  *  timestamp?, async?, callbackUrl?, idempotencyKey?}   (timestamp: false says the client will not
  * timestamp the signature, which profiles with short-lived certificates refuse; "server" asks this
  * server's TSA to timestamp it before it is returned) Unknown fields,
@@ -21,6 +21,7 @@
 #define SIGN_MAX_FILENAME 260 /* Windows MAX_PATH */
 #define SIGN_MAX_DESCRIPTION 1024
 #define SIGN_MAX_URL 2048
+#define SIGN_MAX_JUSTIFICATION 1024
 #define SIGN_MAX_IDEM_KEY 255
 
 typedef enum sign_format { FMT_AUTHENTICODE_PE = 0, FMT_CMS, FMT_RAW } sign_format;
@@ -37,6 +38,7 @@ typedef struct sign_input {
     sign_format format;
     const char *profile;                      /* default "default" */
     const char *filename, *description, *url; /* NULL when absent */
+    const char *justification;                /* why (policies may require it); NULL when absent */
     uint8_t digest[QK_HASH_MAX_SIZE];
     size_t digest_len;
     int no_timestamp;     /* "timestamp": false */
@@ -49,5 +51,9 @@ typedef struct sign_input {
 /* 0 with *in filled, or -1 with *e set (and *in cleared). */
 int sign_input_parse(const uint8_t *body, size_t len, sign_input *in, api_error *e);
 void sign_input_clear(sign_input *in);
+
+/* The audit entry's meta for a signing request: {"justification": …} when
+ * the request gave one, else NULL. Caller frees. */
+char *sign_audit_meta(const sign_input *in);
 
 #endif

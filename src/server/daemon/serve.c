@@ -32,6 +32,7 @@
 #include <sodium.h>
 
 #include "api/api.h"
+#include "api/api_policy.h"
 #include "api/callbacks.h"
 #include "api/queue.h"
 #include "common/hex.h"
@@ -72,6 +73,10 @@ static const http_route routes[] = {
     {"POST", "/api/v1/profiles", "profiles_create", api_profiles_create},
     {"GET", "/api/v1/profiles/{name}", "profiles_get", api_profiles_get},
     {"POST", "/api/v1/profiles/{name}/disable", "profiles_disable", api_profiles_disable},
+    {"GET", "/api/v1/profiles/{name}/policy", "policy_get", api_policy_get},
+    {"PUT", "/api/v1/profiles/{name}/policy", "policy_put", api_policy_put},
+    {"DELETE", "/api/v1/profiles/{name}/policy", "policy_delete", api_policy_delete},
+    {"POST", "/api/v1/policy/evaluate", "policy_evaluate", api_policy_evaluate},
     {"POST", "/tsa", "tsa", tsa_handle},
     {"GET", "/api/v1/log/public-key", "log_public_key", api_log_public_key},
     {"GET", "/api/v1/log/checkpoint", "log_checkpoint", api_log_checkpoint},
@@ -532,6 +537,7 @@ int cmd_serve(int argc, char **argv)
     if ((srv.metrics = metrics_new()) == NULL)
         goto out;
     srv.signers = signer_cache_new();
+    srv.policies = policy_cache_new();
     /* Before the listener: its startup pass revokes secrets a crashed run
      * left behind. */
     azure_options ao = {.store = srv.store,
@@ -683,6 +689,7 @@ out:
     ratelimit_buckets_free(srv.tsa_limit);
     tl_key_free(srv.logkey);
     signer_cache_free(srv.signers);
+    policy_cache_free(srv.policies);
     azure_backend_free(srv.azure);
     if (srv.store != NULL)
         srv.store->ops->close(srv.store);

@@ -13,10 +13,11 @@
 #include "store/store_sql.h"
 
 #define PROFILE_COLS                                                                               \
-    "id, org_id, name, backend, key_id, chain_der, config, created_at, updated_at, disabled_at"
+    "id, org_id, name, backend, key_id, chain_der, config, created_at, updated_at, disabled_at, "  \
+    "policy"
 #define PROFILE_COLS_P                                                                             \
     "p.id, p.org_id, p.name, p.backend, p.key_id, p.chain_der, p.config, p.created_at, "           \
-    "p.updated_at, p.disabled_at"
+    "p.updated_at, p.disabled_at, p.policy"
 
 /* An audit row as its leaf needs it (read_entry() takes them in this order). */
 #define AUDIT_COLS                                                                                 \
@@ -254,6 +255,9 @@ const db_query store_queries[Q__COUNT] = {
     [W_PROFILE_DISABLE] = {"UPDATE profiles SET disabled_at = CASE WHEN disabled_at = 0 THEN $3 "
                            "ELSE disabled_at END, updated_at = $3 WHERE org_id = $1 AND name = $2",
                            NULL},
+    [W_PROFILE_SET_POLICY] = {"UPDATE profiles SET policy = $3, updated_at = $4 "
+                              "WHERE org_id = $1 AND name = $2",
+                              NULL},
     [W_SKEY_UPDATE] = {"UPDATE signing_keys SET sealed = $3 WHERE org_id = $1 AND id = $2", NULL},
     [R_ORG_LIST] = {"SELECT id, name FROM orgs ORDER BY id",
                     "SELECT id, name FROM qwick_org_list() ORDER BY id"},

@@ -306,6 +306,10 @@ static const char *const migrations[] = {
     "qwick_queue_stats() TO %I', r); "
     "EXECUTE format('GRANT SELECT, INSERT, UPDATE ON idempotency_keys TO %I', r); "
     "END LOOP; END $$;",
+    /* 7: a profile's signing policy (see schema_sqlite.c's step 7). The
+     * server's role already may update profiles. qwick_key_profile returns
+     * SETOF profiles, so it carries the new column as it is. */
+    "ALTER TABLE profiles ADD COLUMN policy TEXT;",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -207,6 +207,8 @@ static const char *const migrations[] = {
     "  sync INTEGER NOT NULL,"
     "  created_at INTEGER NOT NULL,"
     "  PRIMARY KEY (org_id, credential, key)) STRICT;",
+    /* 7: a profile's signing policy (policy.h), canonical JSON; NULL: none. */
+    "ALTER TABLE profiles ADD COLUMN policy TEXT;",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

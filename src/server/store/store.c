@@ -117,6 +117,7 @@ void store_profile_clear(store_profile *p)
     free(p->name);
     free(p->backend);
     free(p->config);
+    free(p->policy);
     qk_buf_free(&p->chain_der);
     memset(p, 0, sizeof(*p));
 }

@@ -59,6 +59,7 @@ typedef struct store_profile {
     int64_t created_at;
     int64_t updated_at;  /* 0: never changed */
     int64_t disabled_at; /* 0: enabled */
+    char *policy;        /* the signing policy, canonical JSON (policy.h); NULL: none */
 } store_profile;
 
 /* A lease on one Azure client secret (see signer_azure.h): rows are how the
@@ -335,6 +336,10 @@ typedef struct store_ops {
     /* Sets disabled_at (once; disabling again keeps the first time). */
     qk_err (*profile_disable)(qk_store *s, int64_t org, const char *name, int64_t now,
                               const store_audit *audit, int *found);
+    /* Attaches a policy (canonical JSON, see policy.h) to a profile, or
+     * removes it (NULL), with its audit row in the same transaction. */
+    qk_err (*profile_set_policy)(qk_store *s, int64_t org, const char *name, const char *policy,
+                                 int64_t now, const store_audit *audit, int *found);
     /* Replaces a sealed blob (a rotated refresh token), atomically. */
     qk_err (*signing_key_update)(qk_store *s, int64_t org, int64_t id, qk_slice sealed, int *found);
     /* Every org (background jobs that serve all tenants, e.g. the reaper). */

@@ -596,6 +596,7 @@ static void read_profile(db_stmt *st, int b, store_profile *p)
     p->created_at = db_col_int(st, b + 7);
     p->updated_at = db_col_int(st, b + 8);
     p->disabled_at = db_col_int(st, b + 9);
+    p->policy = col_strdup(st, b + 10);
 }
 
 static void fill_profile(db_stmt *st, void *e)
@@ -739,6 +740,28 @@ static qk_err sq_profile_disable(qk_store *base, int64_t org, const char *name, 
         return rc;
     char *meta = meta_json("{s:s,s:I}", "profile", name, "disabledAt", (json_int_t)now);
     rc = write_one(base, org, W_PROFILE_DISABLE, v, 3, audit, meta, &changes);
+    free(meta);
+    if (rc != QK_OK)
+        return rc;
+    if (changes == 0)
+        return not_found(found, "profile");
+    *found = 1;
+    return QK_OK;
+}
+
+static qk_err sq_profile_set_policy(qk_store *base, int64_t org, const char *name,
+                                    const char *policy, int64_t now, const store_audit *audit,
+                                    int *found)
+{
+    db_val v[] = {V_INT(org), V_TEXT(name), policy != NULL ? V_TEXT(policy) : V_NULL, V_INT(now)};
+    int64_t changes = 0;
+    qk_err rc;
+    *found = 0;
+    if ((rc = check_text("profile name", name, 1)) != QK_OK ||
+        (audit != NULL && (rc = check_audit(audit)) != QK_OK))
+        return rc;
+    char *meta = meta_json("{s:s,s:b}", "profile", name, "policy", policy != NULL);
+    rc = write_one(base, org, W_PROFILE_SET_POLICY, v, 4, audit, meta, &changes);
     free(meta);
     if (rc != QK_OK)
         return rc;
@@ -1107,6 +1130,7 @@ static const store_ops sql_ops = {
     .request_record_async = sq_request_record_async,
     .profile_list = sq_profile_list,
     .profile_disable = sq_profile_disable,
+    .profile_set_policy = sq_profile_set_policy,
     .signing_key_update = sq_signing_key_update,
     .org_list = sq_org_list,
     .lease_acquire = sq_lease_acquire,

@@ -63,6 +63,7 @@ enum {
     R_AUDIT_COUNT_ALL,
     R_PROFILE_LIST,
     W_PROFILE_DISABLE,
+    W_PROFILE_SET_POLICY,
     W_SKEY_UPDATE,
     R_ORG_LIST,
     Q_LEASE_COUNT,
@@ -202,6 +203,6 @@ qk_err schema_pg_check(qk_db *d);
 /* PostgreSQL, as the owner: applies the steps a database made by an older
  * qwickd lacks, in one transaction; *from: its version before. */
 qk_err schema_pg_migrate(qk_db *d, int *from);
-#define SCHEMA_VERSION 6
+#define SCHEMA_VERSION 7
 
 #endif
