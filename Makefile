@@ -45,6 +45,7 @@ bench: build
 	@sh bench/azure.sh $(BUILD)
 	@sh bench/queue.sh $(BUILD)
 	@sh bench/tlog.sh $(BUILD)
+	@sh bench/policy.sh $(BUILD)
 
 format:
 	@clang-format -i $$(git ls-files '*.c' '*.h')
