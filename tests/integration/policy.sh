@@ -172,6 +172,43 @@ call POST /api/v1/policy/evaluate "$admin_key" -H 'Content-Type: application/jso
     --data-binary '{"profile": "default", "filename": "a.exe"}'
 check_eq "evaluate records nothing" "$(dbq "SELECT count(*) FROM audit")" "$n0"
 
+# --- keys limited to profiles --------------------------------------------------------
+make_cert "$tmp/rel" "Release Test"
+printf '{"backend":"local","key":"%s","chain":"%s"}\n' "$tmp/rel.key" "$tmp/rel.pem" >"$tmp/rel.json"
+check "a second profile" "$QWICKD" profile create --data "$data" --name rel --config "$tmp/rel.json"
+check_status 2 "apikey create --profiles with an empty name: usage error" \
+    "$QWICKD" apikey create --data "$data" --profiles "rel,,default"
+"$QWICKD" apikey create --data "$data" --role signer --profiles rel --json >"$tmp/relkey.json"
+rel_key=$(json_get "$tmp/relkey.json" api_key)
+check_eq "apikey create --profiles: shown" "$(json_get "$tmp/relkey.json" profiles)" '["rel"]'
+scoped() { # KEY PROFILE
+    call POST /api/v1/sign/digest "$1" -H 'Content-Type: application/json' \
+        --data-binary "{\"digest\":\"$d256\",\"algorithm\":\"sha256\",\"profile\":\"$2\",\"metadata\":{\"filename\":\"a.exe\",\"justification\":\"j\"}}"
+}
+scoped "$rel_key" default
+expect 403 profile_not_allowed "a key limited to rel signs with default: refused"
+check_eq "and audited" \
+    "$(dbq "SELECT count(*) FROM audit WHERE outcome = 1 AND detail = 'profile not allowed for the key'")" 1
+scoped "$rel_key" rel
+check_eq "the same key with rel: signs" "$(cat "$tmp/status")" 200
+call POST /api/v1/keys "$admin_key" -H 'Content-Type: application/json' \
+    --data-binary '{"name": "ci-rel", "role": "signer", "profiles": ["rel"]}'
+check_eq "POST /api/v1/keys with profiles: 201" "$(cat "$tmp/status")" 201
+check_eq "answered with its profiles" "$(json_get "$tmp/body" profiles)" '["rel"]'
+api_rel=$(json_get "$tmp/body" key)
+scoped "$api_rel" default
+expect 403 profile_not_allowed "the API-made key is limited too"
+call POST /api/v1/keys "$admin_key" -H 'Content-Type: application/json' \
+    --data-binary '{"name": "bad", "profiles": []}'
+expect 400 invalid_value "profiles: [] refused"
+call POST /api/v1/keys "$admin_key" -H 'Content-Type: application/json' \
+    --data-binary '{"name": "bad", "profiles": ["a,b"]}'
+expect 400 invalid_value "a profile name with a comma refused"
+call GET /api/v1/keys "$admin_key"
+check_py "GET /api/v1/keys shows each key's profiles" "$tmp/body" '
+ks = {k["name"]: k["profiles"] for k in d["keys"]}
+assert ks["ci-rel"] == ["rel"] and ks["initial admin key"] is None, ks'
+
 # --- clear ------------------------------------------------------------------------
 check "policy clear" "$QWICKD" policy clear --data "$data" --profile default
 check "qwick sign with no policy: signs" "$QWICK" sign "$tmp/app.exe"

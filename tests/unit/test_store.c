@@ -187,11 +187,11 @@ static void test_round_trips(void **state)
     int64_t kid = 0;
     fill_hash(h, 1);
     assert_int_equal(STORE_CALL(f->s, apikey_create, org, user, "ci", "qk_abcdefg", h, ROLE_SIGNER,
-                                12345, NULL, &kid),
+                                12345, NULL, NULL, &kid),
                      QK_OK);
-    assert_int_equal(
-        STORE_CALL(f->s, apikey_create, org, 0, "dup", "qk_abcdefg", h, ROLE_SIGNER, 0, NULL, &pid),
-        QK_ERR_INVALID_ARG); /* hash is UNIQUE */
+    assert_int_equal(STORE_CALL(f->s, apikey_create, org, 0, "dup", "qk_abcdefg", h, ROLE_SIGNER, 0,
+                                NULL, NULL, &pid),
+                     QK_ERR_INVALID_ARG); /* hash is UNIQUE */
     store_apikey a;
     assert_int_equal(STORE_CALL(f->s, apikey_lookup, h, &a, stored, &found), QK_OK);
     assert_int_equal(found, 1);
@@ -347,9 +347,9 @@ static void test_org_isolation(void **state)
 
     /* API keys. */
     fill_hash(h, 7);
-    assert_int_equal(
-        STORE_CALL(f->s, apikey_create, A, 0, "a-key", "qk_aaaaaaa", h, ROLE_ADMIN, 0, NULL, &id),
-        QK_OK);
+    assert_int_equal(STORE_CALL(f->s, apikey_create, A, 0, "a-key", "qk_aaaaaaa", h, ROLE_ADMIN, 0,
+                                NULL, NULL, &id),
+                     QK_OK);
     assert_int_equal(STORE_CALL(f->s, apikey_list, B, &list, &n), QK_OK);
     assert_int_equal(n, 0);
     store_apikey_list_free(list, n);
@@ -596,7 +596,7 @@ static void test_changes_commit_with_their_entry(void **state)
     a.action = "apikey.create";
     fail_writes(f);
     assert_int_not_equal(STORE_CALL(f->s, apikey_create, org, 0, "viewer-for-ci", "qk_zzzzzzz", h,
-                                    ROLE_ADMIN, 0, &a, &id),
+                                    ROLE_ADMIN, 0, NULL, &a, &id),
                          QK_OK);
     writes_work_again(f);
     assert_int_equal(STORE_CALL(f->s, apikey_list, org, &keys, &n), QK_OK);
@@ -607,11 +607,11 @@ static void test_changes_commit_with_their_entry(void **state)
     /* A bad entry refuses the change before anything is written. */
     a.action = NULL;
     assert_int_equal(
-        STORE_CALL(f->s, apikey_create, org, 0, "k", "qk_zzzzzzz", h, ROLE_ADMIN, 0, &a, &id),
+        STORE_CALL(f->s, apikey_create, org, 0, "k", "qk_zzzzzzz", h, ROLE_ADMIN, 0, NULL, &a, &id),
         QK_ERR_INVALID_ARG);
     a.action = "apikey.create";
     assert_int_equal(STORE_CALL(f->s, apikey_create, org, 0, "viewer-for-ci", "qk_zzzzzzz", h,
-                                ROLE_ADMIN, 99, &a, &id),
+                                ROLE_ADMIN, 99, NULL, &a, &id),
                      QK_OK);
     a.action = "apikey.revoke";
     assert_int_equal(STORE_CALL(f->s, apikey_revoke, org, id, &a, &found), QK_OK);
@@ -1199,9 +1199,9 @@ static int64_t org_with_every_row(fixture *f, const char *name, uint8_t seed)
     fill_hash(h, seed);
     assert_int_equal(STORE_CALL(f->s, user_create, org, "a@example.com", NULL, ROLE_ADMIN, &id),
                      QK_OK);
-    assert_int_equal(
-        STORE_CALL(f->s, apikey_create, org, 0, "ci", "qk_abcdefg", h, ROLE_SIGNER, 0, NULL, &id),
-        QK_OK);
+    assert_int_equal(STORE_CALL(f->s, apikey_create, org, 0, "ci", "qk_abcdefg", h, ROLE_SIGNER, 0,
+                                NULL, NULL, &id),
+                     QK_OK);
     snprintf(rid, sizeof(rid), "req_%032d", seed);
     make_request(&r, org, rid);
     make_audit(&a, org, rid, "a.exe");
@@ -1439,9 +1439,9 @@ static void test_migrate_from_version_4(void **state)
     int found = 0, from = 0, to = 0;
     store_apikey k;
     memset(h, 0x5a, sizeof(h));
-    assert_int_equal(
-        STORE_CALL(f->s, apikey_create, org, 0, "ci", "qk_abcdefg", h, ROLE_SIGNER, 0, NULL, &kid),
-        QK_OK);
+    assert_int_equal(STORE_CALL(f->s, apikey_create, org, 0, "ci", "qk_abcdefg", h, ROLE_SIGNER, 0,
+                                NULL, NULL, &kid),
+                     QK_OK);
     append_n(f->s, org, 11);
     f->s->ops->close(f->s);
     f->s = NULL;
@@ -1465,6 +1465,7 @@ static void test_migrate_from_version_4(void **state)
              "DROP COLUMN lease_node, DROP COLUMN chain_der, DROP COLUMN options, "
              "DROP COLUMN callback_url;"
              "ALTER TABLE profiles DROP COLUMN policy;"
+             "ALTER TABLE api_keys DROP COLUMN profiles;"
              "UPDATE schema_version SET version = 4;",
              role);
     sfx_raw_sql(f->where, sql);

@@ -10,6 +10,7 @@
 
 #include "auth/apikey.h"
 #include "admin/qwickd.h"
+#include "signer/profile.h"
 #include "core/util.h"
 
 static void help(void)
@@ -17,27 +18,45 @@ static void help(void)
     printf("Usage: qwickd apikey create --data DIR [--name N] [--role admin|signer|viewer]\n"
            "                            [--expires-in SECONDS | --expires DATE] [--org NAME]"
            " [--json]\n"
+           "                            [--profiles NAME,...]\n"
            "       qwickd apikey list   --data DIR [--org NAME] [--json]\n"
            "       qwickd apikey revoke --data DIR [--org NAME] [--json] ID\n\n"
            "create prints the new key once (only its SHA-256 is stored). The default role\n"
            "is signer. DATE is YYYY-MM-DD, YYYY-MM-DDTHH:MM:SSZ (UTC) or @UNIXSECONDS.\n"
-           "Revocation takes effect at once, also for a running server.\n\n"
+           "Revocation takes effect at once, also for a running server. --profiles limits\n"
+           "the key to those profiles: signing with any other is refused (403).\n\n"
            "  -d, --data DIR   data directory (default: $QWICKD_DATA)\n"
            "      --org NAME   org (default: default_org of qwickd.json)\n");
 }
 
 typedef struct apikey_opts {
-    const char *data, *org, *name, *role, *expires, *expires_in;
+    const char *data, *org, *name, *role, *expires, *expires_in, *profiles;
     int json;
 } apikey_opts;
 
+static json_t *profiles_json(const char *list)
+{
+    if (list == NULL)
+        return json_null();
+    json_t *a = json_array();
+    for (const char *p = list;;) {
+        size_t len = strcspn(p, ",");
+        json_array_append_new(a, json_stringn(p, len));
+        if (p[len] == '\0')
+            return a;
+        p += len + 1;
+    }
+}
+
 static json_t *key_json(const store_apikey *k)
 {
-    return json_pack("{s:I, s:s, s:s, s:s, s:I, s:I, s:I, s:I}", "id", (json_int_t)k->id, "name",
-                     k->name ? k->name : "", "prefix", k->prefix ? k->prefix : "", "role",
-                     store_role_name(k->role), "created_at", (json_int_t)k->created_at,
-                     "expires_at", (json_int_t)k->expires_at, "revoked_at",
-                     (json_int_t)k->revoked_at, "last_used_at", (json_int_t)k->last_used_at);
+    json_t *j = json_pack("{s:I, s:s, s:s, s:s, s:I, s:I, s:I, s:I}", "id", (json_int_t)k->id,
+                          "name", k->name ? k->name : "", "prefix", k->prefix ? k->prefix : "",
+                          "role", store_role_name(k->role), "created_at", (json_int_t)k->created_at,
+                          "expires_at", (json_int_t)k->expires_at, "revoked_at",
+                          (json_int_t)k->revoked_at, "last_used_at", (json_int_t)k->last_used_at);
+    json_object_set_new(j, "profiles", profiles_json(k->profiles));
+    return j;
 }
 
 static int print_json(json_t *j)
@@ -82,10 +101,14 @@ static int do_create(admin_ctx *a, const apikey_opts *o)
         if (expires <= now)
             return usage_error("apikey", "--expires is in the past");
     }
+    if (o->profiles != NULL && !profile_list_ok(o->profiles))
+        return usage_error("apikey", "--profiles wants 1 to %d profile names, comma-separated",
+                           PROFILE_MAX_LIST);
     const char *name = o->name != NULL ? o->name : "api key";
     store_audit au;
     admin_audit_init(a, "apikey.create", &au);
-    if ((rc = apikey_create(a->store, a->org, 0, name, role, expires, &au, key, &id)) != QK_OK) {
+    if ((rc = apikey_create_for(a->store, a->org, 0, name, role, expires, o->profiles, &au, key,
+                                &id)) != QK_OK) {
         report_err("apikey create (nothing recorded, no key made)", rc);
         goto out;
     }
@@ -98,6 +121,7 @@ static int do_create(admin_ctx *a, const apikey_opts *o)
             memcpy(prefix, key, APIKEY_PREFIX_LEN);
             prefix[APIKEY_PREFIX_LEN] = '\0';
             json_object_set_new(j, "prefix", json_string(prefix));
+            json_object_set_new(j, "profiles", profiles_json(o->profiles));
         }
         status = print_json(j);
         if (j != NULL) {
@@ -198,15 +222,11 @@ static int do_revoke(admin_ctx *a, const apikey_opts *o, const char *id_s)
 int cmd_apikey(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"data", required_argument, NULL, 'd'},
-        {"org", required_argument, NULL, 'o'},
-        {"name", required_argument, NULL, 'n'},
-        {"role", required_argument, NULL, 'r'},
-        {"expires", required_argument, NULL, 'E'},
-        {"expires-in", required_argument, NULL, 'e'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"data", required_argument, NULL, 'd'},     {"org", required_argument, NULL, 'o'},
+        {"name", required_argument, NULL, 'n'},     {"role", required_argument, NULL, 'r'},
+        {"expires", required_argument, NULL, 'E'},  {"expires-in", required_argument, NULL, 'e'},
+        {"profiles", required_argument, NULL, 'p'}, {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
     apikey_opts o = {0};
     admin_ctx a;
@@ -245,6 +265,9 @@ int cmd_apikey(int argc, char **argv)
             break;
         case 'e':
             o.expires_in = optarg;
+            break;
+        case 'p':
+            o.profiles = optarg;
             break;
         case 'j':
             o.json = 1;

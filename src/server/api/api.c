@@ -17,6 +17,7 @@
 #include <sodium.h>
 
 #include "auth/apikey.h"
+#include "signer/profile.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/util.h"
@@ -248,13 +249,30 @@ int api_need_role(http_req *req, const store_apikey *key, store_role role)
     return -1;
 }
 
+/* ["a","b"] of a key's "a,b"; null when it may use any profile. */
+json_t *api_key_profiles_json(const store_apikey *k)
+{
+    if (k->profiles == NULL)
+        return json_null();
+    json_t *a = json_array();
+    for (const char *p = k->profiles;;) {
+        size_t len = strcspn(p, ",");
+        json_array_append_new(a, json_stringn(p, len));
+        if (p[len] == '\0')
+            return a;
+        p += len + 1;
+    }
+}
+
 static json_t *key_json(const store_apikey *k)
 {
-    return json_pack("{s:I,s:s,s:s,s:s,s:I,s:I,s:I,s:I}", "id", (json_int_t)k->id, "name",
-                     k->name ? k->name : "", "prefix", k->prefix ? k->prefix : "", "role",
-                     store_role_name(k->role), "createdAt", (json_int_t)k->created_at, "expiresAt",
-                     (json_int_t)k->expires_at, "revokedAt", (json_int_t)k->revoked_at,
-                     "lastUsedAt", (json_int_t)k->last_used_at);
+    json_t *j = json_pack("{s:I,s:s,s:s,s:s,s:I,s:I,s:I,s:I}", "id", (json_int_t)k->id, "name",
+                          k->name ? k->name : "", "prefix", k->prefix ? k->prefix : "", "role",
+                          store_role_name(k->role), "createdAt", (json_int_t)k->created_at,
+                          "expiresAt", (json_int_t)k->expires_at, "revokedAt",
+                          (json_int_t)k->revoked_at, "lastUsedAt", (json_int_t)k->last_used_at);
+    json_object_set_new(j, "profiles", api_key_profiles_json(k));
+    return j;
 }
 
 void api_keys_list(http_req *req)
@@ -280,7 +298,7 @@ out:
 
 void api_keys_create(http_req *req)
 {
-    static const char *const fields[] = {"name", "role", "expiresAt", NULL};
+    static const char *const fields[] = {"name", "role", "expiresAt", "profiles", NULL};
     store_apikey key;
     json_t *body = NULL;
     char secret[APIKEY_LEN + 1] = "";
@@ -316,12 +334,36 @@ void api_keys_create(http_req *req)
             goto out;
         }
     }
+    /* "profiles": ["a", "b"], the only profiles the key may sign with. */
+    char profiles[PROFILE_MAX_LIST * 65] = "";
+    json_t *pl = json_object_get(body, "profiles");
+    if (pl != NULL && !json_is_null(pl)) {
+        size_t i, used = 0;
+        json_t *v;
+        int okay =
+            json_is_array(pl) && json_array_size(pl) > 0 && json_array_size(pl) <= PROFILE_MAX_LIST;
+        json_array_foreach(pl, i, v)
+        {
+            const char *s = json_string_value(v);
+            if (!okay || s == NULL || !profile_name_ok(s) || strchr(s, ',') != NULL) {
+                okay = 0;
+                break;
+            }
+            used +=
+                (size_t)snprintf(profiles + used, sizeof(profiles) - used, "%s%s", i ? "," : "", s);
+        }
+        if (!okay || !profile_list_ok(profiles)) {
+            http_error(req, 400, "invalid_value",
+                       "'profiles' must be an array of 1 to %d profile names", PROFILE_MAX_LIST);
+            goto out;
+        }
+    }
     /* The key and its audit entry (with its id, role and expiry) commit
      * together: no entry, no key. */
     store_audit a;
     api_audit_init(req, &key, "apikey.create", &a);
-    if (apikey_create(req->srv->store, key.org_id, key.user_id, name, role, expires, &a, secret,
-                      &id) != QK_OK) {
+    if (apikey_create_for(req->srv->store, key.org_id, key.user_id, name, role, expires,
+                          profiles[0] ? profiles : NULL, &a, secret, &id) != QK_OK) {
         log_kv(LOG_ERROR, "apikey create failed", "request_id", req->id, "detail",
                qk_error_detail(), NULL);
         http_error(req, 503, "store_unavailable",
@@ -332,10 +374,11 @@ void api_keys_create(http_req *req)
     snprintf(prefix, sizeof(prefix), "%s", secret);
     /* The body carries the only copy of the key the client will ever see. */
     http_mark_secret(req);
-    http_json(req, 201,
-              json_pack("{s:I,s:s,s:s,s:s,s:s,s:I}", "id", (json_int_t)id, "key", secret, "prefix",
-                        prefix, "name", name, "role", store_role_name(role), "expiresAt",
-                        (json_int_t)expires));
+    json_t *made = json_pack("{s:I,s:s,s:s,s:s,s:s,s:I}", "id", (json_int_t)id, "key", secret,
+                             "prefix", prefix, "name", name, "role", store_role_name(role),
+                             "expiresAt", (json_int_t)expires);
+    json_object_set(made, "profiles", pl != NULL && !json_is_null(pl) ? pl : json_null());
+    http_json(req, 201, made);
 out:
     sodium_memzero(secret, sizeof(secret));
     json_decref(body);

@@ -50,6 +50,8 @@ int api_opt_string(http_req *req, json_t *obj, const char *name, size_t max, con
 
 /* 0 when the key's role is at least `role`; otherwise answers 403, -1. */
 int api_need_role(http_req *req, const store_apikey *key, store_role role);
+/* ["a","b"] of a key's profile limits, or JSON null when it has none. */
+json_t *api_key_profiles_json(const store_apikey *k);
 
 /* An audit row for `key` acting now from the request's client address. */
 void api_audit_init(http_req *req, const store_apikey *key, const char *action, store_audit *a);

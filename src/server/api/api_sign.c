@@ -21,6 +21,7 @@
 
 #include "api/api_policy.h"
 #include "api/sign_core.h"
+#include "auth/apikey.h"
 #include "common/b64.h"
 #include "core/log.h"
 #include "signer/profile.h"
@@ -279,6 +280,13 @@ void api_sign_digest(http_req *req)
         if (audit_decision(req, &j->audit, AUDIT_DENIED, "role may not sign") == 0)
             http_error(req, 403, "forbidden", "the key's role (%s) may not sign",
                        store_role_name(j->key.role));
+        goto out;
+    }
+    if (!apikey_may_use_profile(&j->key, j->in.profile)) {
+        if (audit_decision(req, &j->audit, AUDIT_DENIED, "profile not allowed for the key") == 0)
+            http_error(req, 403, "profile_not_allowed",
+                       "this key may sign only with the profiles %s, not '%.64s'", j->key.profiles,
+                       j->in.profile);
         goto out;
     }
     if (parsed) {

@@ -94,6 +94,28 @@ qk_err apikey_create(qk_store *s, int64_t org, int64_t user, const char *name, s
                      int64_t expires_at, const store_audit *audit, char key_out[APIKEY_LEN + 1],
                      int64_t *id)
 {
+    return apikey_create_for(s, org, user, name, role, expires_at, NULL, audit, key_out, id);
+}
+
+int apikey_may_use_profile(const store_apikey *k, const char *profile)
+{
+    if (k->profiles == NULL)
+        return 1;
+    size_t want = strlen(profile);
+    for (const char *p = k->profiles;;) {
+        size_t len = strcspn(p, ",");
+        if (len == want && memcmp(p, profile, len) == 0)
+            return 1;
+        if (p[len] == '\0')
+            return 0;
+        p += len + 1;
+    }
+}
+
+qk_err apikey_create_for(qk_store *s, int64_t org, int64_t user, const char *name, store_role role,
+                         int64_t expires_at, const char *profiles, const store_audit *audit,
+                         char key_out[APIKEY_LEN + 1], int64_t *id)
+{
     char key[APIKEY_LEN + 1], prefix[APIKEY_PREFIX_LEN + 1];
     uint8_t hash[32];
     qk_err rc;
@@ -101,7 +123,8 @@ qk_err apikey_create(qk_store *s, int64_t org, int64_t user, const char *name, s
     *id = 0;
     key_out[0] = '\0';
     apikey_generate(key, prefix, hash);
-    rc = STORE_CALL(s, apikey_create, org, user, name, prefix, hash, role, expires_at, audit, id);
+    rc = STORE_CALL(s, apikey_create, org, user, name, prefix, hash, role, expires_at, profiles,
+                    audit, id);
     if (rc == QK_OK)
         memcpy(key_out, key, sizeof(key));
     sodium_memzero(key, sizeof(key));

@@ -51,6 +51,14 @@ void apikey_hash(const char *key, size_t len, uint8_t hash[32]);
 qk_err apikey_create(qk_store *s, int64_t org, int64_t user, const char *name, store_role role,
                      int64_t expires_at, const store_audit *audit, char key_out[APIKEY_LEN + 1],
                      int64_t *id);
+/* The same, limited to `profiles` ("a,b": the only profiles it may sign
+ * with, checked by the caller with profile_list_ok; NULL: any). */
+qk_err apikey_create_for(qk_store *s, int64_t org, int64_t user, const char *name, store_role role,
+                         int64_t expires_at, const char *profiles, const store_audit *audit,
+                         char key_out[APIKEY_LEN + 1], int64_t *id);
+
+/* Whether key `k` may sign with `profile`. */
+int apikey_may_use_profile(const store_apikey *k, const char *profile);
 
 /* Checks a presented key (NUL-terminated, e.g. from "Authorization: Bearer").
  * Returns QK_OK with *status set, or a store error. With APIKEY_OK, *out is the

@@ -28,6 +28,26 @@ int profile_name_ok(const char *name)
     return strspn(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") == n;
 }
 
+int profile_list_ok(const char *list)
+{
+    size_t n = 0;
+    if (list == NULL || list[0] == '\0' || strlen(list) > PROFILE_MAX_LIST * 65)
+        return 0;
+    for (const char *p = list;;) {
+        size_t len = strcspn(p, ",");
+        char name[65];
+        if (len == 0 || len >= sizeof(name) || ++n > PROFILE_MAX_LIST)
+            return 0;
+        memcpy(name, p, len);
+        name[len] = '\0';
+        if (!profile_name_ok(name))
+            return 0;
+        if (p[len] == '\0')
+            return 1;
+        p += len + 1;
+    }
+}
+
 /* The bytes a config names: from a file (`file_key`, when files are allowed)
  * or inline (`inline_key`, base64 when `b64`). *present = 0 when neither. */
 static qk_err read_material(json_t *cfg, const char *base_dir, const char *file_key,

@@ -36,6 +36,10 @@ typedef struct profile_import {
 
 /* A profile name: 1..64 of [A-Za-z0-9._-], not starting with '.' or '-'. */
 int profile_name_ok(const char *name);
+/* Most names in a list of profiles (an API key's limits). */
+#define PROFILE_MAX_LIST 32
+/* Whether `list` is 1..PROFILE_MAX_LIST profile names joined by commas. */
+int profile_list_ok(const char *list);
 
 /* Validates a config object. base_dir: where relative file names are
  * resolved; NULL refuses file names (the API). */

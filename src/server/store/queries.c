@@ -33,10 +33,10 @@
 
 #define APIKEY_COLS                                                                                \
     "id, org_id, coalesce(user_id, 0), name, prefix, role, created_at, expires_at, revoked_at, "   \
-    "last_used_at, hash"
+    "last_used_at, hash, profiles"
 #define APIKEY_COLS_K                                                                              \
     "k.id, k.org_id, coalesce(k.user_id, 0), k.name, k.prefix, k.role, k.created_at, "             \
-    "k.expires_at, k.revoked_at, k.last_used_at, k.hash"
+    "k.expires_at, k.revoked_at, k.last_used_at, k.hash, k.profiles"
 
 const db_query store_queries[Q__COUNT] = {
     [Q_SCHEMA_VERSION] = {"SELECT max(version) FROM schema_version", NULL},
@@ -51,8 +51,8 @@ const db_query store_queries[Q__COUNT] = {
                           "created_at, config) VALUES($1, $2, $3, $4, $5, $6, $7) RETURNING id",
                           NULL},
     [W_APIKEY_INSERT] = {"INSERT INTO api_keys(org_id, user_id, name, prefix, hash, role, "
-                         "created_at, expires_at) VALUES($1, $2, $3, $4, $5, $6, $7, $8) "
-                         "RETURNING id",
+                         "created_at, expires_at, profiles) VALUES($1, $2, $3, $4, $5, $6, $7, "
+                         "$8, $9) RETURNING id",
                          NULL},
     /* Revoking twice keeps the first time; the row still counts as found. */
     [W_APIKEY_REVOKE] = {"UPDATE api_keys SET revoked_at = CASE WHEN revoked_at = 0 THEN $3 "

@@ -98,6 +98,7 @@ void store_apikey_clear(store_apikey *k)
         return;
     free(k->name);
     free(k->prefix);
+    free(k->profiles);
     memset(k, 0, sizeof(*k));
 }
 

@@ -43,6 +43,7 @@ typedef struct store_apikey {
     int64_t expires_at;   /* 0: never */
     int64_t revoked_at;   /* 0: active */
     int64_t last_used_at; /* 0: never */
+    char *profiles;       /* "a,b": the only profiles it may sign with; NULL: any */
 } store_apikey;
 
 /* A certificate profile: which key signs, with which chain. */
@@ -287,7 +288,8 @@ typedef struct store_ops {
     /* API keys: only the SHA-256 of a key is ever stored. */
     qk_err (*apikey_create)(qk_store *s, int64_t org, int64_t user, const char *name,
                             const char *prefix, const uint8_t hash[32], store_role role,
-                            int64_t expires_at, const store_audit *audit, int64_t *id);
+                            int64_t expires_at, const char *profiles, const store_audit *audit,
+                            int64_t *id);
     /* Looks a key up by hash (the caller compares in constant time too). */
     /* The same, with the profile named `profile` of the key's org, read in
      * the same statement (the signing path: one round trip for both);

@@ -269,29 +269,38 @@ typedef struct apikey_meta {
     const char *name;
     store_role role;
     int64_t expires_at, user;
+    const char *profiles;
 } apikey_meta;
 
 static char *apikey_create_meta(const insert_arg *a)
 {
     const apikey_meta *m = a->ctx;
-    return meta_json("{s:I,s:s,s:s,s:I,s:I}", "keyId", (json_int_t)a->out, "name", m->name, "role",
-                     store_role_name(m->role), "expiresAt", (json_int_t)m->expires_at, "userId",
-                     (json_int_t)m->user);
+    return meta_json("{s:I,s:s,s:s,s:I,s:I,s:s*}", "keyId", (json_int_t)a->out, "name", m->name,
+                     "role", store_role_name(m->role), "expiresAt", (json_int_t)m->expires_at,
+                     "userId", (json_int_t)m->user, "profiles", m->profiles);
 }
 
 static qk_err sq_apikey_create(qk_store *base, int64_t org, int64_t user, const char *name,
                                const char *prefix, const uint8_t hash[32], store_role role,
-                               int64_t expires_at, const store_audit *audit, int64_t *id)
+                               int64_t expires_at, const char *profiles, const store_audit *audit,
+                               int64_t *id)
 {
-    db_val v[] = {
-        V_INT(org),  V_ID(user),        V_TEXT(name),     V_TEXT(prefix), V_BLOB(hash, HASH_LEN),
-        V_INT(role), V_INT(now_unix()), V_INT(expires_at)};
-    apikey_meta m = {name, role, expires_at, user};
-    insert_arg a = {W_APIKEY_INSERT, v, 8, 0, audit, apikey_create_meta, &m};
+    db_val v[] = {V_INT(org),
+                  V_ID(user),
+                  V_TEXT(name),
+                  V_TEXT(prefix),
+                  V_BLOB(hash, HASH_LEN),
+                  V_INT(role),
+                  V_INT(now_unix()),
+                  V_INT(expires_at),
+                  profiles != NULL ? V_TEXT(profiles) : V_NULL};
+    apikey_meta m = {name, role, expires_at, user, profiles};
+    insert_arg a = {W_APIKEY_INSERT, v, 9, 0, audit, apikey_create_meta, &m};
     qk_err rc;
     *id = 0;
     if ((rc = check_text("key name", name, 1)) != QK_OK ||
-        (rc = check_text("key prefix", prefix, 1)) != QK_OK)
+        (rc = check_text("key prefix", prefix, 1)) != QK_OK ||
+        (profiles != NULL && (rc = check_text("key profiles", profiles, 1)) != QK_OK))
         return rc;
     if ((unsigned)role > ROLE_ADMIN || expires_at < 0)
         return qk_fail(QK_ERR_INVALID_ARG, "bad role or expiry");
@@ -300,7 +309,8 @@ static qk_err sq_apikey_create(qk_store *base, int64_t org, int64_t user, const 
     return write_insert(base, org, &a, id);
 }
 
-/* Fills a store_apikey from an APIKEY_COLS row; the stored hash is column 10. */
+/* Fills a store_apikey from an APIKEY_COLS row; the stored hash is column 10,
+ * the profiles the key is limited to column 11. */
 static void read_apikey(db_stmt *st, store_apikey *k)
 {
     k->id = db_col_int(st, 0);
@@ -313,6 +323,7 @@ static void read_apikey(db_stmt *st, store_apikey *k)
     k->expires_at = db_col_int(st, 7);
     k->revoked_at = db_col_int(st, 8);
     k->last_used_at = db_col_int(st, 9);
+    k->profiles = col_strdup(st, 11);
 }
 
 static void fill_apikey(db_stmt *st, void *e)
@@ -656,9 +667,9 @@ static void fill_lookup_profile(db_stmt *st, void *p)
 {
     lookup_profile_arg *a = p;
     fill_lookup(st, &a->k);
-    a->prof_found = !db_col_null(st, 11); /* no profile: the LEFT JOIN's NULLs */
+    a->prof_found = !db_col_null(st, 12); /* no profile: the LEFT JOIN's NULLs */
     if (a->prof_found)
-        read_profile(st, 11, a->prof);
+        read_profile(st, 12, a->prof);
 }
 
 static qk_err txn_apikey_lookup_profile(db_conn *c, void *p)
