@@ -31,13 +31,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     inet_pton(AF_INET, "10.1.2.3", &v4.sin_addr);
     inet_pton(AF_INET6, "2001:db8::7", &v6.sin6_addr);
     const struct sockaddr *addrs[] = {(struct sockaddr *)&v4, (struct sockaddr *)&v6, NULL};
+    static const char *const formats[] = {"authenticode-pe", "cms", "raw"};
     static const int64_t times[] = {0, 1767571200, 1767571200 + 7 * 3600, 4102444800, -1};
     for (size_t a = 0; a < 3; a++)
         for (size_t t = 0; t < sizeof(times) / sizeof(times[0]); t++) {
             policy_request r = {.addr = addrs[a],
                                 .now = times[t],
                                 .filename = t % 2 ? "app.exe" : NULL,
-                                .format = (sign_format)(t % 3),
+                                .format = formats[t % 3],
                                 .alg = QK_HASH_SHA256,
                                 .has_justification = (int)(a % 2)};
             policy_decision d;

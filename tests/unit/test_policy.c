@@ -84,7 +84,7 @@ static void test_canonical(void **state)
     policy_free(p);
     p = parse_ok("{}");
     policy_decision d;
-    policy_request r = {.now = 0, .format = FMT_RAW, .alg = QK_HASH_SHA512};
+    policy_request r = {.now = 0, .format = "raw", .alg = QK_HASH_SHA512};
     policy_check(p, &r, &d);
     assert_true(d.allowed);
     policy_free(p);
@@ -137,7 +137,7 @@ static void test_rules(void **state)
     policy_request r = {.addr = (struct sockaddr *)&in,
                         .now = 1700000000,
                         .filename = "App.EXE",
-                        .format = FMT_AUTHENTICODE_PE,
+                        .format = "authenticode-pe",
                         .alg = QK_HASH_SHA256,
                         .has_justification = 1};
     expect(p, &r, NULL, NULL);
@@ -152,9 +152,9 @@ static void test_rules(void **state)
     r.addr = NULL;
     expect(p, &r, "ip_not_allowed", "ip_allowlist");
     r.addr = (struct sockaddr *)&in;
-    r.format = FMT_CMS;
+    r.format = "cms";
     expect(p, &r, "format_not_allowed", "formats");
-    r.format = FMT_AUTHENTICODE_PE;
+    r.format = "authenticode-pe";
     r.alg = QK_HASH_SHA512;
     expect(p, &r, "algorithm_not_allowed", "algorithms");
     r.alg = QK_HASH_SHA384;
@@ -171,7 +171,7 @@ static void test_rules(void **state)
     expect(p, &r, "justification_required", "require_justification");
     /* The first rule in order decides: address before everything else. */
     r.addr = (struct sockaddr *)&out;
-    r.format = FMT_RAW;
+    r.format = "raw";
     expect(p, &r, "ip_not_allowed", "ip_allowlist");
     policy_free(p);
 }
@@ -185,7 +185,7 @@ static void test_hours(void **state)
     (void)state;
     policy *p = parse_ok("{\"signing_hours\": {\"days\": \"mon-fri\", \"from\": \"08:00\", "
                          "\"to\": \"18:00\", \"timezone\": \"Europe/Berlin\"}}");
-    policy_request r = {.format = FMT_AUTHENTICODE_PE, .alg = QK_HASH_SHA256};
+    policy_request r = {.format = "authenticode-pe", .alg = QK_HASH_SHA256};
     int64_t mon = MON_2026_01_05_UTC;
     r.now = mon + 7 * H; /* 08:00 Berlin */
     expect(p, &r, NULL, NULL);

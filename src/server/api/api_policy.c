@@ -133,7 +133,7 @@ int api_policy_check(http_req *req, const store_profile *prof, const sign_input 
         .addr = http_client_addr(req),
         .now = now_unix(),
         .filename = in->filename,
-        .format = in->format,
+        .format = sign_format_name(in->format),
         .alg = in->alg,
         .has_justification = in->justification != NULL && in->justification[0] != '\0',
     };
@@ -320,10 +320,12 @@ void api_policy_evaluate(http_req *req)
     } else {
         r.addr = http_client_addr(req);
     }
-    if (format != NULL && sign_format_parse(format, &r.format) != 0) {
+    sign_format fmt = FMT_AUTHENTICODE_PE;
+    if (format != NULL && sign_format_parse(format, &fmt) != 0) {
         http_error(req, 400, "unknown_format", "'format' is not a format");
         goto out;
     }
+    r.format = sign_format_name(fmt);
     if (algorithm != NULL && (r.alg = qk_hash_from_name(algorithm)) == QK_HASH_NONE) {
         http_error(req, 400, "unknown_algorithm", "'algorithm' is not an algorithm");
         goto out;

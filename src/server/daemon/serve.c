@@ -33,6 +33,7 @@
 
 #include "api/api.h"
 #include "api/api_policy.h"
+#include "api/api_tsa.h"
 #include "api/callbacks.h"
 #include "api/queue.h"
 #include "common/hex.h"
@@ -77,7 +78,7 @@ static const http_route routes[] = {
     {"PUT", "/api/v1/profiles/{name}/policy", "policy_put", api_policy_put},
     {"DELETE", "/api/v1/profiles/{name}/policy", "policy_delete", api_policy_delete},
     {"POST", "/api/v1/policy/evaluate", "policy_evaluate", api_policy_evaluate},
-    {"POST", "/tsa", "tsa", tsa_handle},
+    {"POST", "/tsa", "tsa", api_tsa},
     {"GET", "/api/v1/log/public-key", "log_public_key", api_log_public_key},
     {"GET", "/api/v1/log/checkpoint", "log_checkpoint", api_log_checkpoint},
     {"GET", "/api/v1/log/entries", "log_entries", api_log_entries},

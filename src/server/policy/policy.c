@@ -11,6 +11,18 @@
 #include "core/cidr.h"
 #include "core/tz.h"
 
+/* The signature formats a policy may name (the API's "format" values). */
+static const char *const format_names[] = {"authenticode-pe", "cms", "raw"};
+#define NFORMATS (sizeof(format_names) / sizeof(format_names[0]))
+
+static int format_index(const char *name)
+{
+    for (size_t i = 0; name != NULL && i < NFORMATS; i++)
+        if (strcmp(name, format_names[i]) == 0)
+            return (int)i;
+    return -1;
+}
+
 /* Days of the week as a bit mask, bit 0 = Sunday (struct tm's tm_wday). */
 #define ALL_DAYS 0x7fu
 
@@ -26,7 +38,7 @@ struct policy {
     char **filenames; /* glob patterns, matched ignoring case */
     size_t nfilenames;
     int has_filenames;
-    unsigned formats; /* bit per sign_format; 0: any */
+    unsigned formats; /* bit per entry of format_names; 0: any */
     unsigned algs;    /* bit per qk_hash_alg; 0: any */
     int require_justification;
 };
@@ -208,9 +220,9 @@ static int parse_formats(policy *p, json_t *v, api_error *e)
     if (n == 0)
         return bad(e, "formats", "must name at least one format");
     for (size_t i = 0; i < n; i++) {
-        sign_format f;
         const char *s = json_string_value(json_array_get(v, i));
-        if (sign_format_parse(s, &f) != 0)
+        int f = format_index(s);
+        if (f < 0)
             return api_fail(e, 400, "invalid_policy",
                             "formats[%zu]: \"%.32s\" is not a format (authenticode-pe, cms, raw)",
                             i, s);
@@ -368,9 +380,10 @@ void policy_check(const policy *p, const policy_request *r, policy_decision *d)
              "outside the profile's signing hours (%s)", zone != NULL ? zone : "UTC");
         return;
     }
-    if (p->formats != 0 && !(p->formats & (1u << r->format))) {
-        deny(d, 403, "format_not_allowed", "formats", "the profile's policy does not allow %s",
-             sign_format_name(r->format));
+    int f = format_index(r->format);
+    if (p->formats != 0 && (f < 0 || !(p->formats & (1u << f)))) {
+        deny(d, 403, "format_not_allowed", "formats", "the profile's policy does not allow %.32s",
+             r->format != NULL ? r->format : "(none)");
         return;
     }
     if (p->algs != 0 && !(p->algs & (1u << r->alg))) {

@@ -19,7 +19,6 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
-#include "api/sign_input.h"
 #include "http/json_in.h"
 #include "qwick/hash.h"
 
@@ -44,7 +43,7 @@ typedef struct policy_request {
     const struct sockaddr *addr; /* the client; NULL: unknown (refused by an allowlist) */
     int64_t now;                 /* unix seconds */
     const char *filename;        /* metadata.filename; NULL when absent */
-    sign_format format;
+    const char *format;          /* "authenticode-pe", "cms" or "raw" */
     qk_hash_alg alg;
     int has_justification; /* metadata.justification given, non-empty */
 } policy_request;

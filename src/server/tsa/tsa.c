@@ -1,14 +1,11 @@
-/* RFC 3161 responder on OpenSSL's TS_RESP_CTX.
- *
- * POST /tsa is admitted on the HTTP thread (the client address's token
- * bucket, the API key when required, the media type), then the connection is
- * suspended and the RSA signature is made on a signing thread, so a flood of
- * timestamp requests queues behind signing work instead of stalling the
- * threads that authenticate and answer every other request. */
+/* RFC 3161 responder on OpenSSL's TS_RESP_CTX (tsa.h): the answers to
+ * POST /tsa (api/api_tsa.c) and the server-side timestamps of the signing
+ * engine. No HTTP here. */
 #include "tsa/tsa.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -18,11 +15,6 @@
 #include <openssl/rand.h>
 #include <openssl/ts.h>
 
-#include "api/api.h"
-#include "core/log.h"
-#include "core/ratelimit.h"
-#include "api/server.h"
-#include "core/workq.h"
 #include "qwick/tsp.h"
 
 struct tsa {
@@ -143,47 +135,51 @@ static int strict_request(const uint8_t *der, size_t len)
     return ok;
 }
 
-/* Answers `req` from its body; any thread. */
-static void tsa_answer(tsa *t, http_req *req)
+qk_err tsa_respond(tsa *t, const uint8_t *req, size_t len, qk_buf *reply, long *status)
 {
+    qk_err rc = QK_ERR_CRYPTO;
     TS_RESP_CTX *ctx = NULL;
     BIO *in = NULL;
     TS_RESP *resp = NULL;
     unsigned char *der = NULL;
 
+    reply->data = NULL;
+    reply->len = 0;
+    *status = -1;
     if ((ctx = make_ctx(t)) == NULL)
         goto fail;
     /* A malformed request is answered with a TimeStampResp (rejection,
      * badDataFormat), as RFC 3161 asks: feeding OpenSSL an empty input makes
      * it build exactly that. */
-    if (strict_request(req->body, req->body_len))
-        in = BIO_new_mem_buf(req->body, (int)req->body_len);
+    if (strict_request(req, len))
+        in = BIO_new_mem_buf(req, (int)len);
     else
         in = BIO_new_mem_buf("", 0);
     if (in == NULL || (resp = TS_RESP_create_response(ctx, in)) == NULL)
         goto fail;
-    int len = i2d_TS_RESP(resp, &der);
-    if (len <= 0)
+    int n = i2d_TS_RESP(resp, &der);
+    if (n <= 0)
         goto fail;
-    long status = ASN1_INTEGER_get(TS_STATUS_INFO_get0_status(TS_RESP_get_status_info(resp)));
-    metrics_timestamp(req->srv->metrics, (int)status);
-    /* i2d allocated with OPENSSL_malloc, which is malloc unless replaced. */
-    void *body = malloc((size_t)len);
-    if (body == NULL)
-        goto fail;
-    memcpy(body, der, (size_t)len);
-    http_bytes(req, 200, "application/timestamp-reply", body, (size_t)len);
+    *status = ASN1_INTEGER_get(TS_STATUS_INFO_get0_status(TS_RESP_get_status_info(resp)));
+    /* i2d allocated with OPENSSL_malloc: copied into malloc memory for qk_buf. */
+    if ((reply->data = malloc((size_t)n)) == NULL) {
+        rc = QK_ERR_NOMEM;
+        goto out;
+    }
+    memcpy(reply->data, der, (size_t)n);
+    reply->len = (size_t)n;
+    rc = QK_OK;
     goto out;
 fail:
-    log_kv(LOG_ERROR, "tsa failure", "request_id", req->id, "detail",
-           ERR_reason_error_string(ERR_peek_last_error()), NULL);
-    ERR_clear_error();
-    http_error(req, 500, "internal", "the time-stamping authority failed");
+    rc = qk_fail(QK_ERR_CRYPTO, "the time-stamping authority failed: %s",
+                 ERR_reason_error_string(ERR_peek_last_error()));
 out:
+    ERR_clear_error();
     OPENSSL_free(der);
     TS_RESP_free(resp);
     BIO_free(in);
     TS_RESP_CTX_free(ctx);
+    return rc;
 }
 
 qk_err tsa_stamp(void *ctx, qk_hash_alg alg, qk_slice value, qk_buf *token)
@@ -232,59 +228,4 @@ out:
     TS_RESP_CTX_free(rctx);
     qk_tsp_request_free(treq);
     return rc;
-}
-
-/* A signing thread's job: answer, then resume (`req` is not touched after
- * http_resume: the pool thread may free it at once). */
-static void tsa_run(void *arg)
-{
-    http_req *req = arg;
-    tsa_answer(req->srv->tsa, req);
-    http_resume(req);
-}
-
-/* 0 when the client address has a token left; otherwise answers 429 with
- * Retry-After and returns -1. */
-static int tsa_admit(http_req *req)
-{
-    ratelimit_key k;
-    unsigned wait_s = 1;
-    struct timespec now;
-    if (req->srv->tsa_limit == NULL || ratelimit_key_of(http_client_addr(req), &k) != 0)
-        return 0;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    uint64_t ms = (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u;
-    if (ratelimit_take(req->srv->tsa_limit, &k, ms, &wait_s))
-        return 0;
-    snprintf(req->retry_after, sizeof(req->retry_after), "%u", wait_s);
-    http_error(req, 429, "rate_limited", "too many timestamp requests from this address");
-    http_header_set(req, "Retry-After", req->retry_after);
-    return -1;
-}
-
-void tsa_handle(http_req *req)
-{
-    server *srv = req->srv;
-
-    if (tsa_admit(req) != 0)
-        return;
-    if (srv->tsa_require_key) {
-        store_apikey key;
-        if (api_authenticate(req, &key) != 0)
-            return;
-        store_apikey_clear(&key); /* any role will do */
-    }
-    if (srv->tsa == NULL) {
-        http_error(req, 503, "tsa_unavailable", "this server has no TSA key");
-        return;
-    }
-    if (!http_content_type_is(req, "application/timestamp-query")) {
-        http_error(req, 415, "unsupported_media_type",
-                   "Content-Type must be application/timestamp-query");
-        return;
-    }
-    /* Suspend first, so no thread can resume a connection not yet suspended. */
-    http_suspend(req);
-    if (workq_push(srv->signq, tsa_run, req) != 0)
-        tsa_run(req); /* no signing thread (shutting down): sign here */
 }

@@ -11,7 +11,6 @@
 
 #include <openssl/x509.h>
 
-#include "http/http.h"
 #include "qwick/buf.h"
 #include "qwick/error.h"
 #include "qwick/hash.h"
@@ -33,10 +32,10 @@ void tsa_free(tsa *t);
  * timestamps ("timestamp": "server"). *token is a DER TimeStampToken. */
 qk_err tsa_stamp(void *ctx, qk_hash_alg alg, qk_slice value, qk_buf *token);
 
-/* Route handler for POST /tsa: admits the request on the HTTP thread (the
- * client address's token bucket req->srv->tsa_limit: 429 + Retry-After; the
- * API key when req->srv->tsa_require_key: 401), then suspends the connection
- * and signs with req->srv->tsa on a signing thread (req->srv->signq). */
-void tsa_handle(http_req *req);
+/* The TimeStampResp for the DER TimeStampReq `req` (a malformed request
+ * gets a rejection with badDataFormat, as RFC 3161 asks): QK_OK with *reply
+ * (DER, caller frees) and *status its PKIStatus, or an error when the
+ * responder itself failed. Any thread. */
+qk_err tsa_respond(tsa *t, const uint8_t *req, size_t len, qk_buf *reply, long *status);
 
 #endif
