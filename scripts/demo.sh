@@ -49,7 +49,7 @@ export QWICK_API_KEY
     --description "Qwick demo" --url "https://example.invalid/qwick-demo" \
     "$tmp/hello.exe" >"$tmp/sign.json" 2>"$tmp/sign.log" || die "qwick sign" "$tmp/sign.log"
 rid=$(json_get "$tmp/sign.json" files.0.requestId)
-echo "  sign     hello.exe signed by the server (request $rid), timestamped via $QWICKD_URL/tsa"
+echo "  sign     hello.exe signed by the server (request $rid), timestamped by its TSA in the same request"
 
 # 5. Two independent verifiers, both against the dev roots.
 "$QWICK" verify --json --ca "$QWICKD_ROOT_CA" --tsa-ca "$QWICKD_TSA_ROOT_CA" "$tmp/hello.exe" \
