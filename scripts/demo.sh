@@ -4,7 +4,7 @@
 #   2. qwickd serve on a free loopback port
 #   3. cross-compile demo/hello.c into a PE
 #   4. qwick sign it through the API (only the digest is sent), timestamped by
-#      the server's /tsa
+#      the server's TSA within the same request
 #   5. verify it with qwick verify and with osslsigncode, against the dev roots
 #   6. stop the server
 # Exits non-zero on any failure; the server is always stopped.
