@@ -309,8 +309,7 @@ static const char *const migrations[] = {
     /* 7: a profile's signing policy (see schema_sqlite.c's step 7). The
      * server's role already may update profiles. qwick_key_profile returns
      * SETOF profiles, so it carries the new column as it is. */
-    "ALTER TABLE profiles ADD COLUMN policy TEXT;"
-    "ALTER TABLE api_keys ADD COLUMN profiles TEXT;",
+    "ALTER TABLE profiles ADD COLUMN policy TEXT; ALTER TABLE api_keys ADD COLUMN profiles TEXT;",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -210,8 +210,7 @@ static const char *const migrations[] = {
     /* 7: a profile's signing policy (policy.h), canonical JSON; NULL: none.
      * An API key's profiles ("a,b"): the only ones it may sign with; NULL:
      * any. */
-    "ALTER TABLE profiles ADD COLUMN policy TEXT;"
-    "ALTER TABLE api_keys ADD COLUMN profiles TEXT;",
+    "ALTER TABLE profiles ADD COLUMN policy TEXT; ALTER TABLE api_keys ADD COLUMN profiles TEXT;",
 };
 
 #define NMIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
